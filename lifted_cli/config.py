@@ -13,8 +13,11 @@ from typing import Any, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+import torch
+
 from .activations import make_activation
 from .data import DATA_SOURCES
+from .networks import mlp_activations
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,16 @@ class BackpropSchemeConfig:
     sparsity_layer: Optional[int] = None
 
 
+@dataclass
+class BregmanSchemeConfig:
+    name: str = "bregman"
+    penalty_weight: float = 1.0
+    layer_weights: Optional[List[float]] = None
+    output: str = "clamped"
+    sparsity: float = 0.0
+    sparsity_layer: Optional[int] = None
+
+
 # ------------------------------------------------------------------------------------------ solver
 @dataclass
 class AdamConfig:
@@ -77,6 +90,38 @@ class SGDConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
+
+
+@dataclass
+class ISGMConfig:
+    name: str = "isgm"
+    tau: float = 1.0
+    tau_decay: float = 1.0
+    w_metric: str = "majorizer"
+    n_inner: int = 1
+    x_sweeps: int = 2
+    layer_order: str = "gauss_seidel"
+    step_safety: float = 0.9
+    power_iters: int = 2
+    x_step: Optional[float] = None
+    w_step: Optional[float] = None
+
+
+@dataclass
+class BCDConfig:
+    name: str = "bcd"
+    n_inner: int = 1
+    x_sweeps: int = 1
+    layer_order: str = "gauss_seidel"
+    weight_update: str = "gd"
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+    step_safety: float = 0.9
+    power_iters: int = 2
+    x_step: Optional[float] = None
+    w_step: Optional[float] = None
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -112,12 +157,12 @@ class DataConfig:
 SCHEMAS = {
     "dataset": {"denoise": DenoiseConfig, "deblur": DeblurConfig, "inpaint": InpaintConfig},
     "arch": {"mlp": MLPConfig},
-    "scheme": {"backprop": BackpropSchemeConfig},
-    "solver": {"adam": AdamConfig, "sgd": SGDConfig},
+    "scheme": {"backprop": BackpropSchemeConfig, "bregman": BregmanSchemeConfig},
+    "solver": {"adam": AdamConfig, "sgd": SGDConfig, "isgm": ISGMConfig, "bcd": BCDConfig},
 }
 
 #: which solvers can minimise which scheme's objective
-SOLVERS_FOR_SCHEME = {"backprop": ("adam", "sgd")}
+SOLVERS_FOR_SCHEME = {"backprop": ("adam", "sgd"), "bregman": ("isgm", "bcd")}
 
 
 def register_configs() -> None:
@@ -211,7 +256,49 @@ def validate_train(cfg: DictConfig) -> None:
         if not 1 <= s.sparsity_layer <= n_layers:
             _fail("scheme.sparsity_layer", s.sparsity_layer, f"must be a layer index 1..{n_layers}")
 
+    if s.name == "bregman":
+        n_layers = len(a.hidden) + 1
+        _positive(cfg, "scheme.penalty_weight", s.penalty_weight)
+        if s.layer_weights is not None and (len(s.layer_weights) != n_layers or min(s.layer_weights) <= 0):
+            _fail("scheme.layer_weights", list(s.layer_weights), f"need {n_layers} weights, all > 0")
+        if s.output not in ("clamped", "free"):
+            _fail("scheme.output", s.output, "allowed: clamped, free")
+        out_act = make_activation(a.output_activation)
+        if s.output == "clamped" and not all(bool(out_act.in_domain(torch.tensor([v]))) for v in (0.0, 1.0)):
+            _fail("scheme.output", s.output, f"a clamped output needs targets in [0, 1] inside the range of "
+                  f"the output activation {out_act.spec()}; use output=free or another output_activation")
+        if s.sparsity_layer is not None:
+            acts = mlp_activations(a)
+            act = make_activation(acts[s.sparsity_layer - 1])
+            if not act.l1_composable:
+                _fail("scheme.sparsity_layer", s.sparsity_layer, f"l1 on a {act.spec()} layer is not supported "
+                      "(needs 0 in dPhi(0): identity, relu, leaky_relu, soft_threshold, tanh, clamp around 0)")
+            if s.output == "clamped" and s.sparsity_layer == n_layers:
+                _fail("scheme.sparsity_layer", s.sparsity_layer, "the clamped output layer cannot carry sparsity; use output=free")
+
     o = cfg.solver
+    if o.name in ("isgm", "bcd"):
+        _positive(cfg, "solver.n_inner", o.n_inner)
+        _positive(cfg, "solver.x_sweeps", o.x_sweeps)
+        _positive(cfg, "solver.power_iters", o.power_iters)
+        if not 0 < o.step_safety <= 1:
+            _fail("solver.step_safety", o.step_safety, "must be in (0, 1]")
+        if o.layer_order not in ("gauss_seidel", "jacobi"):
+            _fail("solver.layer_order", o.layer_order, "allowed: gauss_seidel, jacobi")
+        _positive(cfg, "solver.x_step", o.x_step, allow_none=True)
+        _positive(cfg, "solver.w_step", o.w_step, allow_none=True)
+    if o.name == "isgm":
+        _positive(cfg, "solver.tau", o.tau)
+        if not 0 < o.tau_decay <= 1:
+            _fail("solver.tau_decay", o.tau_decay, "must be in (0, 1]")
+        if o.w_metric not in ("majorizer", "scalar"):
+            _fail("solver.w_metric", o.w_metric, "allowed: majorizer, scalar")
+    if o.name == "bcd":
+        if o.weight_update not in ("gd", "heavyball", "nesterov", "adam"):
+            _fail("solver.weight_update", o.weight_update, "allowed: gd, heavyball, nesterov, adam")
+        _positive(cfg, "solver.lr", o.lr, allow_none=True)
+        if not 0 <= o.momentum < 1:
+            _fail("solver.momentum", o.momentum, "must be in [0, 1)")
     if o.name in ("adam", "sgd"):
         _positive(cfg, "solver.lr", o.lr)
         if o.weight_decay < 0:

@@ -49,11 +49,12 @@ class MLP(nn.Module):
         return states
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """x_net = N(y): flattens images (B, 1, 28, 28), returns the same shape."""
+        """x_net = N(y): flattens each sample; the output takes the input's shape when the sizes
+        agree (image to image), else it stays flat."""
         u = y.reshape(y.shape[0], -1)
         for lin, act in zip(self.linears, self.acts):
             u = act(lin(u))
-        return u.reshape(y.shape)
+        return u.reshape(y.shape) if u.shape[1] == y[0].numel() else u
 
 
 ARCHS = ("mlp",)

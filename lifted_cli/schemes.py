@@ -3,6 +3,7 @@
 A scheme is a choice of objective (penalty terms); its solver is the way that objective is
 minimised. Every scheme object has the same interface, used by the training loop:
 
+* ``begin_epoch(epoch)``: called before each epoch (0-based), e.g. for step-size schedules;
 * ``step(y, x) -> dict``: one mini-batch update from degraded inputs ``y`` to clean targets ``x``
   (both (B, 1, 28, 28)); returns float statistics, at least ``loss``;
 * ``state_dict()`` / ``load_state_dict()``: the solver state, for checkpoints;
@@ -54,6 +55,9 @@ class BackpropScheme:
         self.optimizer.step()
         return {"loss": float(loss.detach())}
 
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
 
@@ -67,7 +71,44 @@ class BackpropScheme:
         }
 
 
+class BregmanScheme:
+    """Lifted Bregman training (Wang & Benning 2023): minimise the lifted objective of
+    ``lifted.LiftedProblem`` (Bregman penalty lambda_l B_Psi_l per layer, clamped or free output,
+    optional alpha ||x_k||_1) with ``solver=isgm|bcd``. No activation is ever differentiated."""
+
+    def __init__(self, model: nn.Module, scheme_cfg, solver_cfg):
+        from .lifted import LiftedProblem
+        from .solvers import SOLVERS
+
+        L = model.depth
+        lambdas = list(scheme_cfg.layer_weights) if scheme_cfg.layer_weights is not None else [scheme_cfg.penalty_weight] * L
+        self.scheme_cfg = scheme_cfg
+        self.problem = LiftedProblem(model, lambdas, scheme_cfg.output, scheme_cfg.sparsity, scheme_cfg.sparsity_layer)
+        self.solver = SOLVERS[solver_cfg.name](self.problem, solver_cfg)
+
+    def step(self, y: torch.Tensor, x: torch.Tensor) -> dict:
+        return self.solver.step(y.reshape(y.shape[0], -1), x.reshape(x.shape[0], -1))
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.solver.begin_epoch(epoch)
+
+    def state_dict(self) -> dict:
+        return self.solver.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.solver.load_state_dict(state)
+
+    def hyperparameters(self) -> dict:
+        return {
+            "scheme": OmegaConf.to_container(self.scheme_cfg, resolve=True),
+            "solver": self.solver.hyperparameters(),
+            "layer_weights": self.problem.lambdas,
+        }
+
+
 def build_scheme(model: nn.Module, scheme_cfg, solver_cfg):
     if scheme_cfg.name == "backprop":
         return BackpropScheme(model, scheme_cfg, solver_cfg)
+    if scheme_cfg.name == "bregman":
+        return BregmanScheme(model, scheme_cfg, solver_cfg)
     raise ValueError(f"unknown scheme {scheme_cfg.name!r}")

@@ -209,6 +209,7 @@ def train(cfg: DictConfig) -> dict:
     for epoch in epochs_bar:
         if perm is None:
             perm = torch.randperm(n_train, generator=gen_perm)
+        scheme.begin_epoch(epoch)
         sums = dict(partial.get("sums", {}))
         seconds = partial.get("seconds", 0.0)
         t0 = time.perf_counter()

@@ -41,8 +41,9 @@ def test_train_help_and_cfg(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist):
-    proc = run(["train", f"data_root={fake_mnist}", "device=cpu", *TINY], tmp_path)
+@pytest.mark.parametrize("scheme", ["bregman", "backprop"])
+def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist, scheme):
+    proc = run(["train", f"scheme={scheme}", f"data_root={fake_mnist}", "device=cpu", *TINY], tmp_path)
     (folder,) = run_folders(tmp_path / "results" / "train")
     assert f"done in {folder}" in proc.stdout and "test PSNR" in proc.stdout
     assert folder.parent.parent.name == "train" and len(folder.name.split("-")[-1]) == 6  # %f
@@ -57,6 +58,9 @@ def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist):
     assert m["seconds_per_epoch"] > 0
     rows = list(csv.DictReader((folder / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"] and {"loss", "test_psnr", "test_ssim", "seconds"} <= set(rows[0])
+    if scheme == "bregman":
+        assert {"objective", "gap"} <= set(rows[0]) and {"objective", "gap"} <= set(m["train"])
+        assert m["hyperparameters"]["solver"]["name"] == "isgm" and "tau" in m["hyperparameters"]["solver"]
     ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["config"]["arch"]["hidden"] == [32]
     from lifted_cli.training import network_from_checkpoint
@@ -107,6 +111,19 @@ def test_bad_input_one_line_no_folder(tmp_path, fake_mnist, args, fragment):
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and fragment in err, err
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("metrics.json"))
+
+
+def test_scheme_solver_pairs(tmp_path):
+    out = run(["train", "--cfg", "job", "scheme=backprop"], tmp_path).stdout
+    assert "name: adam" in out
+    proc = run(["train", "solver=adam"], tmp_path, check=False)
+    assert proc.returncode == 2 and "scheme=bregman is minimised by solver=isgm|bcd" in proc.stderr
+
+
+def test_experiment_sparse_dae_composes_for_both_schemes(tmp_path):
+    for scheme in ("bregman", "backprop"):
+        out = run(["train", "--cfg", "job", "experiment=sparse_dae", f"scheme={scheme}"], tmp_path).stdout
+        assert "sparsity_layer: 3" in out and "train_size: 1000" in out and f"name: {scheme}" in out
 
 
 def test_bad_value_in_multirun_leaves_no_finished_folder(tmp_path, fake_mnist):

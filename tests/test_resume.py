@@ -10,13 +10,15 @@ from lifted_cli import schemes
 from lifted_cli.training import train
 
 
-def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_train, monkeypatch):
-    ov = [f"data_root={fake_mnist}", "train_size=64", "test_size=8", "epochs=2", "batch_size=8",
+@pytest.mark.parametrize("scheme", ["backprop", "bregman"])
+def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_train, monkeypatch, scheme):
+    cls = {"backprop": schemes.BackpropScheme, "bregman": schemes.BregmanScheme}[scheme]
+    ov = [f"scheme={scheme}", f"data_root={fake_mnist}", "train_size=64", "test_size=8", "epochs=2", "batch_size=8",
           "arch.hidden=[16]", "progress=false", "num_samples=2"]
     full = train(compose_train(ov, output_dir=tmp_path / "full"))
 
     calls = {"n": 0}
-    real_step = schemes.BackpropScheme.step
+    real_step = cls.step
 
     def flaky(self, y, x):
         calls["n"] += 1
@@ -24,12 +26,12 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_
             os.kill(os.getpid(), signal.SIGINT)
         return real_step(self, y, x)
 
-    monkeypatch.setattr(schemes.BackpropScheme, "step", flaky)
+    monkeypatch.setattr(cls, "step", flaky)
     with pytest.raises(KeyboardInterrupt):
         train(compose_train(ov, output_dir=tmp_path / "cut"))
     assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "metrics.json").exists()
     assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["batch"] == 3
-    monkeypatch.setattr(schemes.BackpropScheme, "step", real_step)
+    monkeypatch.setattr(cls, "step", real_step)
     resumed = train(compose_train([*ov, f"resume={tmp_path / 'cut'}"], output_dir=tmp_path / "cut"))
     assert resumed["test"] == full["test"]
     assert resumed["train"] == pytest.approx(full["train"], rel=1e-12)
@@ -39,7 +41,7 @@ def test_divergence_stops_and_keeps_last_checkpoint(tmp_path, fake_mnist, compos
     from lifted_cli.training import TrainingError
 
     ov = [f"data_root={fake_mnist}", "train_size=32", "test_size=8", "epochs=3", "batch_size=8",
-          "arch.hidden=[16]", "progress=false", "solver=sgd", "solver.lr=1e6", "solver.momentum=0.5"]
+          "arch.hidden=[16]", "progress=false", "scheme=backprop", "solver=sgd", "solver.lr=1e6", "solver.momentum=0.5"]
     with pytest.raises(TrainingError, match="diverged") as err:
         train(compose_train(ov, output_dir=tmp_path / "d"))
     assert "\n" not in str(err.value)

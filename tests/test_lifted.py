@@ -1,0 +1,179 @@
+"""The lifted Bregman objective and its solvers (METHOD.md sections 4-5)."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from lifted_cli.activations import ReLU
+from lifted_cli.config import BCDConfig, BregmanSchemeConfig, ISGMConfig
+from lifted_cli.lifted import LiftedProblem
+from lifted_cli.networks import MLP
+from lifted_cli.schemes import BregmanScheme
+from lifted_cli.solvers import BCD, ISGM
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def net(widths=(6, 5, 4, 3), acts=("relu", "soft_threshold:0.1", "identity"), seed=0):
+    torch.manual_seed(seed)
+    return MLP(list(widths), list(acts))
+
+
+def batch(s=10, n_in=6, n_out=3, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(s, n_in, generator=g), torch.rand(s, n_out, generator=g)
+
+
+def cfg(kind, **kw):
+    return OmegaConf.structured({"isgm": ISGMConfig, "bcd": BCDConfig}[kind](**kw))
+
+
+@pytest.mark.parametrize("output", ["clamped", "free"])
+def test_forward_warm_start_has_zero_hidden_penalties(output):
+    model = net()
+    problem = LiftedProblem(model, [1.0, 2.0, 0.5], output=output)
+    u0, t = batch()
+    st = problem.init_state(u0, t)
+    pens = problem.layer_penalties(st)
+    hidden = pens if output == "free" else pens[:-1]
+    assert all(abs(float(p)) < 1e-12 for p in hidden)
+    assert all(g < 1e-12 for g in problem.layer_gaps(st)[: len(hidden)])
+    with torch.no_grad():
+        assert torch.allclose(problem.acts[-1](st.a[-1]), model(u0))
+    if output == "clamped":
+        assert torch.allclose(pens[-1], 0.5 * 0.5 * ((model(u0) - t) ** 2).sum(1).mean())  # lambda_3 = 0.5
+
+
+def test_bcd_decreases_objective_monotonically():
+    """Gauss-Seidel BCD with safe steps (exact norms: many power iterations) never increases E."""
+    model = net()
+    problem = LiftedProblem(model, [1.0, 1.0, 1.0], output="free", sparsity=0.05, sparsity_layer=2)
+    solver = BCD(problem, cfg("bcd", power_iters=200, step_safety=0.99, weight_update="gd"))
+    u0, t = batch()
+    st = problem.init_state(u0, t)
+    prev = problem.objective(st)
+    values = [prev]
+    with torch.no_grad():
+        for _ in range(60):
+            solver.x_step(st)
+            problem.refresh(st)
+            e = problem.objective(st)
+            assert e <= prev + 1e-10
+            prev = e
+            solver.w_step(st)
+            problem.refresh(st)
+            e = problem.objective(st)
+            assert e <= prev + 1e-10
+            prev = e
+            values.append(e)
+    assert values[-1] < 0.5 * values[0]
+
+
+def _isgm_objective_relu(W, b, z, t, W0, b0, tau):
+    """(1/s) sum_i B_relu(t_i, W z_i + b) + 1/(2 tau) ||[W, b] - [W0, b0]||^2, closed form
+    B(y, a) = y^2/2 - y a + max(a, 0)^2/2 (independent of the implementation form)."""
+    a = z @ W.t() + b
+    B = (t**2 / 2 - t * a + torch.relu(a) ** 2 / 2).sum(1).mean()
+    return B + ((W - W0) ** 2).sum() / (2 * tau) + ((b - b0) ** 2).sum() / (2 * tau)
+
+
+@pytest.mark.parametrize("metric", ["scalar", "majorizer"])
+def test_isgm_one_layer_reaches_minimiser(metric):
+    """One ReLU layer, clamped output: the implicit step is a convex problem in (W, b). ISGM with
+    many inner iterations reaches the minimiser found independently by L-BFGS."""
+    model = net(widths=(5, 3), acts=("relu",))
+    u0, t = batch(s=12, n_in=5, n_out=3)
+    tau = 0.7
+    W0, b0 = model.linears[0].weight.detach().clone(), model.linears[0].bias.detach().clone()
+
+    W = W0.clone().requires_grad_(True)
+    b = b0.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([W, b], max_iter=500, tolerance_grad=1e-12, tolerance_change=1e-15, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        f = _isgm_objective_relu(W, b, u0, t, W0, b0, tau)
+        f.backward()
+        return f
+
+    opt.step(closure)
+    problem = LiftedProblem(model, [1.0], output="clamped")
+    solver = ISGM(problem, cfg("isgm", tau=tau, n_inner=3000, power_iters=50, w_metric=metric))
+    solver.begin_epoch(0)
+    solver.step(u0, t)
+    assert torch.allclose(model.linears[0].weight, W.detach(), atol=1e-6)
+    assert torch.allclose(model.linears[0].bias, b.detach(), atol=1e-6)
+
+
+def test_majorized_step_is_exact_for_identity_layer():
+    """For sigma = identity the majorised implicit step solves the ridge problem exactly."""
+    model = net(widths=(5, 4), acts=("identity",))
+    u0, t = batch(s=7, n_in=5, n_out=4)
+    tau = 0.3
+    W0 = torch.cat([model.linears[0].weight, model.linears[0].bias[:, None]], 1).detach().clone()
+    Z = torch.cat([u0, torch.ones(7, 1)], 1)
+    # argmin_W 1/(2s) ||Z W^T - T||^2 + 1/(2 tau) ||W - W0||^2
+    A = Z.t() @ Z / 7 + torch.eye(6) / tau
+    W_star = torch.linalg.solve(A, Z.t() @ t / 7 + W0.t() / tau).t()
+    problem = LiftedProblem(model, [1.0], output="clamped")
+    solver = ISGM(problem, cfg("isgm", tau=tau, n_inner=1))
+    solver.begin_epoch(0)
+    solver.step(u0, t)
+    W = torch.cat([model.linears[0].weight, model.linears[0].bias[:, None]], 1)
+    assert torch.allclose(W, W_star, atol=1e-10)
+
+
+class _NoBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z):
+        return torch.relu(z)
+
+    @staticmethod
+    def backward(ctx, g):
+        raise RuntimeError("the derivative of the activation was requested")
+
+
+class UndifferentiableReLU(ReLU):
+    def __call__(self, z):
+        return _NoBackward.apply(z)
+
+
+@pytest.mark.parametrize("solver", ["isgm", "bcd"])
+def test_bregman_never_differentiates_an_activation(solver):
+    model = net(widths=(6, 8, 8, 3), acts=("relu", "relu", "identity"))
+    model.acts[0] = model.acts[1] = UndifferentiableReLU()
+    # the network is differentiable through autograd everywhere else: back-propagation must fail
+    u0, t = batch(s=16)
+    with pytest.raises(RuntimeError, match="derivative of the activation"):
+        ((model(u0) - t) ** 2).sum().backward()
+    model.zero_grad(set_to_none=True)
+    scheme_cfg = OmegaConf.structured(BregmanSchemeConfig())
+    solver_cfg = cfg(solver, n_inner=2) if solver == "isgm" else cfg(solver, n_inner=2, weight_update="gd")
+    scheme = BregmanScheme(model, scheme_cfg, solver_cfg)
+    scheme.begin_epoch(0)
+    losses = [scheme.step(u0.view(16, 1, 2, 3), t.view(16, 1, 1, 3))["loss"] for _ in range(40)]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_sparsity_prox_composition_is_exact():
+    """prox of mu (lambda Phi + alpha |.|) for soft-threshold = S_{mu lambda beta + mu alpha}(v)/(1+mu lambda)."""
+    model = net(widths=(4, 6, 3), acts=("soft_threshold:0.2", "identity"))
+    problem = LiftedProblem(model, [2.0, 1.0], output="clamped", sparsity=0.3, sparsity_layer=1)
+    v = torch.linspace(-3, 3, 61)
+    mu = 0.4
+    expected = torch.sign(v) * torch.relu(v.abs() - mu * 2.0 * 0.2 - mu * 0.3) / (1 + mu * 2.0)
+    assert torch.allclose(problem.x_prox(1, v, mu), expected)
+
+
+def test_bad_problem_setups():
+    with pytest.raises(ValueError, match="penalty weights"):
+        LiftedProblem(net(), [1.0])
+    with pytest.raises(ValueError, match="output"):
+        LiftedProblem(net(), [1.0] * 3, output="tied")
+    with pytest.raises(ValueError, match="dPhi"):
+        LiftedProblem(net(acts=("sigmoid", "relu", "identity")), [1.0] * 3, sparsity=0.1, sparsity_layer=1)
