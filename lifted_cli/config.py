@@ -93,35 +93,36 @@ class SGDConfig:
 
 
 @dataclass
-class ISGMConfig:
-    name: str = "isgm"
-    tau: float = 1.0
-    tau_decay: float = 1.0
-    w_metric: str = "majorizer"
+class LiftedSolverConfig:
+    """Options shared by the solvers of the lifted objective (see solvers.py)."""
+
+    name: str = MISSING
     n_inner: int = 1
-    x_sweeps: int = 2
+    x_sweeps: int = 1
     layer_order: str = "gauss_seidel"
     step_safety: float = 0.9
     power_iters: int = 2
     x_step: Optional[float] = None
+
+
+@dataclass
+class ISGMConfig(LiftedSolverConfig):
+    name: str = "isgm"
+    x_sweeps: int = 2
+    tau: float = 1.0
+    tau_decay: float = 1.0
+    w_metric: str = "majorizer"
     w_step: Optional[float] = None
 
 
 @dataclass
-class BCDConfig:
+class BCDConfig(LiftedSolverConfig):
     name: str = "bcd"
-    n_inner: int = 1
-    x_sweeps: int = 1
-    layer_order: str = "gauss_seidel"
     weight_update: str = "gd"
     lr: Optional[float] = None
     momentum: float = 0.9
     beta1: float = 0.9
     beta2: float = 0.999
-    step_safety: float = 0.9
-    power_iters: int = 2
-    x_step: Optional[float] = None
-    w_step: Optional[float] = None
 
 
 # ------------------------------------------------------------------------------------------- train
@@ -286,7 +287,7 @@ def validate_train(cfg: DictConfig) -> None:
         if o.layer_order not in ("gauss_seidel", "jacobi"):
             _fail("solver.layer_order", o.layer_order, "allowed: gauss_seidel, jacobi")
         _positive(cfg, "solver.x_step", o.x_step, allow_none=True)
-        _positive(cfg, "solver.w_step", o.w_step, allow_none=True)
+        _positive(cfg, "solver.w_step", o.get("w_step"), allow_none=True)
     if o.name == "isgm":
         _positive(cfg, "solver.tau", o.tau)
         if not 0 < o.tau_decay <= 1:

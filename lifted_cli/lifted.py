@@ -8,8 +8,9 @@ For a chain of layers with states x_0 (input), x_1, ..., x_L (auxiliary variable
 
 with x_L = t (the target) when the output is ``clamped`` (Wang & Benning 2023) or a free variable
 with a data loss when ``free``. The problem is written per layer block (never a dense block
-matrix): every solver only calls ``preactivation``, ``adjoint``, ``weight_gradient`` and
-``update_weights`` of a layer, so other architectures and penalties can plug in here.
+matrix): the solvers only call per-layer methods (``preactivation``, ``adjoint``,
+``weight_gradient``, ``implicit_weight_step``, ``x_smooth_gradient``, ``x_prox``), so other
+architectures and penalties can plug in here.
 
 All methods run under ``torch.no_grad``: the Bregman scheme never differentiates an activation.
 """
@@ -108,11 +109,6 @@ class LiftedProblem:
         coef = torch.cholesky_solve(rhs, torch.linalg.cholesky(k))
         W.copy_(W0 - coef.t() @ x_prev)
         b.copy_(b0 - coef.sum(dim=0))
-
-    def update_weights(self, l: int, dW: torch.Tensor, db: torch.Tensor) -> None:
-        """W_l += dW, b_l += db (in place)."""
-        self.weight(l).add_(dW)
-        self.bias(l).add_(db)
 
     # --------------------------------------------------------------------------- the objective
     @torch.no_grad()

@@ -113,7 +113,7 @@ class LiftedSolver:
             p.weight(l).grad, p.bias(l).grad = gW, gb
 
     def w_step_size(self, l: int, st: LiftedState, anchor_inv: float = 0.0) -> float:
-        if self.cfg.w_step is not None:
+        if self.cfg.get("w_step") is not None:
             return float(self.cfg.w_step)
         lip = self.problem.lambdas[l - 1] * self.data_norm_sq(l, st.x[l - 1]) + anchor_inv
         return self.cfg.step_safety / max(lip, 1e-12)

@@ -44,6 +44,17 @@ def fmt(summary: dict, digits: int) -> str:
     return f"{summary['mean']:.{digits}f} ± {summary['std']:.{digits}f}"
 
 
+def row(experiment: str, method: str, m: dict, bp: dict) -> dict:
+    """One table row; time ratio and PSNR difference against the back-propagation run ``bp``."""
+    return {
+        "experiment": experiment, "method": method,
+        "psnr": fmt(m["test"]["psnr"], 2), "ssim": fmt(m["test"]["ssim"], 4),
+        "s_per_epoch": f"{m['seconds_per_epoch']:.2f}",
+        "time_ratio": f"{m['seconds_per_epoch'] / bp['seconds_per_epoch']:.2f}",
+        "delta_psnr": f"{m['test']['psnr']['mean'] - bp['test']['psnr']['mean']:+.2f}",
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=5)
@@ -73,26 +84,13 @@ def main() -> None:
         nl = bp["no_learning"]
         rows.append({"experiment": task, "method": "no learning (degraded input)", "psnr": fmt(nl["psnr"], 2),
                      "ssim": fmt(nl["ssim"], 4), "s_per_epoch": "", "time_ratio": "", "delta_psnr": ""})
-        for s, m in results.items():
-            rows.append({
-                "experiment": task, "method": s, "psnr": fmt(m["test"]["psnr"], 2), "ssim": fmt(m["test"]["ssim"], 4),
-                "s_per_epoch": f"{m['seconds_per_epoch']:.2f}",
-                "time_ratio": f"{m['seconds_per_epoch'] / bp['seconds_per_epoch']:.2f}",
-                "delta_psnr": f"{m['test']['psnr']['mean'] - bp['test']['psnr']['mean']:+.2f}",
-            })
+        rows += [row(task, s, m, bp) for s, m in results.items()]
     if not args.no_dae:
         dae_common = [c for c in common if not c.startswith(("epochs=", "train_size="))]
         for exp in ("sparse_dae", "sparse_dae_10k"):
             results = {s: run(f"{exp}-{s}", [f"experiment={exp}", *dae_common, *ov], runs_root) for s, ov in SCHEMES.items()}
-            bp = results["backprop"]
-            for s, m in results.items():
-                rows.append({
-                    "experiment": f"{exp} ({m['train_images']} images, {m['epochs']} epochs)", "method": s,
-                    "psnr": fmt(m["test"]["psnr"], 2), "ssim": fmt(m["test"]["ssim"], 4),
-                    "s_per_epoch": f"{m['seconds_per_epoch']:.2f}",
-                    "time_ratio": f"{m['seconds_per_epoch'] / bp['seconds_per_epoch']:.2f}",
-                    "delta_psnr": f"{m['test']['psnr']['mean'] - bp['test']['psnr']['mean']:+.2f}",
-                })
+            label = f"{exp} ({results['backprop']['train_images']} images, {results['backprop']['epochs']} epochs)"
+            rows += [row(label, s, m, results["backprop"]) for s, m in results.items()]
 
     import torch
 
