@@ -113,6 +113,7 @@ class ISGMConfig(LiftedSolverConfig):
     tau_decay: float = 1.0
     w_metric: str = "majorizer"
     w_step: Optional[float] = None
+    momentum: float = 0.8
 
 
 @dataclass
@@ -298,8 +299,6 @@ def validate_train(cfg: DictConfig) -> None:
         if o.weight_update not in ("gd", "heavyball", "nesterov", "adam"):
             _fail("solver.weight_update", o.weight_update, "allowed: gd, heavyball, nesterov, adam")
         _positive(cfg, "solver.lr", o.lr, allow_none=True)
-        if not 0 <= o.momentum < 1:
-            _fail("solver.momentum", o.momentum, "must be in [0, 1)")
     if o.name in ("adam", "sgd"):
         _positive(cfg, "solver.lr", o.lr)
         if o.weight_decay < 0:
@@ -308,5 +307,5 @@ def validate_train(cfg: DictConfig) -> None:
         for k in ("beta1", "beta2"):
             if not 0 <= o[k] < 1:
                 _fail(f"solver.{k}", o[k], "must be in [0, 1)")
-    if o.name == "sgd" and not 0 <= o.momentum < 1:
+    if "momentum" in o and not 0 <= o.momentum < 1:
         _fail("solver.momentum", o.momentum, "must be in [0, 1)")

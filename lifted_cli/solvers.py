@@ -155,10 +155,14 @@ class LiftedSolver:
         pass
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "v_weight": self.v_weight, "v_data": self.v_data}
+        return {"optimizer": self.optimizer.state_dict(), "v_weight": self.v_weight, "v_data": self.v_data,
+                "previous": getattr(self, "previous", None)}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("previous") is not None:
+            dev = self.v_weight[0].device
+            self.previous = [(W.to(dev), b.to(dev)) for W, b in state["previous"]]
         self.v_weight = [v.to(self.v_weight[0].device) for v in state["v_weight"]]
         self.v_data = [v.to(self.v_data[0].device) for v in state["v_data"]]
 
@@ -167,6 +171,8 @@ class LiftedSolver:
 
 
 class ISGM(LiftedSolver):
+    previous = None  # W^{k-1}, for the momentum extrapolation
+
     """Implicit stochastic gradient (Toulis & Airoldi; the chapter's main method): per mini-batch,
     approximately solve
 
@@ -179,9 +185,22 @@ class ISGM(LiftedSolver):
         """tau_e = tau * tau_decay^e for epoch e = 0, 1, ... (smaller tau: more conservative steps)."""
         self.tau = self.cfg.tau * self.cfg.tau_decay**epoch
 
+    @torch.no_grad()
     def begin_batch(self) -> None:
+        """Anchor W^k of this implicit step. With ``momentum`` beta > 0 the anchor is extrapolated,
+        W^k <- W^k + beta (W^k - W^{k-1}) (heavy-ball/Nesterov-style implicit SGD); beta = 0 is
+        plain ISGM."""
         p = self.problem
-        self.anchor = [(p.weight(l).detach().clone(), p.bias(l).detach().clone()) for l in range(1, p.L + 1)]
+        params = [(p.weight(l), p.bias(l)) for l in range(1, p.L + 1)]
+        beta = self.cfg.momentum
+        if beta > 0:
+            current = [(W.detach().clone(), b.detach().clone()) for W, b in params]
+            if self.previous is not None:
+                for (W, b), (W1, b1) in zip(params, self.previous):
+                    W.add_(W - W1, alpha=beta)
+                    b.add_(b - b1, alpha=beta)
+            self.previous = current
+        self.anchor = [(W.detach().clone(), b.detach().clone()) for W, b in params]
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:

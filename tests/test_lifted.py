@@ -177,3 +177,19 @@ def test_bad_problem_setups():
         LiftedProblem(net(), [1.0] * 3, output="tied")
     with pytest.raises(ValueError, match="dPhi"):
         LiftedProblem(net(acts=("sigmoid", "relu", "identity")), [1.0] * 3, sparsity=0.1, sparsity_layer=1)
+
+
+def test_isgm_momentum_extrapolates_the_anchor():
+    """beta > 0: the anchor of batch k is W^k + beta (W^k - W^{k-1}); beta = 0 keeps W^k."""
+    model = net()
+    problem = LiftedProblem(model, [1.0] * 3)
+    for beta in (0.0, 0.8):
+        solver = ISGM(problem, cfg("isgm", momentum=beta))
+        solver.begin_batch()  # first batch: nothing to extrapolate from
+        W_prev = model.linears[0].weight.detach().clone()
+        with torch.no_grad():
+            model.linears[0].weight.add_(0.1)
+        W_now = model.linears[0].weight.detach().clone()
+        solver.begin_batch()
+        expected = W_now + beta * (W_now - W_prev)
+        assert torch.allclose(solver.anchor[0][0], expected) and torch.allclose(model.linears[0].weight, expected)
