@@ -205,61 +205,60 @@ def train(cfg: DictConfig) -> dict:
     stop = _DeferredInterrupt()
     show = bool(cfg.progress) and sys.stderr.isatty()
     epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", disable=not show, initial=start_epoch, total=cfg.epochs)
-    epoch = start_epoch
-    for epoch in epochs_bar:
-        if perm is None:
-            perm = torch.randperm(n_train, generator=gen_perm)
-        scheme.begin_epoch(epoch)
-        sums = dict(partial.get("sums", {}))
-        seconds = partial.get("seconds", 0.0)
-        t0 = time.perf_counter()
-        bar = tqdm(total=batches_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
-        b = start_batch
-        try:
-            for b in range(start_batch, batches_per_epoch):
-                noise_state = gen_noise.get_state()
-                if stop.requested:
-                    raise KeyboardInterrupt
-                idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
-                x = x_train[idx]
-                y = degradation.measure(x, gen_noise)
-                stats = scheme.step(y, x)
-                if not all(math.isfinite(v) for v in stats.values()) or not _finite_model(model):
-                    raise TrainingError(
-                        f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats}); "
-                        f"the last good checkpoint is kept in {out / 'checkpoint.pt'}"
-                    )
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                bar.update(1)
-                bar.set_postfix(loss=f"{stats['loss']:.4g}")
-            else:
-                b = batches_per_epoch
-        except KeyboardInterrupt:
+    try:
+        for epoch in epochs_bar:
+            if perm is None:
+                perm = torch.randperm(n_train, generator=gen_perm)
+            scheme.begin_epoch(epoch)
+            sums = dict(partial.get("sums", {}))
+            seconds = partial.get("seconds", 0.0)
+            t0 = time.perf_counter()
+            bar = tqdm(total=batches_per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
+            b = start_batch
+            try:
+                for b in range(start_batch, batches_per_epoch):
+                    noise_state = gen_noise.get_state()
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    idx = perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
+                    x = x_train[idx]
+                    y = degradation.measure(x, gen_noise)
+                    stats = scheme.step(y, x)
+                    if not all(math.isfinite(v) for v in stats.values()) or not _finite_model(model):
+                        raise TrainingError(
+                            f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats}); "
+                            f"the last good checkpoint is kept in {out / 'checkpoint.pt'}"
+                        )
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                else:
+                    b = batches_per_epoch
+            except KeyboardInterrupt:
+                bar.close()
+                seconds += time.perf_counter() - t0
+                if b < batches_per_epoch:  # batch b had not been applied: replay it from its noise state
+                    gen_noise.set_state(noise_state)
+                checkpoint(epoch, b, perm, {"sums": sums, "seconds": seconds})
+                log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, out)
+                raise
             bar.close()
             seconds += time.perf_counter() - t0
-            if b < batches_per_epoch:  # batch b had not been applied: replay it from its noise state
-                gen_noise.set_state(noise_state)
-            checkpoint(epoch, b, perm, {"sums": sums, "seconds": seconds})
-            stop.restore()
-            log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, out)
-            raise
-        bar.close()
-        seconds += time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "seconds": seconds}
-        row.update({k: v / batches_per_epoch for k, v in sums.items()})
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            ev = evaluate(model, x_test, y_test)
-            row.update(test_psnr=ev["psnr"]["mean"], test_ssim=ev["ssim"]["mean"])
-        else:
-            row.update(test_psnr=math.nan, test_ssim=math.nan)
-        history.append(row)
-        perm, partial, start_batch = None, {}, 0
-        checkpoint(epoch + 1, 0, None, {})
-        io.write_csv(out / "history.csv", history)
-        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
-
-    stop.restore()
+            row = {"epoch": epoch + 1, "seconds": seconds}
+            row.update({k: v / batches_per_epoch for k, v in sums.items()})
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                ev = evaluate(model, x_test, y_test)
+                row.update(test_psnr=ev["psnr"]["mean"], test_ssim=ev["ssim"]["mean"])
+            else:
+                row.update(test_psnr=math.nan, test_ssim=math.nan)
+            history.append(row)
+            perm, partial, start_batch = None, {}, 0
+            checkpoint(epoch + 1, 0, None, {})
+            io.write_csv(out / "history.csv", history)
+            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+    finally:
+        stop.restore()
     final = evaluate(model, x_test, y_test)
     trained = [r["seconds"] for r in history]
     metrics = {
