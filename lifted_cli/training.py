@@ -202,6 +202,9 @@ def train(cfg: DictConfig) -> dict:
             },
         )
 
+    def _diverged(where: str):
+        raise TrainingError(f"training diverged {where}; the last good checkpoint is kept in {out / 'checkpoint.pt'}")
+
     stop = _DeferredInterrupt()
     show = bool(cfg.progress) and sys.stderr.isatty()
     epochs_bar = tqdm(range(start_epoch, cfg.epochs), desc="epochs", disable=not show, initial=start_epoch, total=cfg.epochs)
@@ -224,11 +227,8 @@ def train(cfg: DictConfig) -> dict:
                     x = x_train[idx]
                     y = degradation.measure(x, gen_noise)
                     stats = scheme.step(y, x)
-                    if not all(math.isfinite(v) for v in stats.values()) or not _finite_model(model):
-                        raise TrainingError(
-                            f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats}); "
-                            f"the last good checkpoint is kept in {out / 'checkpoint.pt'}"
-                        )
+                    if not all(math.isfinite(v) for v in stats.values()):
+                        _diverged(f"at epoch {epoch + 1}, batch {b + 1} (statistics {stats})")
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
                     bar.update(1)
@@ -252,6 +252,8 @@ def train(cfg: DictConfig) -> dict:
                 row.update(test_psnr=ev["psnr"]["mean"], test_ssim=ev["ssim"]["mean"])
             else:
                 row.update(test_psnr=math.nan, test_ssim=math.nan)
+            if not _finite_model(model):  # checked once per epoch: a bad batch shows in the next batch's loss
+                _diverged(f"in epoch {epoch + 1} (non-finite weights)")
             history.append(row)
             perm, partial, start_batch = None, {}, 0
             checkpoint(epoch + 1, 0, None, {})
