@@ -88,19 +88,18 @@ class LiftedSolver:
         """One proximal-gradient step on every free auxiliary variable (Gauss-Seidel top-down or
         Jacobi). Leaves the cached pre-activations stale; call ``problem.refresh`` after."""
         p = self.problem
+
+        def update(l):
+            mu = self.x_step_size(l)
+            x_next = st.x[l + 1] if l < p.L else None
+            return p.x_prox(l, st.x[l] - mu * p.x_smooth_gradient(st, l, x_next), mu)
+
         layers = list(p.free_layers())
         if self.order == "gauss_seidel":
             for l in reversed(layers):
-                mu = self.x_step_size(l)
-                x_next = st.x[l + 1] if l < p.L else None
-                st.x[l] = p.x_prox(l, st.x[l] - mu * p.x_smooth_gradient(st, l, x_next), mu)
+                st.x[l] = update(l)
         else:
-            new = {}
-            for l in layers:
-                mu = self.x_step_size(l)
-                x_next = st.x[l + 1] if l < p.L else None
-                new[l] = p.x_prox(l, st.x[l] - mu * p.x_smooth_gradient(st, l, x_next), mu)
-            for l, v in new.items():
+            for l, v in [(l, update(l)) for l in layers]:
                 st.x[l] = v
 
     @torch.no_grad()
