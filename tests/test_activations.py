@@ -28,6 +28,14 @@ def to_domain(act, y):
     return y
 
 
+def inputs(spec, ys, zs):
+    """The activation, y in dom Psi and z (float64, same length)."""
+    act = make_activation(spec)
+    n = min(len(ys), len(zs))
+    z = torch.tensor(zs[:n], dtype=torch.float64)
+    return act, to_domain(act, torch.tensor(ys[:n], dtype=torch.float64)), z
+
+
 def test_every_activation_is_tested():
     assert {make_activation(s).name for s in SPECS} == set(ACTIVATIONS)
 
@@ -36,10 +44,7 @@ def test_every_activation_is_tested():
 @settings(max_examples=40, deadline=None)
 @given(ys=vectors, zs=vectors)
 def test_bregman_properties(spec, ys, zs):
-    act = make_activation(spec)
-    n = min(len(ys), len(zs))
-    z = torch.tensor(zs[:n], dtype=torch.float64)
-    y = to_domain(act, torch.tensor(ys[:n], dtype=torch.float64))
+    act, y, z = inputs(spec, ys, zs)
     B = act.bregman(y, z)
     s = act(z)
     assert torch.all(B >= -1e-9)  # B >= 0
@@ -53,14 +58,11 @@ def test_bregman_properties(spec, ys, zs):
 @settings(max_examples=40, deadline=None)
 @given(ys=vectors, zs=vectors)
 def test_bregman_gradient_is_sigma_minus_y(spec, ys, zs):
-    act = make_activation(spec)
-    n = min(len(ys), len(zs))
-    z = torch.tensor(zs[:n], dtype=torch.float64)
+    act, y, z = inputs(spec, ys, zs)
     kinks = {"relu": [0.0], "leaky_relu": [0.0], "soft_threshold": [-0.3, 0.3], "clamp": [-0.5, 1.5]}.get(act.name, [])
     for k in kinks:  # autograd is only meaningful where sigma is differentiable
         z = torch.where((z - k).abs() < 1e-6, z + 1e-3, z)
     z.requires_grad_(True)
-    y = to_domain(act, torch.tensor(ys[:n], dtype=torch.float64))
     (grad,) = torch.autograd.grad(act.bregman(y, z).sum(), z)
     assert torch.allclose(grad, act(z).detach() - y, atol=1e-8)
 
