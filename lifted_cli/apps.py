@@ -20,8 +20,23 @@ register_configs()
 log = logging.getLogger("lifted")
 
 
+FAILURES: list[int] = []  # exit codes of the failed jobs of this process (multirun)
+
+
+def _multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
 def fail(command: str, message: str, code: int = 2):
+    """One line on stderr; a single run exits with ``code``, a multirun job returns so that the
+    other jobs of the sweep still run (``lifted`` exits non-zero at the end)."""
     print(f"lifted {command}: error: {message}", file=sys.stderr)
+    FAILURES.append(code)
+    if _multirun():
+        return None
     sys.exit(code)
 
 
@@ -42,13 +57,13 @@ def train_app(cfg: DictConfig) -> float:
     except ConfigError as err:
         if not cfg.get("resume"):
             _remove_unfinished(out)
-        fail("train", str(err))
+        return fail("train", str(err))
     try:
         metrics = train(cfg)
     except (DataError, TrainingError) as err:
         if not cfg.resume:
             _remove_unfinished(out)
-        fail("train", str(err), code=1)
+        return fail("train", str(err), code=1)
     t, n = metrics["test"], metrics["no_learning"]
     print(
         f"lifted train: done in {out}: test PSNR {t['psnr']['mean']:.2f} dB, SSIM {t['ssim']['mean']:.4f} "
@@ -65,9 +80,9 @@ def data_app(cfg: DictConfig) -> None:
         validate_data(cfg)
         source = ensure_mnist(cfg.data_root, tuple(cfg.data_sources))
     except (ConfigError, DataError) as err:
-        fail("data", str(err), code=2 if isinstance(err, ConfigError) else 1)
+        return fail("data", str(err), code=2 if isinstance(err, ConfigError) else 1)
     problems = verify_mnist(cfg.data_root) if cfg.verify else []
     if problems:
-        fail("data", "; ".join(problems), code=1)
+        return fail("data", "; ".join(problems), code=1)
     print(f"lifted data: MNIST ready in {raw_folder(cfg.data_root)} (source: {source}"
           f"{', sizes and sha256 verified' if cfg.verify else ''})")

@@ -70,6 +70,47 @@ def _prevalidate(command: str, args: list[str]) -> None:
     (validate_train if command == "train" else validate_data)(cfg)
 
 
+def _expand_sweep(args: list[str]) -> list[list[str]]:
+    """The override lists of the jobs of a multirun, as Hydra's basic sweeper forms them
+    (cartesian product of the comma lists and ``range``/``choice`` sweeps)."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plain = [a for a in args if a not in ("-m", "--multirun")]
+    lists = []
+    for o in OverridesParser.create().parse_overrides(plain):
+        if o.is_sweep_override():
+            key = o.get_key_element()
+            lists.append([f"{key}={v}" for v in o.sweep_string_iterator()])
+        else:
+            lists.append([o.input_line])
+    return [list(c) for c in itertools.product(*lists)]
+
+
+def _prevalidate_sweep(command: str, args: list[str]) -> tuple[int, int]:
+    """Validate every job of a multirun before any starts; one line per invalid job. Returns
+    (number of jobs, number of invalid jobs); (0, 0) when the sweep cannot be expanded here (e.g. a
+    sweeper plugin's own syntax), in which case every job still validates itself."""
+    try:
+        jobs = _expand_sweep(args)
+    except Exception:
+        return 0, 0
+    from .config import ConfigError
+
+    bad = 0
+    for i, job in enumerate(jobs):
+        shown = " ".join(o for o in job if not o.startswith(("hydra.", "hydra/")))
+        try:
+            _prevalidate(command, job)
+        except ConfigError as err:  # an invalid combination: skipped, the other jobs run
+            bad += 1
+            print(f"lifted {command}: error: job {i} ({shown}) will not run: {_one_line(err)}", file=sys.stderr)
+        except Exception as err:  # the overrides do not compose: Hydra would stop mid-sweep, so run none
+            raise ValueError(f"job {i} ({shown}): {_one_line(err)}") from None
+    return len(jobs), bad
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -85,7 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             print(f"lifted {command}: error: {err}", file=sys.stderr)
             return 2
-    if not any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
+    multirun = bool({"-m", "--multirun"} & set(args))
+    invalid = 0
+    if multirun and not any(a.split("=")[0] in _HYDRA_FLAGS - {"-m", "--multirun"} for a in args):
+        try:
+            n_jobs, invalid = _prevalidate_sweep(command, args)
+        except ValueError as err:
+            print(f"lifted {command}: error: {err}; no job was started", file=sys.stderr)
+            return 2
+        if n_jobs and invalid == n_jobs:
+            print(f"lifted {command}: error: no valid job in this sweep", file=sys.stderr)
+            return 2
+    elif not any(a.split("=")[0] in _HYDRA_FLAGS for a in args):
         try:
             _prevalidate(command, args)
         except Exception as err:  # Hydra's composition errors and our ConfigError alike
@@ -97,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"lifted-{command}", *args]
     app = {"train": apps.train_app, "data": apps.data_app}[command]
     app()
-    return 0
+    if apps.FAILURES:
+        return max(apps.FAILURES)
+    return 2 if invalid else 0
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 
 from .activations import make_activation
 from .data import DATA_SOURCES
-from .networks import mlp_activations
+from .networks import IMAGE_DIM
 
 
 class ConfigError(ValueError):
@@ -56,6 +56,36 @@ class MLPConfig:
     output_activation: str = "identity"
 
 
+@dataclass
+class ResNetConfig:
+    name: str = "resnet"
+    width: int = 512
+    depth: int = 2
+    activation: str = "relu"
+    tied: bool = False
+    output_activation: str = "identity"
+
+
+@dataclass
+class ProxNetConfig:
+    name: str = "proxnet"
+    hidden: int = 1024
+    depth: int = 2
+    activation: str = "soft_threshold:0.05"
+
+
+@dataclass
+class UnrolledPNNConfig:
+    name: str = "unrolled_pnn"
+    depth: int = 5
+    operator: str = "conv"
+    channels: int = 8
+    kernel: int = 5
+    dual_dim: int = 1024
+    tau: float = 1.0
+    lam: float = 0.1
+
+
 # ------------------------------------------------------------------------------------------ scheme
 @dataclass
 class BackpropSchemeConfig:
@@ -69,7 +99,41 @@ class BregmanSchemeConfig:
     name: str = "bregman"
     penalty_weight: float = 1.0
     layer_weights: Optional[List[float]] = None
-    output: str = "clamped"
+    rho: float = 1.0
+    output: str = "auto"
+    sparsity: float = 0.0
+    sparsity_layer: Optional[int] = None
+
+
+@dataclass
+class FenchelSchemeConfig(BregmanSchemeConfig):
+    name: str = "fenchel"
+
+
+@dataclass
+class MACSchemeConfig:
+    name: str = "mac"
+    mu: float = 1.0
+    mu_growth: float = 1.5
+    mu_max: float = 100.0
+    layer_weights: Optional[List[float]] = None
+    rho: float = 1.0
+    output: str = "auto"
+    sparsity: float = 0.0
+    sparsity_layer: Optional[int] = None
+
+
+@dataclass
+class ContrastiveSchemeConfig:
+    name: str = "contrastive"
+    beta: float = 0.1
+    penalty_weight: float = 1.0
+    layer_weights: Optional[List[float]] = None
+    rho: float = 1.0
+    nudge_steps: int = 3
+    layer_order: str = "gauss_seidel"
+    step_safety: float = 0.9
+    power_iters: int = 2
     sparsity: float = 0.0
     sparsity_layer: Optional[int] = None
 
@@ -158,13 +222,15 @@ class DataConfig:
 
 SCHEMAS = {
     "dataset": {"denoise": DenoiseConfig, "deblur": DeblurConfig, "inpaint": InpaintConfig},
-    "arch": {"mlp": MLPConfig},
-    "scheme": {"backprop": BackpropSchemeConfig, "bregman": BregmanSchemeConfig},
+    "arch": {"mlp": MLPConfig, "resnet": ResNetConfig, "proxnet": ProxNetConfig, "unrolled_pnn": UnrolledPNNConfig},
+    "scheme": {"backprop": BackpropSchemeConfig, "bregman": BregmanSchemeConfig, "fenchel": FenchelSchemeConfig,
+               "mac": MACSchemeConfig, "contrastive": ContrastiveSchemeConfig},
     "solver": {"adam": AdamConfig, "sgd": SGDConfig, "isgm": ISGMConfig, "bcd": BCDConfig},
 }
 
 #: which solvers can minimise which scheme's objective
-SOLVERS_FOR_SCHEME = {"backprop": ("adam", "sgd"), "bregman": ("isgm", "bcd")}
+SOLVERS_FOR_SCHEME = {"backprop": ("adam", "sgd"), "bregman": ("isgm", "bcd"), "fenchel": ("bcd", "isgm"),
+                      "mac": ("bcd", "isgm"), "contrastive": ("adam", "sgd")}
 
 
 def register_configs() -> None:
@@ -235,17 +301,35 @@ def validate_train(cfg: DictConfig) -> None:
         _fail("dataset.keep_ratio", d.keep_ratio, "keep ratio must be in (0, 1]")
 
     a = cfg.arch
+    specs = []
     if a.name == "mlp":
         if len(a.hidden) == 0 or any(w <= 0 for w in a.hidden):
             _fail("arch.hidden", list(a.hidden), "need at least one hidden width, all > 0")
         specs = [a.activation, a.output_activation] + list(a.layer_activations or [])
-        for spec in specs:
-            try:
-                make_activation(spec)
-            except ValueError as err:
-                raise ConfigError(f"arch: {err}") from None
         if a.layer_activations is not None and len(a.layer_activations) != len(a.hidden):
             _fail("arch.layer_activations", list(a.layer_activations), f"need one per hidden layer ({len(a.hidden)})")
+    elif a.name == "resnet":
+        _positive(cfg, "arch.width", a.width)
+        _positive(cfg, "arch.depth", a.depth)
+        specs = [a.activation, a.output_activation]
+    elif a.name == "proxnet":
+        _positive(cfg, "arch.depth", a.depth)
+        if a.hidden < IMAGE_DIM:
+            _fail("arch.hidden", a.hidden, f"W^T W = I needs hidden >= {IMAGE_DIM} (the image size)")
+        specs = [a.activation]
+    elif a.name == "unrolled_pnn":
+        _positive(cfg, "arch.depth", a.depth)
+        if a.operator not in ("dense", "conv"):
+            _fail("arch.operator", a.operator, "allowed: dense, conv")
+        for key in ("channels", "dual_dim", "tau", "lam"):
+            _positive(cfg, f"arch.{key}", a[key])
+        if a.kernel < 1 or a.kernel % 2 == 0:
+            _fail("arch.kernel", a.kernel, "must be odd and >= 1")
+    for spec in specs:
+        try:
+            make_activation(spec)
+        except ValueError as err:
+            raise ConfigError(f"arch: {err}") from None
 
     s = cfg.scheme
     allowed = SOLVERS_FOR_SCHEME[s.name]
@@ -253,30 +337,23 @@ def validate_train(cfg: DictConfig) -> None:
         _fail("solver", cfg.solver.name, f"scheme={s.name} is minimised by solver={'|'.join(allowed)}")
     if s.sparsity < 0:
         _fail("scheme.sparsity", s.sparsity, "must be >= 0")
-    if s.sparsity_layer is not None:
-        n_layers = len(a.hidden) + 1
-        if not 1 <= s.sparsity_layer <= n_layers:
-            _fail("scheme.sparsity_layer", s.sparsity_layer, f"must be a layer index 1..{n_layers}")
-
-    if s.name == "bregman":
-        n_layers = len(a.hidden) + 1
-        _positive(cfg, "scheme.penalty_weight", s.penalty_weight)
-        if s.layer_weights is not None and (len(s.layer_weights) != n_layers or min(s.layer_weights) <= 0):
-            _fail("scheme.layer_weights", list(s.layer_weights), f"need {n_layers} weights, all > 0")
-        if s.output not in ("clamped", "free"):
-            _fail("scheme.output", s.output, "allowed: clamped, free")
-        out_act = make_activation(a.output_activation)
-        if s.output == "clamped" and not all(bool(out_act.in_domain(torch.tensor([v]))) for v in (0.0, 1.0)):
-            _fail("scheme.output", s.output, f"a clamped output needs targets in [0, 1] inside the range of "
-                  f"the output activation {out_act.spec()}; use output=free or another output_activation")
-        if s.sparsity_layer is not None:
-            acts = mlp_activations(a)
-            act = make_activation(acts[s.sparsity_layer - 1])
-            if not act.l1_composable:
-                _fail("scheme.sparsity_layer", s.sparsity_layer, f"l1 on a {act.spec()} layer is not supported "
-                      "(needs 0 in dPhi(0): identity, relu, leaky_relu, soft_threshold, tanh, clamp around 0)")
-            if s.output == "clamped" and s.sparsity_layer == n_layers:
-                _fail("scheme.sparsity_layer", s.sparsity_layer, "the clamped output layer cannot carry sparsity; use output=free")
+    for key in ("penalty_weight", "rho", "beta", "mu", "nudge_steps", "power_iters"):
+        if key in s:
+            _positive(cfg, f"scheme.{key}", s[key])
+    if s.get("layer_weights") is not None and min(s.layer_weights, default=1) <= 0:
+        _fail("scheme.layer_weights", list(s.layer_weights), "all weights must be > 0")
+    if "output" in s and s.output not in ("auto", "clamped", "free"):
+        _fail("scheme.output", s.output, "allowed: auto, clamped, free")
+    if s.name == "mac":
+        if s.mu_growth < 1:
+            _fail("scheme.mu_growth", s.mu_growth, "must be >= 1 (the penalty weight increases over training)")
+        if s.mu_max < s.mu:
+            _fail("scheme.mu_max", s.mu_max, f"must be >= scheme.mu ({s.mu})")
+    if s.name == "contrastive":
+        if s.layer_order not in ("gauss_seidel", "jacobi"):
+            _fail("scheme.layer_order", s.layer_order, "allowed: gauss_seidel, jacobi")
+        if not 0 < s.step_safety <= 1:
+            _fail("scheme.step_safety", s.step_safety, "must be in (0, 1]")
 
     o = cfg.solver
     if o.name in ("isgm", "bcd"):
@@ -309,3 +386,18 @@ def validate_train(cfg: DictConfig) -> None:
                 _fail(f"solver.{k}", o[k], "must be in [0, 1)")
     if "momentum" in o and not 0 <= o.momentum < 1:
         _fail("solver.momentum", o.momentum, "must be in [0, 1)")
+    _check_combination(cfg)
+
+
+def _check_combination(cfg: DictConfig) -> None:
+    """Build the network and the scheme once (on a forked RNG, so the run's seed is untouched):
+    every scheme x architecture x solver combination the mathematics does not allow fails here,
+    with the reason in one line, before any results folder exists."""
+    from .networks import build_network
+    from .schemes import build_scheme
+
+    with torch.random.fork_rng(devices=[]):
+        try:
+            build_scheme(build_network(cfg.arch), cfg.scheme, cfg.solver)
+        except ValueError as err:
+            raise ConfigError(f"scheme={cfg.scheme.name} arch={cfg.arch.name} solver={cfg.solver.name}: {err}") from None

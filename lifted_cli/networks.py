@@ -1,14 +1,37 @@
 """Networks in the unified lifted form (METHOD.md section 3).
 
-An MLP ``u_l = sigma_l(W_l u_{l-1} + b_l)``, l = 1..L, is the unified form with M dropping u_0,
-V = I and K reading u_L. It is stored as a list of affine maps (``nn.Linear``, the blocks W_l, b_l)
-and a list of proximal activations (``activations.py``), so a lifted scheme can address each layer
-equation on its own while back-propagation sees an ordinary ``nn.Module``.
+Every architecture is a chain of blocks l = 1..L acting on states u_0, u_1, ..., u_L:
+
+    a_l = W_l u_{l-1} + b_l(y)         (pre-activation; ``Block.pre``, affine in u_{l-1})
+    z_l = sigma_l(a_l)                 (proximal activation; auxiliary variable of the lifted problem)
+    u_l = S_l u_{l-1} + V_l z_l        (``Block.post``; S_l = I for a skip connection, else 0)
+
+and the output ``x_net = K(u_L, y)`` (``UnifiedNet.readout``). This is ``M u = V prox_Psi(W u + b)``
+with M bidiagonal: one row block per layer. A *dense* block has ``u_l = z_l`` (V = I, no skip), so
+the state is the auxiliary variable itself; the other blocks keep u_l as a second auxiliary
+variable, tied to z_l by the architecture penalty rho/2 ||u_l - S_l u_{l-1} - V_l z_l||^2.
+
+* ``mlp``: dense blocks ``u_l = sigma_l(W_l u_{l-1} + b_l)``; K reads u_L.
+* ``resnet``: a dense input map 784 -> width (identity activation), ``depth`` residual blocks
+  ``u_k = u_{k-1} + V_k sigma(W_k u_{k-1} + b_k)`` (``V_k = W_k^T`` with ``tied``), and a dense
+  output map width -> 784.
+* ``proxnet`` (Hasannasab et al. 2020): ``u_l = W_l^T sigma(W_l u_{l-1} + b_l)``, W_l (hidden x 784)
+  with orthonormal columns ``W_l^T W_l = I``, restored after every update by ``project``.
+* ``unrolled_pnn`` (Wang, Benning, Repetti 2024): dual forward-backward iterations
+  ``u_k = clamp_[-lam, lam](u_{k-1} - tau L_k (L_k^* u_{k-1} - y))``, u_0 = 0, output
+  ``x_net = y - L_K^* u_K``: a dense block with ``W_k = I - tau L_k L_k^*`` and the data-dependent
+  bias ``tau L_k y``; L_k dense or convolutional.
+
+Lifted schemes only call the block methods (``pre``, ``pre_adjoint``, ``post``, ``post_adjoint``,
+``project``) and never differentiate an activation; back-propagation sees an ordinary ``nn.Module``.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .activations import ProxActivation, make_activation
@@ -17,47 +40,332 @@ IMAGE_SHAPE = (1, 28, 28)
 IMAGE_DIM = 28 * 28
 
 
-class MLP(nn.Module):
-    """Fully connected network, degraded image (flattened) -> reconstruction (flattened).
+class Block(nn.Module):
+    """One layer equation. ``has_state``: u_l is not z_l (a second auxiliary variable);
+    ``skip``: S_l = I. ``in_dim``/``out_dim``: sizes of u_{l-1} and u_l; ``z_dim``: size of z_l."""
 
-    ``widths`` = [n_0, n_1, ..., n_L]; ``activations`` = [sigma_1, ..., sigma_L] (spec strings).
-    """
+    has_state = False
+    skip = False
 
-    def __init__(self, widths: list[int], activations: list[str]):
+    def __init__(self, act: ProxActivation):
         super().__init__()
-        if len(activations) != len(widths) - 1:
-            raise ValueError(f"{len(widths) - 1} layers need {len(widths) - 1} activations, got {len(activations)}")
-        self.widths = list(widths)
-        self.activation_specs = list(activations)
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.acts: list[ProxActivation] = [make_activation(s) for s in activations]
+        self.act = act
+
+    def pre(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """a_l = W_l u + b_l(y) (rows = samples)."""
+        raise NotImplementedError
+
+    def pre_linear(self, v: torch.Tensor) -> torch.Tensor:
+        """W_l v (the linear part of ``pre``), for norm estimates."""
+        raise NotImplementedError
+
+    def pre_adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        """W_l^T r."""
+        raise NotImplementedError
+
+    def post(self, u: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """u_l = S_l u_{l-1} + V_l z_l."""
+        return z
+
+    def post_linear(self, z: torch.Tensor) -> torch.Tensor:
+        """V_l z."""
+        return z
+
+    def post_adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        """V_l^T r."""
+        return r
+
+    def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.post(u, self.act(self.pre(u, y)))
+
+    @torch.no_grad()
+    def project(self) -> None:
+        """Restore the block's parameter constraints after an update (none by default)."""
+
+    def affine(self):
+        """(W, b) when a_l = W u + b with plain parameters W, b (enables the exact majorised ISGM
+        step of ``lifted.LiftedProblem``), else None."""
+        return None
+
+
+class DenseBlock(Block):
+    """u_l = sigma(W u_{l-1} + b)."""
+
+    def __init__(self, n_in: int, n_out: int, act: ProxActivation):
+        super().__init__(act)
+        self.linear = nn.Linear(n_in, n_out)
+        self.in_dim, self.out_dim, self.z_dim = n_in, n_out, n_out
+
+    def pre(self, u, y):
+        return torch.addmm(self.linear.bias, u, self.linear.weight.t())
+
+    def pre_linear(self, v):
+        return v @ self.linear.weight.t()
+
+    def pre_adjoint(self, r):
+        return r @ self.linear.weight
+
+    def affine(self):
+        return self.linear.weight, self.linear.bias
+
+
+class ResidualBlock(Block):
+    """u_k = u_{k-1} + V sigma(W u_{k-1} + b); V = W^T when ``tied``."""
+
+    has_state = True
+    skip = True
+
+    def __init__(self, width: int, act: ProxActivation, tied: bool = False):
+        super().__init__(act)
+        self.linear = nn.Linear(width, width)
+        self.tied = tied
+        if not tied:
+            self.V = nn.Parameter(torch.empty(width, width))
+            nn.init.kaiming_uniform_(self.V, a=math.sqrt(5))
+            self.V.data.mul_(0.1)  # near-identity blocks at initialisation
+        self.in_dim = self.out_dim = self.z_dim = width
+
+    def _v(self):
+        return self.linear.weight.t() if self.tied else self.V
+
+    def pre(self, u, y):
+        return torch.addmm(self.linear.bias, u, self.linear.weight.t())
+
+    def pre_linear(self, v):
+        return v @ self.linear.weight.t()
+
+    def pre_adjoint(self, r):
+        return r @ self.linear.weight
+
+    def post(self, u, z):
+        return u + self.post_linear(z)
+
+    def post_linear(self, z):
+        return z @ self._v().t()
+
+    def post_adjoint(self, r):
+        return r @ self._v()
+
+
+def stiefel_project(W: torch.Tensor, tol: float = 1e-6, max_iter: int = 30) -> torch.Tensor:
+    """Nearest matrix with orthonormal columns (the polar factor of W, m >= n), by the
+    Newton-Schulz iteration X <- X (3 I - G)/2, G = X^T X (started from W/||W||_2 when far).
+    An eigenvalue 1 + e of G becomes 1 - 3/4 e^2 + e^3/4, so from e = ||G - I||_F <= 3e-3 (a
+    bound on the spectral error) one more step lands below 7e-6 and is returned unchecked (two
+    matrix products after a small update). The SVD polar factor U V^T is the fallback when it does not converge."""
+    W = W.detach()
+    eye = torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
+    X = W
+    G = X.t() @ X
+    err = float(torch.linalg.matrix_norm(G - eye))
+    if err > 0.5:  # far: make sure every singular value is below sqrt(3), where the iteration converges
+        v = torch.ones(G.shape[0], dtype=W.dtype, device=W.device)
+        for _ in range(30):  # power iteration on G (n x n, cheap) for s_max^2
+            v = G @ v
+            v = v / v.norm()
+        s2 = 1.05 * float(v @ (G @ v))
+        if s2 > 2.5:
+            X, G = X / s2**0.5, G / s2
+            err = float(torch.linalg.matrix_norm(G - eye))
+    for _ in range(max_iter):
+        if err <= tol:
+            return X
+        X = X @ (1.5 * eye - 0.5 * G)
+        if err <= 3e-3:
+            return X
+        G = X.t() @ X
+        err_new = float(torch.linalg.matrix_norm(G - eye))
+        if err_new > 0.9 * err:
+            break
+        err = err_new
+    U, _, Vh = torch.linalg.svd(W, full_matrices=False)
+    return U @ Vh
+
+
+class ProxBlock(Block):
+    """Proximal (Parseval) layer u_l = W^T sigma(W u_{l-1} + b), W (hidden x dim), W^T W = I."""
+
+    has_state = True
+
+    def __init__(self, dim: int, hidden: int, act: ProxActivation):
+        super().__init__(act)
+        if hidden < dim:
+            raise ValueError(f"arch.hidden={hidden}: W^T W = I needs hidden >= {dim}")
+        self.weight = nn.Parameter(torch.empty(hidden, dim))
+        nn.init.orthogonal_(self.weight)
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.in_dim = self.out_dim = dim
+        self.z_dim = hidden
+
+    def pre(self, u, y):
+        return torch.addmm(self.bias, u, self.weight.t())
+
+    def pre_linear(self, v):
+        return v @ self.weight.t()
+
+    def pre_adjoint(self, r):
+        return r @ self.weight
+
+    def post(self, u, z):
+        return z @ self.weight
+
+    def post_linear(self, z):
+        return z @ self.weight
+
+    def post_adjoint(self, r):
+        return r @ self.weight.t()
+
+    @torch.no_grad()
+    def project(self):
+        self.weight.copy_(stiefel_project(self.weight))
+
+
+class AnalysisOperator(nn.Module):
+    """The learnable L of an unrolled PNN layer: images (B, 784) -> dual variables (B, m), with
+    adjoint L^*. ``dense``: an m x 784 matrix; ``conv``: ``channels`` filters of size ``kernel``
+    (zero padding, m = channels * 784), adjoint by the transposed convolution."""
+
+    def __init__(self, kind: str, dual_dim: int, channels: int, kernel: int):
+        super().__init__()
+        self.kind = kind
+        if kind == "dense":
+            self.weight = nn.Parameter(torch.randn(dual_dim, IMAGE_DIM) / math.sqrt(IMAGE_DIM))
+            self.dim = dual_dim
+        elif kind == "conv":
+            self.weight = nn.Parameter(torch.randn(channels, 1, kernel, kernel) / kernel)
+            self.dim = channels * IMAGE_DIM
+        else:
+            raise ValueError(f"arch.operator={kind}: allowed: dense, conv")
+        with torch.no_grad():  # ||L||_2 = 1 at initialisation (power iteration)
+            v = torch.randn(1, IMAGE_DIM, generator=torch.Generator().manual_seed(0)).to(self.weight)
+            for _ in range(50):
+                v = self.adjoint(self(v))
+                v = v / v.norm()
+            self.weight.div_(self(v).norm())
+
+    def forward(self, x):
+        if self.kind == "dense":
+            return x @ self.weight.t()
+        out = F.conv2d(x.reshape(-1, *IMAGE_SHAPE), self.weight, padding=self.weight.shape[-1] // 2)
+        return out.reshape(x.shape[0], -1)
+
+    def adjoint(self, u):
+        if self.kind == "dense":
+            return u @ self.weight
+        # the transposed convolution, written as a convolution with the flipped filters (same
+        # result for stride 1 and "same" padding, and several times faster than conv_transpose2d on CPU)
+        c = self.weight.shape[0]
+        flipped = self.weight.flip(2, 3).transpose(0, 1)
+        out = F.conv2d(u.reshape(-1, c, *IMAGE_SHAPE[1:]), flipped, padding=self.weight.shape[-1] // 2)
+        return out.reshape(u.shape[0], -1)
+
+
+class UnrolledBlock(Block):
+    """u_k = prox_{tau g*}(u_{k-1} - tau L (L^* u_{k-1} - y)), g = lam ||.||_1, so the activation is
+    clamp to [-lam, lam]: a dense block with W = I - tau L L^* and bias tau L y."""
+
+    def __init__(self, op: AnalysisOperator, tau: float, act: ProxActivation):
+        super().__init__(act)
+        self.op = op
+        self.tau = tau
+        self.in_dim = self.out_dim = self.z_dim = op.dim
+
+    def pre(self, u, y):
+        return self.pre_linear(u) + self.tau * self.op(y)
+
+    def pre_linear(self, v):
+        return v - self.tau * self.op(self.op.adjoint(v))
+
+    def pre_adjoint(self, r):  # I - tau L L^* is self-adjoint
+        return self.pre_linear(r)
+
+
+class UnifiedNet(nn.Module):
+    """x_net = K(u_L, y) where u_l = post_l(u_{l-1}, sigma_l(pre_l(u_{l-1}, y))), u_0 = ``input_state(y)``.
+
+    ``readout_op``: None (K reads u_L) or the analysis operator L_K of x_net = y - L_K^* u_K."""
+
+    def __init__(self, blocks: list[Block], readout_op: AnalysisOperator | None = None, zero_input: bool = False):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.readout_op = readout_op
+        self.zero_input = zero_input
 
     @property
     def depth(self) -> int:
-        return len(self.linears)
+        return len(self.blocks)
 
-    def preactivation(self, layer: int, u_prev: torch.Tensor) -> torch.Tensor:
-        """a_l = W_l u_{l-1} + b_l for layer index ``layer`` (0-based)."""
-        lin = self.linears[layer]
-        return torch.addmm(lin.bias, u_prev, lin.weight.t())
+    @property
+    def acts(self) -> list[ProxActivation]:
+        return [b.act for b in self.blocks]
 
-    def forward_states(self, u0: torch.Tensor) -> list[torch.Tensor]:
-        """All states [u_0, u_1, ..., u_L] of the forward pass (rows = samples)."""
-        states = [u0]
-        for lin, act in zip(self.linears, self.acts):
-            states.append(act(lin(states[-1])))
+    @property
+    def readout_identity(self) -> bool:
+        return self.readout_op is None
+
+    def input_state(self, y: torch.Tensor) -> torch.Tensor:
+        """u_0: the flattened input, or zeros (the dual variable of an unrolled PNN)."""
+        if self.zero_input:
+            return y.new_zeros(y.shape[0], self.blocks[0].in_dim)
+        return y
+
+    def readout(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x_net = K(u_L, y): u_L, or y - L_K^* u_K."""
+        return u if self.readout_op is None else y - self.readout_op.adjoint(u)
+
+    def readout_linear(self, u: torch.Tensor) -> torch.Tensor:
+        """The linear part u -> K(u, y) - K(0, y): u, or -L_K^* u."""
+        return u if self.readout_op is None else -self.readout_op.adjoint(u)
+
+    def readout_adjoint(self, r: torch.Tensor) -> torch.Tensor:
+        """Adjoint of u -> K(u, y) - K(0, y): r, or -L_K r."""
+        return r if self.readout_op is None else -self.readout_op(r)
+
+    def forward_states(self, y_flat: torch.Tensor) -> list[torch.Tensor]:
+        """All states [u_0, ..., u_L] of the forward pass (rows = samples)."""
+        states = [self.input_state(y_flat)]
+        for block in self.blocks:
+            states.append(block(states[-1], y_flat))
         return states
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """x_net = N(y): flattens each sample; the output takes the input's shape when the sizes
         agree (image to image), else it stays flat."""
-        u = y.reshape(y.shape[0], -1)
-        for lin, act in zip(self.linears, self.acts):
-            u = act(lin(u))
-        return u.reshape(y.shape) if u.shape[1] == y[0].numel() else u
+        y_flat = y.reshape(y.shape[0], -1)
+        out = self.readout(self.forward_states(y_flat)[-1], y_flat)
+        return out.reshape(y.shape) if out.shape[1] == y[0].numel() else out
+
+    @torch.no_grad()
+    def project(self) -> None:
+        for block in self.blocks:
+            block.project()
 
 
-ARCHS = ("mlp",)
+def MLP(widths: list[int], activations: list[str]) -> UnifiedNet:
+    """Fully connected network; ``widths`` = [n_0, ..., n_L], ``activations`` = [sigma_1..sigma_L]."""
+    if len(activations) != len(widths) - 1:
+        raise ValueError(f"{len(widths) - 1} layers need {len(widths) - 1} activations, got {len(activations)}")
+    return UnifiedNet([DenseBlock(a, b, make_activation(s)) for a, b, s in zip(widths[:-1], widths[1:], activations)])
+
+
+def ResNet(dim: int, width: int, depth: int, activation: str, tied: bool, output_activation: str) -> UnifiedNet:
+    blocks = [DenseBlock(dim, width, make_activation("identity"))]
+    blocks += [ResidualBlock(width, make_activation(activation), tied) for _ in range(depth)]
+    blocks.append(DenseBlock(width, dim, make_activation(output_activation)))
+    return UnifiedNet(blocks)
+
+
+def ProxNet(dim: int, hidden: int, depth: int, activation: str) -> UnifiedNet:
+    return UnifiedNet([ProxBlock(dim, hidden, make_activation(activation)) for _ in range(depth)])
+
+
+def UnrolledPNN(depth: int, operator: str, dual_dim: int, channels: int, kernel: int, tau: float, lam: float) -> UnifiedNet:
+    ops = [AnalysisOperator(operator, dual_dim, channels, kernel) for _ in range(depth)]
+    blocks = [UnrolledBlock(op, tau, make_activation(f"clamp:{-lam}:{lam}")) for op in ops]
+    return UnifiedNet(blocks, readout_op=ops[-1], zero_input=True)
+
+
+ARCHS = ("mlp", "resnet", "proxnet", "unrolled_pnn")
 
 
 def mlp_activations(cfg) -> list[str]:
@@ -66,8 +374,16 @@ def mlp_activations(cfg) -> list[str]:
     return hidden + [cfg.output_activation]
 
 
-def build_network(arch_cfg, in_dim: int = IMAGE_DIM, out_dim: int = IMAGE_DIM) -> nn.Module:
+def build_network(arch_cfg, in_dim: int = IMAGE_DIM, out_dim: int = IMAGE_DIM) -> UnifiedNet:
     """The network described by an ``arch`` config node (weights drawn from torch's global RNG)."""
-    if arch_cfg.name == "mlp":
+    name = arch_cfg.name
+    if name == "mlp":
         return MLP([in_dim, *arch_cfg.hidden, out_dim], mlp_activations(arch_cfg))
-    raise ValueError(f"unknown arch {arch_cfg.name!r}; allowed: {', '.join(ARCHS)}")
+    if name == "resnet":
+        return ResNet(in_dim, arch_cfg.width, arch_cfg.depth, arch_cfg.activation, arch_cfg.tied, arch_cfg.output_activation)
+    if name == "proxnet":
+        return ProxNet(in_dim, arch_cfg.hidden, arch_cfg.depth, arch_cfg.activation)
+    if name == "unrolled_pnn":
+        return UnrolledPNN(arch_cfg.depth, arch_cfg.operator, arch_cfg.dual_dim, arch_cfg.channels, arch_cfg.kernel,
+                           arch_cfg.tau, arch_cfg.lam)
+    raise ValueError(f"unknown arch {name!r}; allowed: {', '.join(ARCHS)}")

@@ -1,19 +1,22 @@
 """Solvers of the lifted objective (METHOD.md section 5): ISGM and block-coordinate descent.
 
-Both work on a :class:`~lifted_cli.lifted.LiftedProblem` through its per-layer methods only, so
-any scheme or architecture that provides them is solved without a special case. One mini-batch:
+Both work on a :class:`~lifted_cli.lifted.LiftedProblem` through its per-variable and per-block
+methods only, so every scheme (penalty) and architecture is solved without a special case. One
+mini-batch:
 
-1. warm start of the auxiliary variables X by a forward pass (every hidden penalty is then zero);
+1. warm start of the auxiliary variables by a forward pass (every penalty is then zero);
 2. ``n_inner`` iterations of
-   * an X-step: one proximal-gradient step per auxiliary variable, layers in Gauss-Seidel order
+   * ``x_sweeps`` X-steps: one proximal-gradient step per auxiliary variable, in Gauss-Seidel order
      (top-down, so the target reaches every layer in one sweep) or Jacobi order (all at once),
-     with the closed-form prox of mu*Phi;
-   * a W-step: every layer at once (the layer problems are independent given X), a gradient step
-     on lambda_l/s sum_i B_l(x_l^i, W_l x_{l-1}^i + b_l) (+ the ISGM anchor 1/(2 tau)||W - W^k||^2).
+     with the closed-form prox of the penalty's non-smooth part (``AuxiliaryUpdater``);
+   * a W-step: every block at once (the block problems are independent given the auxiliaries).
 
-Step sizes come from Lipschitz constants estimated by warm-started power iterations (no SVD):
-``mu_l = safety / (lambda_{l+1} ||W_{l+1}||^2)`` and ``gamma_l = safety / (lambda_l ||[X_{l-1}, 1]||^2/s
-(+ 1/tau))``. No derivative of an activation is taken anywhere.
+Step sizes of the X-steps come from Lipschitz constants with operator norms estimated by
+warm-started power iterations (no SVD): ``mu = safety / Lip``. W-steps of dense blocks under ISGM
+use the exact majorised implicit step (``LiftedProblem.implicit_weight_step``); all other W-steps
+are gradient steps whose length is found by backtracking (Armijo) on the block's own energy,
+warm-started from the last accepted step, so any block (residual, proximal, unrolled) is handled
+without a hand-derived Lipschitz constant.
 """
 
 from __future__ import annotations
@@ -38,84 +41,137 @@ def power_norm_sq(matvec, rmatvec, v: torch.Tensor, iters: int) -> tuple[float, 
     return float(matvec(v).pow(2).sum()), v
 
 
+class AuxiliaryUpdater:
+    """X-steps on the auxiliary variables of a lifted problem: proximal gradient with step
+    ``x_step`` or ``step_safety / Lipschitz`` per variable, in ``gauss_seidel`` (top-down) or
+    ``jacobi`` order. Shared by the solvers and by the nudged phase of the contrastive scheme."""
+
+    def __init__(self, problem: LiftedProblem, layer_order: str, step_safety: float, power_iters: int, x_step=None):
+        self.problem = problem
+        self.order = layer_order
+        self.safety = step_safety
+        self.power_iters = power_iters
+        self.fixed_step = x_step
+        p = problem
+        ref = p.block_params(1)[0]
+        gen = torch.Generator().manual_seed(0)
+        self.vectors = {}
+        for l, blk in enumerate(p.blocks, 1):
+            self.vectors[("pre", l)] = torch.randn(1, blk.in_dim, generator=gen)
+            if blk.has_state:
+                self.vectors[("post", l)] = torch.randn(1, blk.z_dim, generator=gen)
+        self.vectors[("readout", p.L)] = torch.randn(1, p.blocks[-1].out_dim, generator=gen)
+        for key, v in self.vectors.items():
+            self.vectors[key] = (v / v.norm()).to(ref.device, ref.dtype)
+        self._norms = {}
+
+    def invalidate(self) -> None:
+        """Forget the norm estimates (the weights moved); the power iterations stay warm-started."""
+        self._norms = {}
+
+    def norm_sq(self, which: str, l: int) -> float:
+        """||W_l||^2 (``pre``), ||V_l||^2 (``post``) or ||K||^2 (``readout``), estimated once per
+        weight update (``invalidate``)."""
+        key = (which, l)
+        if key not in self._norms:
+            blk = self.problem.blocks[l - 1]
+            model = self.problem.model
+            maps = {"pre": (blk.pre_linear, blk.pre_adjoint), "post": (blk.post_linear, blk.post_adjoint),
+                    "readout": (model.readout_linear, model.readout_adjoint)}[which]
+            self._norms[key], self.vectors[key] = power_norm_sq(*maps, self.vectors[key], self.power_iters)
+        return self._norms[key]
+
+    def step_size(self, kind: str, l: int) -> float:
+        if self.fixed_step is not None:
+            return float(self.fixed_step)
+        return self.safety / max(self.problem.x_lipschitz(kind, l, self.norm_sq), 1e-12)
+
+    @torch.no_grad()
+    def sweep(self, st: LiftedState) -> None:
+        """One proximal-gradient step on every free auxiliary variable. Leaves the cached
+        pre-activations stale; call ``problem.refresh`` after."""
+        p = self.problem
+
+        def update(kind, l):
+            mu = self.step_size(kind, l)
+            v = st.u[l] if kind == "u" else st.z[l]
+            return p.x_prox(kind, l, v - mu * p.x_gradient(st, kind, l), mu)
+
+        variables = p.variables()
+        if self.order == "gauss_seidel":
+            for kind, l in variables:
+                p.set_var(st, kind, l, update(kind, l))
+        else:
+            for (kind, l), v in [(var, update(*var)) for var in variables]:
+                p.set_var(st, kind, l, v)
+
+    def state_dict(self) -> dict:
+        return {"vectors": {f"{w}:{l}": v for (w, l), v in self.vectors.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, v in state["vectors"].items():
+            w, l = key.split(":")
+            ref = self.vectors[(w, int(l))]
+            self.vectors[(w, int(l))] = v.to(ref.device, ref.dtype)
+
+
 class LiftedSolver:
-    """Shared machinery: X-steps, layer-wise weight gradients, Lipschitz estimates, optimiser."""
+    """Shared machinery: X-steps, block weight gradients, backtracking W-steps, optimiser."""
 
     def __init__(self, problem: LiftedProblem, cfg):
         self.problem = problem
         self.cfg = cfg
         self.tau = cfg.get("tau")
-        self.order = cfg.layer_order
-        L = problem.L
-        groups = [{"params": [problem.weight(l), problem.bias(l)], "lr": 1.0} for l in range(1, L + 1)]
+        self.xs = AuxiliaryUpdater(problem, cfg.layer_order, cfg.step_safety, cfg.power_iters, cfg.x_step)
+        groups = [{"params": problem.block_params(l), "lr": 1.0} for l in range(1, problem.L + 1)]
         self.optimizer = self._make_optimizer(groups)
-        dev, dt = problem.weight(1).device, problem.weight(1).dtype
-        gen = torch.Generator().manual_seed(0)
-        # warm starts of the power iterations: for ||W_l|| (size n_{l-1}) and ||[X_{l-1}, 1]|| (n_{l-1}+1)
-        self.v_weight = [torch.randn(problem.weight(l).shape[1], generator=gen).to(dev, dt) for l in range(1, L + 1)]
-        self.v_data = [torch.randn(problem.weight(l).shape[1] + 1, generator=gen).to(dev, dt) for l in range(1, L + 1)]
-        for v in self.v_weight + self.v_data:
-            v /= v.norm()
+        self.gamma = [1.0] * problem.L  # last accepted backtracking step per block
+        self.grow = [True] * problem.L  # the last search accepted its first trial: try a longer step
 
     def _make_optimizer(self, groups):
         return torch.optim.SGD(groups, lr=1.0)
 
-    # ------------------------------------------------------------------------------ estimates
-    def weight_norm_sq(self, l: int) -> float:
-        W = self.problem.weight(l)
-        est, self.v_weight[l - 1] = power_norm_sq(lambda v: W @ v, lambda u: W.t() @ u, self.v_weight[l - 1], self.cfg.power_iters)
-        return est
-
-    def data_norm_sq(self, l: int, x_prev: torch.Tensor) -> float:
-        """||[X_{l-1}, 1]||_2^2 / s: Lipschitz constant of the layer-l weight gradient per lambda."""
-        est, self.v_data[l - 1] = power_norm_sq(
-            lambda v: x_prev @ v[:-1] + v[-1],
-            lambda u: torch.cat([x_prev.t() @ u, u.sum().reshape(1)]),
-            self.v_data[l - 1],
-            self.cfg.power_iters,
-        )
-        return est / x_prev.shape[0]
-
-    def x_step_size(self, l: int) -> float:
-        if self.cfg.x_step is not None:
-            return float(self.cfg.x_step)
-        w_sq = self.weight_norm_sq(l + 1) if l < self.problem.L else 0.0
-        return self.cfg.step_safety / max(self.problem.x_lipschitz(l, w_sq), 1e-12)
-
-    # ---------------------------------------------------------------------------------- steps
     @torch.no_grad()
-    def x_step(self, st: LiftedState) -> None:
-        """One proximal-gradient step on every free auxiliary variable (Gauss-Seidel top-down or
-        Jacobi). Leaves the cached pre-activations stale; call ``problem.refresh`` after."""
+    def backtracking_step_size(self, st: LiftedState, l: int, grads, anchor=None) -> float:
+        """Largest gamma in {c gamma_prev, c gamma_prev/2, ...} (c = 2 after a search that accepted
+        its first trial, else 1) with the Armijo condition
+        f(theta - gamma g) <= f(theta) - gamma/2 ||g||^2 on the block energy f (plus the ISGM anchor
+        1/(2 tau) ||theta - theta^k||^2 when given; ``grads`` must include its gradient). The
+        parameters are left unchanged."""
         p = self.problem
+        params = p.block_params(l)
 
-        def update(l):
-            mu = self.x_step_size(l)
-            x_next = st.x[l + 1] if l < p.L else None
-            return p.x_prox(l, st.x[l] - mu * p.x_smooth_gradient(st, l, x_next), mu)
+        def energy(a=None):
+            f = p.block_energy(st, l, a)
+            if anchor is not None:
+                f += sum(float((q - q0).pow(2).sum()) for q, q0 in zip(params, anchor)) / (2 * self.tau)
+            return f
 
-        layers = list(p.free_layers())
-        if self.order == "gauss_seidel":
-            for l in reversed(layers):
-                st.x[l] = update(l)
-        else:
-            for l, v in [(l, update(l)) for l in layers]:
-                st.x[l] = v
+        saved = [q.detach().clone() for q in params]
+        f0 = energy(st.a[l])  # the cached pre-activation is current before the W-step
+        gg = sum(float(g.pow(2).sum()) for g in grads)
+        gamma = self.gamma[l - 1] * (2.0 if self.grow[l - 1] else 1.0)
+        self.grow[l - 1] = True
+        slack = 10 * torch.finfo(saved[0].dtype).eps * (abs(f0) + 1.0)  # rounding in the energy sums
+        if gg > 0:
+            for _ in range(60):
+                for q, q0, g in zip(params, saved, grads):
+                    torch.add(q0, g, alpha=-gamma, out=q.data)
+                f = energy()
+                if f <= f0 - 0.5 * gamma * gg + slack:
+                    break
+                gamma *= 0.5
+                self.grow[l - 1] = False
+            for q, q0 in zip(params, saved):
+                q.copy_(q0)
+        self.gamma[l - 1] = gamma
+        return gamma
 
-    @torch.no_grad()
-    def weight_gradients(self, st: LiftedState) -> None:
-        """Store in ``.grad`` the gradient of E in (W_l, b_l) for every layer (needs fresh ``a``)."""
-        p = self.problem
-        for l in range(1, p.L + 1):
-            r = p.acts[l - 1](st.a[l - 1]) - st.x[l]
-            gW, gb = p.weight_gradient(l, st.x[l - 1], r)
-            p.weight(l).grad, p.bias(l).grad = gW, gb
-
-    def w_step_size(self, l: int, st: LiftedState, anchor_inv: float = 0.0) -> float:
-        if self.cfg.get("w_step") is not None:
-            return float(self.cfg.w_step)
-        lip = self.problem.lambdas[l - 1] * self.data_norm_sq(l, st.x[l - 1]) + anchor_inv
-        return self.cfg.step_safety / max(lip, 1e-12)
+    def _apply(self, l: int, grads, lr: float | None) -> None:
+        for q, g in zip(self.problem.block_params(l), grads):
+            q.grad = g
+        if lr is not None:
+            self.optimizer.param_groups[l - 1]["lr"] = lr
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
@@ -126,26 +182,22 @@ class LiftedSolver:
     def step(self, u0: torch.Tensor, target: torch.Tensor) -> dict:
         p = self.problem
         st = p.init_state(u0, target)
-        forward_loss = 0.5 * (p.acts[-1](st.a[-1]) - target).pow(2).sum(dim=1).mean()
         self.begin_batch()
         for k in range(self.cfg.n_inner):
+            self.xs.invalidate()
             if k > 0:  # the weights moved: every pre-activation is stale
                 p.refresh(st)
             for j in range(self.cfg.x_sweeps):
                 if j > 0:
                     p.refresh(st, first=2)
-                self.x_step(st)
-            p.refresh(st, first=2)  # x_0 and W_1 unchanged since the last refresh: a_1 is current
+                self.xs.sweep(st)
+            p.refresh(st, first=2)  # u_0 and block 1 unchanged since the last refresh: a_1 is current
             self.inner = k
             if k == self.cfg.n_inner - 1:  # diagnostics at (W, X) before the last W-step: free
-                objective, gaps = p.objective(st), p.layer_gaps(st)
+                objective, gap = p.objective(st), p.hidden_gap(st)
             self.w_step(st)
-        hidden = gaps[:-1] if p.output == "clamped" else gaps
-        return {
-            "loss": float(forward_loss),
-            "objective": objective,
-            "gap": sum(hidden) / max(len(hidden), 1),
-        }
+            p.model.project()
+        return {"loss": st.forward_loss, "objective": objective, "gap": gap}
 
     def begin_batch(self) -> None:
         pass
@@ -154,31 +206,33 @@ class LiftedSolver:
         pass
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "v_weight": self.v_weight, "v_data": self.v_data,
+        return {"optimizer": self.optimizer.state_dict(), "xs": self.xs.state_dict(), "gamma": list(self.gamma), "grow": list(self.grow),
                 "previous": getattr(self, "previous", None)}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+        self.xs.load_state_dict(state["xs"])
+        self.gamma = list(state["gamma"])
+        self.grow = list(state["grow"])
         if state.get("previous") is not None:
-            dev = self.v_weight[0].device
-            self.previous = [(W.to(dev), b.to(dev)) for W, b in state["previous"]]
-        self.v_weight = [v.to(self.v_weight[0].device) for v in state["v_weight"]]
-        self.v_data = [v.to(self.v_data[0].device) for v in state["v_data"]]
+            dev = self.problem.block_params(1)[0].device
+            self.previous = [[q.to(dev) for q in block] for block in state["previous"]]
 
     def hyperparameters(self) -> dict:
         return OmegaConf.to_container(self.cfg, resolve=True)
 
 
 class ISGM(LiftedSolver):
-    previous = None  # W^{k-1}, for the momentum extrapolation
-
     """Implicit stochastic gradient (Toulis & Airoldi; the chapter's main method): per mini-batch,
     approximately solve
 
         argmin_{W, X} E_S(W, X) + sum_l 1/(2 tau) ||W_l - W_l^k||^2
 
     by ``n_inner`` proximal-gradient iterations jointly on X and W, from the warm start
-    (W^k, forward pass). Weight step: W_l <- W_l - gamma_l [grad_W E_S + (W_l - W_l^k)/tau]."""
+    (W^k, forward pass). W-step: the exact majorised implicit step on dense blocks
+    (``w_metric=majorizer``), else W_l <- W_l - gamma_l [grad_W E_S + (W_l - W_l^k)/tau]."""
+
+    previous = None  # W^{k-1}, for the momentum extrapolation
 
     def begin_epoch(self, epoch: int) -> None:
         """tau_e = tau * tau_decay^e for epoch e = 0, 1, ... (smaller tau: more conservative steps)."""
@@ -187,42 +241,43 @@ class ISGM(LiftedSolver):
     @torch.no_grad()
     def begin_batch(self) -> None:
         """Anchor W^k of this implicit step. With ``momentum`` beta > 0 the anchor is extrapolated,
-        W^k <- W^k + beta (W^k - W^{k-1}) (heavy-ball/Nesterov-style implicit SGD); beta = 0 is
-        plain ISGM."""
+        W^k <- W^k + beta (W^k - W^{k-1}) (heavy-ball/Nesterov-style implicit SGD), then projected
+        onto the architecture's constraints; beta = 0 is plain ISGM."""
         p = self.problem
-        params = [(p.weight(l), p.bias(l)) for l in range(1, p.L + 1)]
+        blocks = [p.block_params(l) for l in range(1, p.L + 1)]
         beta = self.cfg.momentum
         if beta > 0:
-            current = [(W.detach().clone(), b.detach().clone()) for W, b in params]
+            current = [[q.detach().clone() for q in block] for block in blocks]
             if self.previous is not None:
-                for (W, b), (W1, b1) in zip(params, self.previous):
-                    W.add_(W - W1, alpha=beta)
-                    b.add_(b - b1, alpha=beta)
+                for block, prev in zip(blocks, self.previous):
+                    for q, q1 in zip(block, prev):
+                        q.add_(q - q1, alpha=beta)
+                p.model.project()
             self.previous = current
-        self.anchor = [(W.detach().clone(), b.detach().clone()) for W, b in params]
+        self.anchor = [[q.detach().clone() for q in block] for block in blocks]
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
         p = self.problem
-        if self.cfg.w_metric == "majorizer":
-            for l in range(1, p.L + 1):
-                r = p.acts[l - 1](st.a[l - 1]) - st.x[l]
-                p.implicit_weight_step(l, st.x[l - 1], r, self.anchor[l - 1], self.tau, at_anchor=self.inner == 0)
-            return
-        self.weight_gradients(st)
         inv_tau = 1.0 / self.tau
         for l in range(1, p.L + 1):
-            W, b = p.weight(l), p.bias(l)
-            W0, b0 = self.anchor[l - 1]
-            W.grad.add_(W - W0, alpha=inv_tau)
-            b.grad.add_(b - b0, alpha=inv_tau)
-            self.optimizer.param_groups[l - 1]["lr"] = self.w_step_size(l, st, inv_tau)
-        self.optimizer.step()
+            if self.cfg.w_metric == "majorizer" and p.majorizable(l):
+                p.implicit_weight_step(st, l, self.anchor[l - 1], self.tau, at_anchor=self.inner == 0)
+                continue
+            grads = p.weight_gradients(st, l)
+            for g, q, q0 in zip(grads, p.block_params(l), self.anchor[l - 1]):
+                g.add_(q - q0, alpha=inv_tau)
+            lr = self.cfg.w_step if self.cfg.w_step is not None else self.backtracking_step_size(st, l, grads, self.anchor[l - 1])
+            self._apply(l, grads, lr)
+        params = [q for group in self.optimizer.param_groups for q in group["params"]]
+        if any(q.grad is not None for q in params):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
 
 
 class BCD(LiftedSolver):
-    """Mini-batch block-coordinate descent: alternate X-steps and layer-local W-steps, the W-step
-    by ``weight_update`` = gd (step 1/L from the power iteration, or ``lr``), heavyball, nesterov
+    """Mini-batch block-coordinate descent: alternate X-steps and block-local W-steps, the W-step
+    by ``weight_update`` = gd (step ``lr``, or backtracking when null), heavyball, nesterov
     (momentum ``momentum``) or adam (learning rate ``lr``)."""
 
     def _make_optimizer(self, groups):
@@ -235,12 +290,15 @@ class BCD(LiftedSolver):
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
-        self.weight_gradients(st)
-        if self.cfg.weight_update != "adam":
-            for l in range(1, self.problem.L + 1):
-                lr = self.cfg.lr if self.cfg.lr is not None else self.w_step_size(l, st)
-                self.optimizer.param_groups[l - 1]["lr"] = lr
+        p = self.problem
+        for l in range(1, p.L + 1):
+            grads = p.weight_gradients(st, l)
+            lr = None
+            if self.cfg.weight_update != "adam":
+                lr = self.cfg.lr if self.cfg.lr is not None else self.backtracking_step_size(st, l, grads)
+            self._apply(l, grads, lr)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
 
 SOLVERS = {"isgm": ISGM, "bcd": BCD}

@@ -66,7 +66,7 @@ def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist, scheme):
     from lifted_cli.training import network_from_checkpoint
 
     model, _ = network_from_checkpoint(folder)
-    assert model.widths == [784, 32, 784]
+    assert [b.in_dim for b in model.blocks] + [model.blocks[-1].out_dim] == [784, 32, 784]
     from PIL import Image
 
     img = Image.open(folder / "samples.png")

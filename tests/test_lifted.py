@@ -8,7 +8,8 @@ from lifted_cli.activations import ReLU
 from lifted_cli.config import BCDConfig, BregmanSchemeConfig, ISGMConfig
 from lifted_cli.lifted import LiftedProblem
 from lifted_cli.networks import MLP
-from lifted_cli.schemes import BregmanScheme
+from lifted_cli.penalties import BregmanPenalty
+from lifted_cli.schemes import LiftedScheme
 from lifted_cli.solvers import BCD, ISGM
 
 
@@ -36,7 +37,7 @@ def cfg(kind, **kw):
 @pytest.mark.parametrize("output", ["clamped", "free"])
 def test_forward_warm_start_has_zero_hidden_penalties(output):
     model = net()
-    problem = LiftedProblem(model, [1.0, 2.0, 0.5], output=output)
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0, 2.0, 0.5], output=output)
     u0, t = batch()
     st = problem.init_state(u0, t)
     pens = problem.layer_penalties(st)
@@ -52,7 +53,7 @@ def test_forward_warm_start_has_zero_hidden_penalties(output):
 def test_bcd_decreases_objective_monotonically():
     """Gauss-Seidel BCD with safe steps (exact norms: many power iterations) never increases E."""
     model = net()
-    problem = LiftedProblem(model, [1.0, 1.0, 1.0], output="free", sparsity=0.05, sparsity_layer=2)
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0, 1.0, 1.0], output="free", sparsity=0.05, sparsity_layer=2)
     solver = BCD(problem, cfg("bcd", power_iters=200, step_safety=0.99, weight_update="gd"))
     u0, t = batch()
     st = problem.init_state(u0, t)
@@ -60,7 +61,7 @@ def test_bcd_decreases_objective_monotonically():
     values = [prev]
     with torch.no_grad():
         for _ in range(60):
-            solver.x_step(st)
+            solver.xs.sweep(st)
             problem.refresh(st)
             e = problem.objective(st)
             assert e <= prev + 1e-10
@@ -89,7 +90,7 @@ def test_isgm_one_layer_reaches_minimiser(metric):
     model = net(widths=(5, 3), acts=("relu",))
     u0, t = batch(s=12, n_in=5, n_out=3)
     tau = 0.7
-    W0, b0 = model.linears[0].weight.detach().clone(), model.linears[0].bias.detach().clone()
+    W0, b0 = model.blocks[0].linear.weight.detach().clone(), model.blocks[0].linear.bias.detach().clone()
 
     W = W0.clone().requires_grad_(True)
     b = b0.clone().requires_grad_(True)
@@ -102,12 +103,12 @@ def test_isgm_one_layer_reaches_minimiser(metric):
         return f
 
     opt.step(closure)
-    problem = LiftedProblem(model, [1.0], output="clamped")
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0], output="clamped")
     solver = ISGM(problem, cfg("isgm", tau=tau, n_inner=3000, power_iters=50, w_metric=metric))
     solver.begin_epoch(0)
     solver.step(u0, t)
-    assert torch.allclose(model.linears[0].weight, W.detach(), atol=1e-6)
-    assert torch.allclose(model.linears[0].bias, b.detach(), atol=1e-6)
+    assert torch.allclose(model.blocks[0].linear.weight, W.detach(), atol=1e-6)
+    assert torch.allclose(model.blocks[0].linear.bias, b.detach(), atol=1e-6)
 
 
 def test_majorized_step_is_exact_for_identity_layer():
@@ -115,16 +116,16 @@ def test_majorized_step_is_exact_for_identity_layer():
     model = net(widths=(5, 4), acts=("identity",))
     u0, t = batch(s=7, n_in=5, n_out=4)
     tau = 0.3
-    W0 = torch.cat([model.linears[0].weight, model.linears[0].bias[:, None]], 1).detach().clone()
+    W0 = torch.cat([model.blocks[0].linear.weight, model.blocks[0].linear.bias[:, None]], 1).detach().clone()
     Z = torch.cat([u0, torch.ones(7, 1)], 1)
     # argmin_W 1/(2s) ||Z W^T - T||^2 + 1/(2 tau) ||W - W0||^2
     A = Z.t() @ Z / 7 + torch.eye(6) / tau
     W_star = torch.linalg.solve(A, Z.t() @ t / 7 + W0.t() / tau).t()
-    problem = LiftedProblem(model, [1.0], output="clamped")
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0], output="clamped")
     solver = ISGM(problem, cfg("isgm", tau=tau, n_inner=1))
     solver.begin_epoch(0)
     solver.step(u0, t)
-    W = torch.cat([model.linears[0].weight, model.linears[0].bias[:, None]], 1)
+    W = torch.cat([model.blocks[0].linear.weight, model.blocks[0].linear.bias[:, None]], 1)
     assert torch.allclose(W, W_star, atol=1e-10)
 
 
@@ -146,7 +147,7 @@ class UndifferentiableReLU(ReLU):
 @pytest.mark.parametrize("solver", ["isgm", "bcd"])
 def test_bregman_never_differentiates_an_activation(solver):
     model = net(widths=(6, 8, 8, 3), acts=("relu", "relu", "identity"))
-    model.acts[0] = model.acts[1] = UndifferentiableReLU()
+    model.blocks[0].act = model.blocks[1].act = UndifferentiableReLU()
     # the network is differentiable through autograd everywhere else: back-propagation must fail
     u0, t = batch(s=16)
     with pytest.raises(RuntimeError, match="derivative of the activation"):
@@ -154,7 +155,7 @@ def test_bregman_never_differentiates_an_activation(solver):
     model.zero_grad(set_to_none=True)
     scheme_cfg = OmegaConf.structured(BregmanSchemeConfig())
     solver_cfg = cfg(solver, n_inner=2) if solver == "isgm" else cfg(solver, n_inner=2, weight_update="gd")
-    scheme = BregmanScheme(model, scheme_cfg, solver_cfg)
+    scheme = LiftedScheme(model, scheme_cfg, solver_cfg)
     scheme.begin_epoch(0)
     losses = [scheme.step(u0.view(16, 1, 2, 3), t.view(16, 1, 1, 3))["loss"] for _ in range(40)]
     assert losses[-1] < 0.7 * losses[0]
@@ -163,33 +164,33 @@ def test_bregman_never_differentiates_an_activation(solver):
 def test_sparsity_prox_composition_is_exact():
     """prox of mu (lambda Phi + alpha |.|) for soft-threshold = S_{mu lambda beta + mu alpha}(v)/(1+mu lambda)."""
     model = net(widths=(4, 6, 3), acts=("soft_threshold:0.2", "identity"))
-    problem = LiftedProblem(model, [2.0, 1.0], output="clamped", sparsity=0.3, sparsity_layer=1)
+    problem = LiftedProblem(model, BregmanPenalty(), [2.0, 1.0], output="clamped", sparsity=0.3, sparsity_layer=1)
     v = torch.linspace(-3, 3, 61)
     mu = 0.4
     expected = torch.sign(v) * torch.relu(v.abs() - mu * 2.0 * 0.2 - mu * 0.3) / (1 + mu * 2.0)
-    assert torch.allclose(problem.x_prox(1, v, mu), expected)
+    assert torch.allclose(problem.x_prox("z", 1, v, mu), expected)
 
 
 def test_bad_problem_setups():
     with pytest.raises(ValueError, match="penalty weights"):
-        LiftedProblem(net(), [1.0])
+        LiftedProblem(net(), BregmanPenalty(), [1.0])
     with pytest.raises(ValueError, match="output"):
-        LiftedProblem(net(), [1.0] * 3, output="tied")
+        LiftedProblem(net(), BregmanPenalty(), [1.0] * 3, output="tied")
     with pytest.raises(ValueError, match="dPhi"):
-        LiftedProblem(net(acts=("sigmoid", "relu", "identity")), [1.0] * 3, sparsity=0.1, sparsity_layer=1)
+        LiftedProblem(net(acts=("sigmoid", "relu", "identity")), BregmanPenalty(), [1.0] * 3, sparsity=0.1, sparsity_layer=1)
 
 
 def test_isgm_momentum_extrapolates_the_anchor():
     """beta > 0: the anchor of batch k is W^k + beta (W^k - W^{k-1}); beta = 0 keeps W^k."""
     model = net()
-    problem = LiftedProblem(model, [1.0] * 3)
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0] * 3)
     for beta in (0.0, 0.8):
         solver = ISGM(problem, cfg("isgm", momentum=beta))
         solver.begin_batch()  # first batch: nothing to extrapolate from
-        W_prev = model.linears[0].weight.detach().clone()
+        W_prev = model.blocks[0].linear.weight.detach().clone()
         with torch.no_grad():
-            model.linears[0].weight.add_(0.1)
-        W_now = model.linears[0].weight.detach().clone()
+            model.blocks[0].linear.weight.add_(0.1)
+        W_now = model.blocks[0].linear.weight.detach().clone()
         solver.begin_batch()
         expected = W_now + beta * (W_now - W_prev)
-        assert torch.allclose(solver.anchor[0][0], expected) and torch.allclose(model.linears[0].weight, expected)
+        assert torch.allclose(solver.anchor[0][0], expected) and torch.allclose(model.blocks[0].linear.weight, expected)

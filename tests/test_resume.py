@@ -10,11 +10,20 @@ from lifted_cli import schemes
 from lifted_cli.training import train
 
 
-@pytest.mark.parametrize("scheme", ["backprop", "bregman"])
-def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_train, monkeypatch, scheme):
-    cls = {"backprop": schemes.BackpropScheme, "bregman": schemes.BregmanScheme}[scheme]
+ARCH_OVERRIDES = {
+    "mlp": ["arch=mlp", "arch.hidden=[16]"],
+    "resnet": ["arch=resnet", "arch.width=16", "arch.depth=1"],
+    "proxnet": ["arch=proxnet", "arch.hidden=800", "arch.depth=1"],
+    "unrolled_pnn": ["arch=unrolled_pnn", "arch.depth=2", "arch.channels=2"],
+}
+
+
+@pytest.mark.parametrize("scheme,arch", [("backprop", "mlp"), ("bregman", "mlp"), ("mac", "resnet"),
+                                         ("contrastive", "proxnet"), ("bregman", "unrolled_pnn")])
+def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_train, monkeypatch, scheme, arch):
+    cls = schemes.SCHEMES[scheme]
     ov = [f"scheme={scheme}", f"data_root={fake_mnist}", "train_size=64", "test_size=8", "epochs=2", "batch_size=8",
-          "arch.hidden=[16]", "progress=false", "num_samples=2"]
+          *ARCH_OVERRIDES[arch], "progress=false", "num_samples=2"]
     full = train(compose_train(ov, output_dir=tmp_path / "full"))
 
     calls = {"n": 0}
