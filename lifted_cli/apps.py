@@ -14,13 +14,30 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from .config import ConfigError, register_configs, validate_data, validate_train
+from .config import ConfigError, register_configs, validate_data, validate_invert, validate_train
 
 register_configs()
 log = logging.getLogger("lifted")
 
 
 FAILURES: list[int] = []  # exit codes of the failed jobs of this process (multirun)
+REPORTED: set[frozenset] = set()  # sweep jobs already reported invalid by `lifted` itself (job_key)
+
+
+def job_key(overrides) -> frozenset:
+    """A job's overrides as Hydra re-serialises them (hydra.* dropped, values case-folded)."""
+    out = set()
+    for o in overrides:
+        key, _, value = str(o).partition("=")
+        if not key.lstrip("+~").startswith("hydra"):
+            out.add((key, value.strip("'\"").lower()))
+    return frozenset(out)
+
+
+def _already_reported() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return _multirun() and job_key(HydraConfig.get().overrides.task) in REPORTED
 
 
 def _multirun() -> bool:
@@ -57,6 +74,9 @@ def train_app(cfg: DictConfig) -> float:
     except ConfigError as err:
         if not cfg.get("resume"):
             _remove_unfinished(out)
+        if _already_reported():  # named before the sweep started
+            FAILURES.append(2)
+            return None
         return fail("train", str(err))
     try:
         metrics = train(cfg)
@@ -70,6 +90,35 @@ def train_app(cfg: DictConfig) -> float:
         f"(degraded input: {n['psnr']['mean']:.2f} dB, {n['ssim']['mean']:.4f})"
     )
     return t["psnr"]["mean"]
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="invert")
+def invert_app(cfg: DictConfig) -> float | None:
+    from .data import DataError
+    from .invert import InversionError, invert
+    from .training import TrainingError
+
+    out = Path(cfg.output_dir)
+    try:
+        validate_invert(cfg)
+        metrics = invert(cfg)
+    except ConfigError as err:
+        _remove_unfinished(out)
+        if _already_reported():
+            FAILURES.append(2)
+            return None
+        return fail("invert", str(err))
+    except InversionError as err:
+        _remove_unfinished(out)
+        return fail("invert", str(err))
+    except (DataError, TrainingError) as err:
+        _remove_unfinished(out)
+        return fail("invert", str(err), code=1)
+    rec = metrics.get("recovered")
+    quality = f"recovered PSNR {rec['psnr']['mean']:.2f} dB, SSIM {rec['ssim']['mean']:.4f}, " if rec else ""
+    print(f"lifted invert: done in {out}: {quality}relative residual {metrics['residual']:.4g}, "
+          f"{metrics['seconds']:.1f} s")
+    return rec["psnr"]["mean"] if rec else None
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="data")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 COMMANDS = {
     "train": "train a network (scheme, architecture, dataset, solver chosen by overrides)",
+    "invert": "recover the inputs of a trained network from its (noisy) outputs",
     "data": "fetch MNIST into data_root and verify it",
 }
 
@@ -61,13 +62,28 @@ def _prevalidate(command: str, args: list[str]) -> None:
     """Compose the config of a single run and validate it (raises with a one-line message)."""
     from hydra import compose, initialize_config_module
 
-    from .config import register_configs, validate_data, validate_train
+    from .config import EXPERIMENTS, ConfigError, register_configs, validate_data, validate_invert, validate_train
 
+    for a in args:
+        if a.startswith("experiment=") and command in EXPERIMENTS:
+            name = a.split("=", 1)[1]
+            other = [c for c, names in EXPERIMENTS.items() if name in names and c != command]
+            if other:
+                raise ConfigError(f"experiment={name} is an experiment of `lifted {other[0]}`; experiments of "
+                                  f"`lifted {command}`: {', '.join(EXPERIMENTS[command])}")
     register_configs()
     overrides = [a for a in args if not a.startswith(("hydra.", "hydra/", "+hydra", "~hydra", "++hydra"))]
     with initialize_config_module(config_module="lifted_cli.configs", version_base="1.3"):
         cfg = compose(config_name=command, overrides=overrides)
-    (validate_train if command == "train" else validate_data)(cfg)
+    {"train": validate_train, "invert": validate_invert, "data": validate_data}[command](cfg)
+    if command == "invert":  # the network and the layer name, before any results folder exists
+        from .invert import InversionError, layer_index, load_network
+
+        try:
+            model, _ = load_network(cfg)
+            layer_index(cfg.upto, model.depth)
+        except InversionError as err:
+            raise ConfigError(str(err)) from None
 
 
 def _expand_sweep(args: list[str]) -> list[list[str]]:
@@ -88,7 +104,7 @@ def _expand_sweep(args: list[str]) -> list[list[str]]:
     return [list(c) for c in itertools.product(*lists)]
 
 
-def _prevalidate_sweep(command: str, args: list[str]) -> tuple[int, int]:
+def _prevalidate_sweep(command: str, args: list[str], reported: set) -> tuple[int, int]:
     """Validate every job of a multirun before any starts; one line per invalid job. Returns
     (number of jobs, number of invalid jobs); (0, 0) when the sweep cannot be expanded here (e.g. a
     sweeper plugin's own syntax), in which case every job still validates itself."""
@@ -105,6 +121,9 @@ def _prevalidate_sweep(command: str, args: list[str]) -> tuple[int, int]:
             _prevalidate(command, job)
         except ConfigError as err:  # an invalid combination: skipped, the other jobs run
             bad += 1
+            from .apps import job_key
+
+            reported.add(job_key(job))
             print(f"lifted {command}: error: job {i} ({shown}) will not run: {_one_line(err)}", file=sys.stderr)
         except Exception as err:  # the overrides do not compose: Hydra would stop mid-sweep, so run none
             raise ValueError(f"job {i} ({shown}): {_one_line(err)}") from None
@@ -130,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     invalid = 0
     if multirun and not any(a.split("=")[0] in _HYDRA_FLAGS - {"-m", "--multirun"} for a in args):
         try:
-            n_jobs, invalid = _prevalidate_sweep(command, args)
+            from . import apps
+
+            n_jobs, invalid = _prevalidate_sweep(command, args, apps.REPORTED)
         except ValueError as err:
             print(f"lifted {command}: error: {err}; no job was started", file=sys.stderr)
             return 2
@@ -147,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     from . import apps
 
     sys.argv = [f"lifted-{command}", *args]
-    app = {"train": apps.train_app, "data": apps.data_app}[command]
+    app = {"train": apps.train_app, "invert": apps.invert_app, "data": apps.data_app}[command]
     app()
     if apps.FAILURES:
         return max(apps.FAILURES)

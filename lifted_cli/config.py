@@ -214,6 +214,59 @@ class TrainConfig:
 
 
 @dataclass
+class SequentialConfig:
+    """A plain ``nn.Sequential`` of ``Linear`` layers and activations (a state_dict from elsewhere)."""
+
+    name: str = "sequential"
+    widths: List[int] = field(default_factory=lambda: [784, 512, 784])
+    activations: List[str] = field(default_factory=lambda: ["relu", "identity"])
+
+
+@dataclass
+class PerceptronConfig:
+    out_dim: int = 512
+    image_size: int = 64
+    seed: int = 0
+    bias: float = 0.0
+
+
+@dataclass
+class InvertConfig:
+    checkpoint: Optional[str] = None
+    network: str = "checkpoint"
+    arch: Any = None
+    perceptron: PerceptronConfig = field(default_factory=PerceptronConfig)
+    upto: Optional[str] = None
+    method: str = "lifted_bregman"
+    regularizer: str = "tv"
+    alpha: float = 0.01
+    delta: float = 0.0
+    noise: str = "relative"
+    outputs: Optional[str] = None
+    truth: Optional[str] = None
+    num_images: int = 16
+    iterations: int = 500
+    init: float = 0.5
+    box: bool = True
+    output: str = "clamped"
+    data_weight: float = 1.0
+    rho: float = 1.0
+    step_safety: float = 0.9
+    power_iters: int = 30
+    lr: float = 0.01
+    tv_smoothing: float = 1e-3
+    log_every: int = 10
+    experiment: Optional[str] = None
+    seed: int = 0
+    device: str = "auto"
+    data_root: str = "data"
+    data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
+    num_samples: int = 8
+    progress: bool = True
+    output_dir: str = MISSING
+
+
+@dataclass
 class DataConfig:
     data_root: str = "data"
     data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
@@ -222,11 +275,16 @@ class DataConfig:
 
 SCHEMAS = {
     "dataset": {"denoise": DenoiseConfig, "deblur": DeblurConfig, "inpaint": InpaintConfig},
-    "arch": {"mlp": MLPConfig, "resnet": ResNetConfig, "proxnet": ProxNetConfig, "unrolled_pnn": UnrolledPNNConfig},
+    "arch": {"mlp": MLPConfig, "resnet": ResNetConfig, "proxnet": ProxNetConfig, "unrolled_pnn": UnrolledPNNConfig,
+             "sequential": SequentialConfig},
     "scheme": {"backprop": BackpropSchemeConfig, "bregman": BregmanSchemeConfig, "fenchel": FenchelSchemeConfig,
                "mac": MACSchemeConfig, "contrastive": ContrastiveSchemeConfig},
     "solver": {"adam": AdamConfig, "sgd": SGDConfig, "isgm": ISGMConfig, "bcd": BCDConfig},
 }
+
+#: the presets of configs/experiment, by command
+EXPERIMENTS = {"train": ("sparse_dae", "sparse_dae_10k", "autoencoder"),
+               "invert": ("perceptron_inversion", "autoencoder_inversion")}
 
 #: which solvers can minimise which scheme's objective
 SOLVERS_FOR_SCHEME = {"backprop": ("adam", "sgd"), "bregman": ("isgm", "bcd"), "fenchel": ("bcd", "isgm"),
@@ -237,6 +295,7 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="data_schema", node=DataConfig)
+    cs.store(name="invert_schema", node=InvertConfig)
 
 
 def _fail(key: str, value, allowed: str):
@@ -317,6 +376,12 @@ def validate_train(cfg: DictConfig) -> None:
         if a.hidden < IMAGE_DIM:
             _fail("arch.hidden", a.hidden, f"W^T W = I needs hidden >= {IMAGE_DIM} (the image size)")
         specs = [a.activation]
+    elif a.name == "sequential":
+        if len(a.widths) < 2 or a.widths[0] != IMAGE_DIM or a.widths[-1] != IMAGE_DIM or min(a.widths) <= 0:
+            _fail("arch.widths", list(a.widths), f"training needs [{IMAGE_DIM}, ..., {IMAGE_DIM}], all > 0")
+        if len(a.activations) != len(a.widths) - 1:
+            _fail("arch.activations", list(a.activations), f"need one per Linear layer ({len(a.widths) - 1})")
+        specs = list(a.activations)
     elif a.name == "unrolled_pnn":
         _positive(cfg, "arch.depth", a.depth)
         if a.operator not in ("dense", "conv"):
@@ -401,3 +466,61 @@ def _check_combination(cfg: DictConfig) -> None:
             build_scheme(build_network(cfg.arch), cfg.scheme, cfg.solver)
         except ValueError as err:
             raise ConfigError(f"scheme={cfg.scheme.name} arch={cfg.arch.name} solver={cfg.solver.name}: {err}") from None
+
+
+INVERT_METHODS = ("lifted_bregman", "backprop")
+NETWORKS = ("checkpoint", "random_perceptron")
+
+
+def validate_invert(cfg: DictConfig) -> None:
+    """Check ranges and choices of a composed ``invert`` config (files are checked when loaded)."""
+    from .inversion import REGULARIZERS
+
+    _check_keys(cfg, InvertConfig, "")
+    if cfg.network not in NETWORKS:
+        _fail("network", cfg.network, f"allowed: {', '.join(NETWORKS)}")
+    if cfg.network == "checkpoint" and not cfg.checkpoint:
+        _fail("checkpoint", cfg.checkpoint, "give a run folder, a checkpoint.pt or a state_dict file (checkpoint=PATH)")
+    if cfg.arch is not None:
+        kind = cfg.arch.get("name")
+        if kind not in SCHEMAS["arch"]:
+            _fail("arch.name", kind, f"allowed: {', '.join(SCHEMAS['arch'])}")
+        _check_keys(cfg.arch, SCHEMAS["arch"][kind], "arch.")
+        if kind == "sequential":
+            if len(cfg.arch.widths) < 2 or min(cfg.arch.widths) <= 0:
+                _fail("arch.widths", list(cfg.arch.widths), "need input and output widths (at least 2), all > 0")
+            if len(cfg.arch.activations) != len(cfg.arch.widths) - 1:
+                _fail("arch.activations", list(cfg.arch.activations), f"need one per Linear layer ({len(cfg.arch.widths) - 1})")
+            for spec in cfg.arch.activations:
+                try:
+                    make_activation(spec)
+                except ValueError as err:
+                    raise ConfigError(f"arch.activations: {err}") from None
+    if cfg.method not in INVERT_METHODS:
+        _fail("method", cfg.method, f"allowed: {', '.join(INVERT_METHODS)}")
+    if cfg.regularizer not in REGULARIZERS:
+        _fail("regularizer", cfg.regularizer, f"allowed: {', '.join(REGULARIZERS)}")
+    if cfg.alpha < 0:
+        _fail("alpha", cfg.alpha, "must be >= 0")
+    if cfg.regularizer == "tv" and cfg.method == "lifted_bregman" and cfg.alpha == 0:
+        _fail("alpha", cfg.alpha, "TV inversion by PDHG needs alpha > 0 (use regularizer=box for none)")
+    if cfg.delta < 0:
+        _fail("delta", cfg.delta, "noise level must be >= 0")
+    if cfg.noise not in ("relative", "absolute"):
+        _fail("noise", cfg.noise, "allowed: relative, absolute")
+    if cfg.output not in ("clamped", "free"):
+        _fail("output", cfg.output, "allowed: clamped, free")
+    for key in ("num_images", "iterations", "data_weight", "rho", "power_iters", "lr", "log_every"):
+        _positive(cfg, key, cfg[key])
+    if not 0 < cfg.step_safety <= 1:
+        _fail("step_safety", cfg.step_safety, "must be in (0, 1]")
+    if cfg.tv_smoothing < 0:
+        _fail("tv_smoothing", cfg.tv_smoothing, "must be >= 0")
+    if cfg.num_samples < 0:
+        _fail("num_samples", cfg.num_samples, "must be >= 0")
+    for key in ("out_dim", "image_size"):
+        _positive(cfg, f"perceptron.{key}", cfg.perceptron[key])
+    dev = cfg.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        _fail("device", dev, "allowed: auto, cpu, cuda, cuda:N")
+    validate_data(cfg)

@@ -21,9 +21,11 @@ def per_image_metrics(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[np.ndarray,
     ref = x.detach().clamp(0, 1).cpu().numpy().astype(np.float64)
     psnr = np.empty(len(ref))
     ssim = np.empty(len(ref))
+    side = min(ref.shape[-2:])
+    win = 7 if side >= 7 else max(3, side - (1 - side % 2))  # skimage's default 7, smaller for tiny images
     for i in range(len(ref)):
         psnr[i] = peak_signal_noise_ratio(ref[i, 0], est[i, 0], data_range=1.0)
-        ssim[i] = structural_similarity(ref[i, 0], est[i, 0], data_range=1.0)
+        ssim[i] = structural_similarity(ref[i, 0], est[i, 0], data_range=1.0, win_size=win)
     return psnr, ssim
 
 

@@ -365,7 +365,7 @@ def UnrolledPNN(depth: int, operator: str, dual_dim: int, channels: int, kernel:
     return UnifiedNet(blocks, readout_op=ops[-1], zero_input=True)
 
 
-ARCHS = ("mlp", "resnet", "proxnet", "unrolled_pnn")
+ARCHS = ("mlp", "resnet", "proxnet", "unrolled_pnn", "sequential")
 
 
 def mlp_activations(cfg) -> list[str]:
@@ -383,6 +383,8 @@ def build_network(arch_cfg, in_dim: int = IMAGE_DIM, out_dim: int = IMAGE_DIM) -
         return ResNet(in_dim, arch_cfg.width, arch_cfg.depth, arch_cfg.activation, arch_cfg.tied, arch_cfg.output_activation)
     if name == "proxnet":
         return ProxNet(in_dim, arch_cfg.hidden, arch_cfg.depth, arch_cfg.activation)
+    if name == "sequential":  # widths include the input and output
+        return MLP(list(arch_cfg.widths), list(arch_cfg.activations))
     if name == "unrolled_pnn":
         return UnrolledPNN(arch_cfg.depth, arch_cfg.operator, arch_cfg.dual_dim, arch_cfg.channels, arch_cfg.kernel,
                            arch_cfg.tau, arch_cfg.lam)

@@ -27,6 +27,7 @@ from omegaconf import OmegaConf
 from .lifted import LiftedProblem, LiftedState
 
 
+@torch.no_grad()
 def power_norm_sq(matvec, rmatvec, v: torch.Tensor, iters: int) -> tuple[float, torch.Tensor]:
     """Estimate ||A||_2^2 by ``iters`` power iterations on A^T A from the warm start ``v``.
 

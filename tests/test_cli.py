@@ -155,3 +155,20 @@ def test_resume_cli_equals_uninterrupted(tmp_path, fake_mnist):
     assert len(list(csv.DictReader((tmp_path / "part" / "history.csv").open()))) == 3
     proc = run(["train", "resume=part", "seed=7"], tmp_path, check=False)
     assert proc.returncode == 1 and "seed differs" in proc.stderr
+
+
+def test_multirun_runs_valid_combinations_and_names_invalid_ones(tmp_path, fake_mnist):
+    sweep = tmp_path / "sweep"
+    proc = run(["train", "-m", "scheme=fenchel,bregman", "arch=proxnet", "arch.depth=1", "arch.hidden=784",
+                f"data_root={fake_mnist}", "train_size=16", "test_size=4", "epochs=1", "batch_size=8", "num_samples=0",
+                "progress=false", f"hydra.sweep.dir={sweep}"], tmp_path, check=False)
+    assert proc.returncode == 2
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and "job 0" in errors[0] and "Fenchel" in errors[0] and "soft_threshold" in errors[0]
+    assert not (sweep / "0").exists()
+    assert json.loads((sweep / "1" / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_invert_help_lists_options(tmp_path):
+    out = run(["invert", "--help"], tmp_path).stdout
+    assert "lifted invert" in out and "regularizer" in out and "experiment" in out

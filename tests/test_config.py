@@ -29,8 +29,18 @@ def test_every_group_option_composes_and_validates(compose_train, group, option)
 
 
 def test_experiments_compose(compose_train):
-    for exp in options("experiment"):
+    from hydra import compose, initialize_config_module
+
+    from lifted_cli.config import EXPERIMENTS, validate_invert
+
+    assert sorted(options("experiment")) == sorted(EXPERIMENTS["train"] + EXPERIMENTS["invert"])
+    for exp in EXPERIMENTS["train"]:
         validate_train(compose_train([f"experiment={exp}"], output_dir="/tmp/x"))
+    for exp in EXPERIMENTS["invert"]:
+        with initialize_config_module(config_module="lifted_cli.configs", version_base="1.3"):
+            cfg = compose(config_name="invert", overrides=[f"experiment={exp}", "checkpoint=x"])
+        cfg.output_dir = "/tmp/x"
+        validate_invert(cfg)
 
 
 @pytest.mark.parametrize(

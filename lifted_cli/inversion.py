@@ -1,0 +1,206 @@
+"""Stable inversion of a trained network (METHOD.md section 6).
+
+Given network outputs ``f_delta`` (possibly noisy), recover inputs u by the lifted Bregman
+variational model
+
+    min_{u, Z}  sum_l lambda_l B_Psi_l(z_l, a_l) + rho/2 sum ||u_l - S_l u_{l-1} - V_l z_l||^2 + alpha J(u)
+
+with the last state clamped to f_delta (``output=clamped``, the form of the perceptron theorem:
+for one layer it is ``min_u B_Psi(f_delta, W u + b) + alpha J(u)``) or free with the data term
+``data_weight/2 ||K u_L - f_delta||^2``. The hidden auxiliary variables take the proximal-gradient
+X-steps of training (``solvers.AuxiliaryUpdater``, same penalties and prox maps); the input u takes
+
+* PDHG (Condat-Vu form) when J is isotropic total variation [lit, METHOD.md section 6]:
+      u <- u - tau (grad_u E + alpha grad^T p)              (= u - tau (grad_u E - alpha div p))
+      p <- proj_{||.||_{2,inf} <= 1}(p + s alpha grad(2 u_new - u_old)),
+  with tau (L/2 + s ||alpha grad||^2) <= 1, ||grad||^2 <= 8, s = 1/(sqrt(8) alpha);
+* FISTA with adaptive restart otherwise (J = l1, 1/2||.||^2, or the box [0, 1]).
+With ``box`` the iterates are also kept in [0, 1] (the prox of the box indicator, composed exactly).
+
+The baseline ``backprop`` minimises 1/2 ||N(u) - f_delta||^2 + alpha J(u) through autograd with Adam
+(total variation smoothed as sum sqrt(|grad u|^2 + eps^2) - eps; the box by projection).
+Every quantity is per image and summed over the images, which are independent problems.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .lifted import LiftedProblem
+from .penalties import BregmanPenalty, soft_threshold
+from .solvers import AuxiliaryUpdater
+
+REGULARIZERS = ("tv", "l1", "l2", "box")
+
+
+# ------------------------------------------------------------------------------- image operators
+def grad2d(u: torch.Tensor) -> torch.Tensor:
+    """Forward differences with Neumann boundary (zero difference at the last row/column):
+    (B, H, W) -> (B, 2, H, W)."""
+    g = torch.zeros(u.shape[0], 2, *u.shape[1:], dtype=u.dtype, device=u.device)
+    g[:, 0, :-1, :] = u[:, 1:, :] - u[:, :-1, :]
+    g[:, 1, :, :-1] = u[:, :, 1:] - u[:, :, :-1]
+    return g
+
+
+def grad2d_adjoint(p: torch.Tensor) -> torch.Tensor:
+    """grad^T p = -div p, the exact adjoint of ``grad2d``."""
+    out = torch.zeros(p.shape[0], *p.shape[2:], dtype=p.dtype, device=p.device)
+    out[:, :-1, :] -= p[:, 0, :-1, :]
+    out[:, 1:, :] += p[:, 0, :-1, :]
+    out[:, :, :-1] -= p[:, 1, :, :-1]
+    out[:, :, 1:] += p[:, 1, :, :-1]
+    return out
+
+
+def regularizer_value(name: str, u: torch.Tensor, side: int, smoothing: float = 0.0) -> torch.Tensor:
+    """J(u) per image (u: (B, side*side)): isotropic TV (optionally smoothed), l1, 1/2||u||^2, or the
+    box indicator (0 inside [0, 1], inf outside)."""
+    if name == "tv":
+        g = grad2d(u.reshape(-1, side, side))
+        mag = (g.pow(2).sum(dim=1) + smoothing**2).sqrt() - smoothing
+        return mag.flatten(1).sum(dim=1)
+    if name == "l1":
+        return u.abs().sum(dim=1)
+    if name == "l2":
+        return 0.5 * u.pow(2).sum(dim=1)
+    if name == "box":
+        inside = ((u >= 0) & (u <= 1)).all(dim=1)
+        return torch.where(inside, torch.zeros_like(inside, dtype=u.dtype), torch.full_like(inside, math.inf, dtype=u.dtype))
+    raise ValueError(f"regularizer={name}: allowed: {', '.join(REGULARIZERS)}")
+
+
+def regularizer_prox(name: str, v: torch.Tensor, t: float) -> torch.Tensor:
+    """prox of t J (J = l1, l2, box; TV has none in closed form and goes through PDHG)."""
+    if name == "l1":
+        return soft_threshold(v, t)
+    if name == "l2":
+        return v / (1.0 + t)
+    if name == "box":
+        return v.clamp(0.0, 1.0)
+    raise ValueError(f"no closed-form prox for regularizer={name}")
+
+
+# ----------------------------------------------------------------------------------- the solver
+class LiftedInversion:
+    """The lifted Bregman inversion of a (sub-)network ``model`` (a ``networks.UnifiedNet`` whose
+    input is its first state) for outputs ``f_delta`` (rows = images)."""
+
+    def __init__(self, model, f_delta: torch.Tensor, regularizer: str, alpha: float, side: int,
+                 output: str = "clamped", data_weight: float = 1.0, rho: float = 1.0,
+                 step_safety: float = 0.9, power_iters: int = 30, init: torch.Tensor | None = None,
+                 box: bool = False):
+        if model.zero_input:
+            raise ValueError("this network takes its input through a data-dependent bias (unrolled_pnn); "
+                             "inversion supports networks whose input is their first state")
+        self.model, self.reg, self.alpha, self.side, self.box = model, regularizer, float(alpha), side, box
+        self.problem = LiftedProblem(model, BregmanPenalty(), [1.0] * model.depth, rho, output, loss_weight=data_weight)
+        n, dim = f_delta.shape[0], model.blocks[0].in_dim
+        ref = f_delta
+        u0 = init.clone() if init is not None else torch.zeros(n, dim, dtype=ref.dtype, device=ref.device)
+        self.st = self.problem.init_state(u0, f_delta)
+        self.xs = AuxiliaryUpdater(self.problem, "gauss_seidel", step_safety, power_iters)
+        p = self.problem
+        lip = p.lambdas[0] * p.penalty.lip_a * self.xs.norm_sq("pre", 1)
+        if model.blocks[0].has_state and model.blocks[0].skip:
+            lip += p.rho
+        self.lip = lip
+        if regularizer == "tv":
+            self.sigma = 1.0 / (math.sqrt(8.0) * self.alpha) if self.alpha > 0 else 0.0
+            self.tau = step_safety / (lip / 2 + math.sqrt(8.0) * self.alpha)
+            self.dual = torch.zeros(n, 2, side, side, dtype=ref.dtype, device=ref.device)
+        else:
+            self.tau = step_safety / lip
+        self.u_prev = u0.clone()
+        self.t = 1.0
+        self.restarts = 0
+        self.iterations = 0
+
+    @property
+    def u(self) -> torch.Tensor:
+        return self.st.u[0]
+
+    def _set_u(self, u: torch.Tensor) -> None:
+        self.st.u[0] = u
+        self.st.y = u
+        self.st.a[1] = self.problem.blocks[0].pre(u, u)
+
+    def grad_u(self) -> torch.Tensor:
+        """Gradient in u of the smooth part: lambda_1 W_1^T (sigma(W_1 u + b_1) - z_1) (- rho r_1 for a skip)."""
+        return self.problem._downstream(self.st, 0)
+
+    @torch.no_grad()
+    def objective(self) -> torch.Tensor:
+        """Per image: the lifted energy plus alpha J(u) (cached pre-activations must be current)."""
+        p, st = self.problem, self.st
+        value = sum(p.lambdas[l - 1] * p.penalty.value(p.acts[l - 1], st.z[l], st.a[l]) for l in range(1, p.L + 1))
+        for l in range(1, p.L + 1):
+            if p.blocks[l - 1].has_state:
+                value = value + 0.5 * p.rho * p.residual(st, l).pow(2).sum(dim=1)
+        if p.output == "free":
+            value = value + 0.5 * p.loss_weight * p.output_residual(st).pow(2).sum(dim=1)
+        if self.reg != "box":
+            value = value + self.alpha * regularizer_value(self.reg, self.u, self.side)
+        return value
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One iteration: an X-sweep on the hidden variables, then the u-step."""
+        p, st = self.problem, self.st
+        if p.variables():
+            self.xs.sweep(st)
+            p.refresh(st, first=2)
+        u = self.u
+        if self.reg == "tv":
+            g = self.grad_u()
+            grad_adj = grad2d_adjoint(self.dual).reshape(u.shape)
+            u_new = u - self.tau * (g + self.alpha * grad_adj)
+            if self.box:  # Condat-Vu with the box indicator as the primal prox
+                u_new = u_new.clamp(0.0, 1.0)
+            bar = (2 * u_new - u).reshape(-1, self.side, self.side)
+            q = self.dual + self.sigma * self.alpha * grad2d(bar)
+            self.dual = q / q.norm(dim=1, keepdim=True).clamp(min=1.0)  # proj onto ||.||_{2,inf} <= 1
+            self._set_u(u_new)
+        else:  # FISTA on u with adaptive (function-value) restart
+            before = float(self.objective().sum())
+            t_next = (1 + math.sqrt(1 + 4 * self.t * self.t)) / 2
+            v = u + ((self.t - 1) / t_next) * (u - self.u_prev)
+            self._set_u(v)
+            g = self.grad_u()
+            u_new = regularizer_prox(self.reg, v - self.tau * g, self.tau * self.alpha)
+            if self.box:  # prox of J + box = clamp o prox_J for separable 1-D J
+                u_new = u_new.clamp(0.0, 1.0)
+            self.u_prev = u
+            self._set_u(u_new)
+            self.t = t_next
+            if float(self.objective().sum()) > before:  # restart the momentum
+                self.t = 1.0
+                self.restarts += 1
+                self.u_prev = u_new.clone()
+        self.iterations += 1
+
+
+def invert_backprop(model, f_delta: torch.Tensor, regularizer: str, alpha: float, side: int, iterations: int,
+                    lr: float, smoothing: float, callback=None, init: torch.Tensor | None = None,
+                    box: bool = False) -> torch.Tensor:
+    """Baseline: Adam on 1/2 ||N(u) - f_delta||^2 + alpha J(u) per image (summed over images),
+    through autograd; TV smoothed by ``smoothing``; the box by projection after every step."""
+    if init is None:
+        init = torch.zeros(f_delta.shape[0], model.blocks[0].in_dim, dtype=f_delta.dtype, device=f_delta.device)
+    u = init.clone().requires_grad_(True)
+    opt = torch.optim.Adam([u], lr=lr)
+    for it in range(iterations):
+        opt.zero_grad(set_to_none=True)
+        loss = 0.5 * (model.readout(model.forward_states(u)[-1], u) - f_delta).pow(2).sum()
+        if regularizer != "box":
+            loss = loss + alpha * regularizer_value(regularizer, u, side, smoothing).sum()
+        loss.backward()
+        opt.step()
+        if regularizer == "box" or box:
+            with torch.no_grad():
+                u.clamp_(0.0, 1.0)
+        if callback is not None:
+            callback(it + 1, u.detach())
+    return u.detach()

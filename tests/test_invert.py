@@ -1,0 +1,170 @@
+"""`lifted invert` (METHOD.md section 6): the perceptron theorem, the solvers, the command."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lifted_cli.inversion import LiftedInversion, grad2d, grad2d_adjoint, regularizer_value
+from lifted_cli.networks import MLP
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_gradient_adjoint_is_exact():
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 9, 9, generator=g, dtype=torch.float64)
+    p = torch.randn(3, 2, 9, 9, generator=g, dtype=torch.float64)
+    assert float((grad2d(u) * p).sum()) == pytest.approx(float((u * grad2d_adjoint(p)).sum()), rel=1e-12)
+    assert float(regularizer_value("tv", torch.ones(2, 16, dtype=torch.float64), 4).abs().max()) == 0.0
+
+
+def _perceptron_setup(seed=0, m=20, n=36):
+    """A ReLU perceptron f = relu(W u_true + b) with the source condition W^T v = u_true = dJ(u_true)
+    for J = 1/2 ||u||^2, all units active (b makes W u_true + b = 3)."""
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(m, n, generator=g, dtype=torch.float64) / math.sqrt(n)
+    v = 0.5 * torch.rand(m, generator=g, dtype=torch.float64)
+    u_true = W.t() @ v
+    b = 3.0 - W @ u_true
+    model = MLP([n, m], ["relu"]).double()
+    with torch.no_grad():
+        model.blocks[0].linear.weight.copy_(W)
+        model.blocks[0].linear.bias.copy_(b)
+    return model, W, b, v, u_true
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_perceptron_theorem_bregman_distance_bound(seed):
+    """With B(f_delta, W u_true + b) <= delta^2, alpha = sqrt(2) delta / ||v|| and the ReLU bracket
+    zero (alpha |v_j| <= f_delta_j), D_J(u_true, u_alpha) <= 2 sqrt(2) ||v|| delta, and it goes to 0
+    linearly as delta -> 0 (METHOD.md section 6). u_alpha is computed by our lifted inversion."""
+    model, W, b, v, u_true = _perceptron_setup(seed)
+    f = torch.relu(W @ u_true + b)
+    g = torch.Generator().manual_seed(10 + seed)
+    direction = torch.randn(f.shape, generator=g, dtype=torch.float64)
+    direction /= direction.norm()
+    ratios = []
+    for delta in (0.2, 0.05, 0.0125, 0.003125):
+        f_delta = f + math.sqrt(2) * delta * direction  # B_relu(f_delta, W u_true + b) = ||e||^2/2 = delta^2
+        a_true = W @ u_true + b
+        B = 0.5 * f_delta**2 - f_delta * a_true + 0.5 * torch.relu(a_true) ** 2
+        assert float(B.sum()) <= delta**2 + 1e-12
+        alpha = math.sqrt(2) * delta / float(v.norm())
+        assert torch.all(alpha * v.abs() <= f_delta)  # the Psi bracket of the theorem vanishes
+        inv = LiftedInversion(model, f_delta[None], "l2", alpha, side=6, step_safety=1.0, power_iters=200)
+        for _ in range(4000):
+            inv.step()
+        u_alpha = inv.u[0]
+        # independent check of the minimiser: with every unit active it is the ridge solution
+        ridge = torch.linalg.solve(W.t() @ W + alpha * torch.eye(W.shape[1], dtype=torch.float64), W.t() @ (f_delta - b))
+        assert torch.all(W @ ridge + b > 0) and torch.allclose(u_alpha, ridge, atol=1e-8)
+        D = 0.5 * float((u_true - u_alpha).pow(2).sum())  # D_J for J = 1/2||.||^2
+        assert D <= 2 * math.sqrt(2) * float(v.norm()) * delta
+        ratios.append(D / delta)
+    # linear decay: D/delta stays bounded (below the constant of the theorem) while delta shrinks 64x
+    assert max(ratios) <= 2 * math.sqrt(2) * float(v.norm())
+
+
+def test_pdhg_tv_inversion_decreases_the_objective_and_fits():
+    """One identity layer: PDHG solves TV denoising of f; the objective of its iterate ends below
+    that of f itself and far below the start."""
+    torch.manual_seed(0)
+    side = 8
+    model = MLP([side * side, side * side], ["identity"]).double()
+    with torch.no_grad():
+        model.blocks[0].linear.weight.copy_(torch.eye(side * side))
+        model.blocks[0].linear.bias.zero_()
+    g = torch.Generator().manual_seed(1)
+    clean = torch.zeros(2, side, side, dtype=torch.float64)
+    clean[:, 2:6, 2:6] = 1.0
+    f = clean.reshape(2, -1) + 0.2 * torch.randn(2, side * side, generator=g, dtype=torch.float64)
+    inv = LiftedInversion(model, f, "tv", 0.3, side)
+    start = float(inv.objective().sum())
+    for _ in range(1400):
+        inv.step()
+    before = float(inv.objective().sum())
+    for _ in range(100):
+        inv.step()
+    end = float(inv.objective().sum())
+    at_f = float((0.3 * regularizer_value("tv", f, side)).sum())  # objective of u = f (data term 0)
+    assert end < at_f and end < start and abs(before - end) < 1e-4 * end  # converged below both
+    assert float((inv.u - clean.reshape(2, -1)).norm()) < float((f - clean.reshape(2, -1)).norm())
+
+
+# ------------------------------------------------------------------------------------- command
+def lifted(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "lifted_cli.cli", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def trained_autoencoder(tmp_path_factory, fake_mnist):
+    work = tmp_path_factory.mktemp("ae")
+    run = work / "run"
+    r = lifted("train", f"data_root={fake_mnist}", "train_size=64", "test_size=8", "epochs=1", "batch_size=16",
+               "arch.hidden=[32,16,32]", "progress=false", "num_samples=0", f"hydra.run.dir={run}", cwd=work)
+    assert r.returncode == 0, r.stderr
+    return run
+
+
+@pytest.mark.parametrize("method,reg", [("lifted_bregman", "tv"), ("backprop", "tv"), ("lifted_bregman", "l1"),
+                                        ("lifted_bregman", "box")])
+def test_invert_encoder_of_a_trained_autoencoder(tmp_path, fake_mnist, trained_autoencoder, method, reg):
+    out = tmp_path / "inv"
+    r = lifted("invert", f"checkpoint={trained_autoencoder}", "upto=layer2", f"method={method}", f"regularizer={reg}",
+               "alpha=0.01", "delta=0.05", "num_images=4", "iterations=30", f"data_root={fake_mnist}", "progress=false",
+               f"hydra.run.dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["layers_inverted"] == 2 and m["output_dim"] == 16
+    assert m["recovered"]["psnr"]["count"] == 4 and math.isfinite(m["residual"])
+    for name in ("history.csv", "samples.png", "recovered.pt", ".hydra/config.yaml"):
+        assert (out / name).is_file()
+    assert m["alpha"] == 0.01 and m["delta"] == 0.05 and m["iterations"] == 30
+
+
+def test_invert_plain_state_dict_and_outputs_file(tmp_path):
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6), torch.nn.ReLU())
+    torch.save(seq.state_dict(), tmp_path / "net.pt")
+    truth = torch.rand(3, 16)
+    with torch.no_grad():
+        torch.save(seq(truth), tmp_path / "f.pt")
+    torch.save(truth, tmp_path / "u.pt")
+    out = tmp_path / "inv"
+    r = lifted("invert", f"checkpoint={tmp_path / 'net.pt'}", "arch=sequential", "arch.widths=[16,8,6]",
+               "arch.activations=[relu,relu]", f"outputs={tmp_path / 'f.pt'}", f"truth={tmp_path / 'u.pt'}",
+               "regularizer=box", "iterations=200", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["source"]["network"] == "state_dict" and m["images"] == 3 and m["residual"] < 0.5
+
+
+def test_invert_bad_inputs_fail_with_one_line_and_no_folder(tmp_path, trained_autoencoder):
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU())
+    torch.save(seq.state_dict(), tmp_path / "net.pt")
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint at all")
+    data = (trained_autoencoder / "checkpoint.pt").read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    cases = {
+        "missing": ([f"checkpoint={tmp_path / 'nope'}"], "does not exist"),
+        "corrupt": ([f"checkpoint={tmp_path / 'corrupt.pt'}"], "cannot be read"),
+        "truncated": ([f"checkpoint={tmp_path / 'truncated.pt'}"], "cannot be read"),
+        "mismatch": ([f"checkpoint={tmp_path / 'net.pt'}", "arch=sequential", "arch.widths=[16,9]",
+                      "arch.activations=[relu]"], "does not match"),
+        "activation": ([f"checkpoint={tmp_path / 'net.pt'}", "arch=sequential", "arch.widths=[16,8]",
+                        "arch.activations=[gelu]"], "gelu"),
+        "layer": ([f"checkpoint={trained_autoencoder}", "upto=layer9"], "upto=layer9"),
+        "undescribed": ([f"checkpoint={tmp_path / 'net.pt'}"], "arch=sequential"),
+    }
+    for name, (args, needle) in cases.items():
+        r = lifted("invert", *args, "progress=false", "hydra.run.dir=out", cwd=tmp_path)
+        assert r.returncode == 2, (name, r.stderr)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith("lifted invert: error:") and needle in lines[0], (name, lines)
+        assert not (tmp_path / "out").exists(), name
