@@ -133,9 +133,19 @@ class LiftedInversion:
 
     @torch.no_grad()
     def objective(self) -> torch.Tensor:
-        """Per image: the lifted energy plus alpha J(u) (cached pre-activations must be current)."""
+        """Per image: the lifted energy plus alpha J(u) (cached pre-activations must be current).
+        A clamped output layer contributes B(f_delta, a_L) without its constant Psi(f_delta), which is
+        +inf when noise puts f_delta outside the activation's range (negative values for ReLU) but does
+        not depend on u: 1/2||f_delta||^2 + Phi*(a_L) - <f_delta, a_L>."""
         p, st = self.problem, self.st
-        value = sum(p.lambdas[l - 1] * p.penalty.value(p.acts[l - 1], st.z[l], st.a[l]) for l in range(1, p.L + 1))
+        value = 0.0
+        for l in range(1, p.L + 1):
+            act, z, a = p.acts[l - 1], st.z[l], st.a[l]
+            if l == p.L and p.output == "clamped":
+                pen = p.penalty.energy_a(act, z, a) + 0.5 * p.penalty.factor * z.pow(2).sum(dim=1)
+            else:
+                pen = p.penalty.value(act, z, a)
+            value = value + p.lambdas[l - 1] * pen
         for l in range(1, p.L + 1):
             if p.blocks[l - 1].has_state:
                 value = value + 0.5 * p.rho * p.residual(st, l).pow(2).sum(dim=1)
