@@ -89,7 +89,7 @@ class LiftedProblem:
             if self.output == "clamped" and k == self.L:
                 raise ValueError("sparsity on the clamped output layer has no effect; use output=free")
             blk = self.blocks[k - 1]
-            if not blk.has_state and penalty.prox_z is not LayerPenalty.prox_z and not blk.act.l1_composable:
+            if not blk.has_state and type(penalty).prox_z is not LayerPenalty.prox_z and not blk.act.l1_composable:
                 raise ValueError(f"sparsity on layer {k} needs an activation with 0 in dPhi(0); {blk.act.spec()} has not")
 
     # ------------------------------------------------------------------------------ forward
