@@ -15,6 +15,7 @@ from pathlib import Path
 COMMANDS = {
     "train": "train a network (scheme, architecture, dataset, solver chosen by overrides)",
     "invert": "recover the inputs of a trained network from its (noisy) outputs",
+    "report": "summarise run folders of train and invert: tables, plots, samples (lifted report FOLDER...)",
     "data": "fetch MNIST into data_root and verify it",
 }
 
@@ -139,12 +140,28 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"lifted: error: unknown command {command!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
+    if command == "report":  # not a Hydra app: it takes folders, not overrides
+        from .report import main as report_main
+
+        return report_main(args)
     if command == "train" and any(a.startswith("resume=") for a in args) and not ({"-m", "--multirun"} & set(args)):
         try:
             args = _resume_args(args)
         except ValueError as err:
             print(f"lifted {command}: error: {err}", file=sys.stderr)
             return 2
+    for a in args:  # the optional launcher plugins: a clear line instead of Hydra's config-search error
+        if a.startswith("hydra/launcher="):
+            name = a.split("=", 1)[1]
+            plugin = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "parallel"),
+                      "slurm": ("hydra_plugins.hydra_submitit_launcher", "slurm")}.get(name)
+            if plugin is not None:
+                import importlib.util
+
+                if importlib.util.find_spec(plugin[0]) is None:
+                    print(f"lifted {command}: error: hydra/launcher={name} needs the optional plugin: "
+                          f"pip install 'lifted_cli[{plugin[1]}]'", file=sys.stderr)
+                    return 2
     multirun = bool({"-m", "--multirun"} & set(args))
     invalid = 0
     if multirun and not any(a.split("=")[0] in _HYDRA_FLAGS - {"-m", "--multirun"} for a in args):

@@ -37,9 +37,27 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (divergence, bad resume folder); the message is one line."""
 
 
+def _job_number() -> int | None:
+    """The job number of a multirun job (None in a single run)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return int(HydraConfig.get().job.num)
+    except Exception:  # outside Hydra (tests, scripts)
+        return None
+    return None
+
+
 def select_device(spec: str) -> torch.device:
+    """``auto``: CUDA if present, else the CPU; with several GPUs, job N of a multirun takes GPU
+    N mod count (so the jobs of ``hydra/launcher=joblib`` spread over the GPUs)."""
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        n, job = torch.cuda.device_count(), _job_number()
+        return torch.device(f"cuda:{job % n}") if n > 1 and job is not None else torch.device("cuda")
     if spec.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError(f"device={spec}: CUDA is not available on this machine; use device=cpu or auto")
     dev = torch.device(spec)

@@ -172,3 +172,12 @@ def test_multirun_runs_valid_combinations_and_names_invalid_ones(tmp_path, fake_
 def test_invert_help_lists_options(tmp_path):
     out = run(["invert", "--help"], tmp_path).stdout
     assert "lifted invert" in out and "regularizer" in out and "experiment" in out
+
+
+def test_joblib_multirun_of_two_tiny_jobs(tmp_path, fake_mnist):
+    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    sweep = tmp_path / "sweep"
+    run(["train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "scheme=backprop,bregman",
+         f"data_root={fake_mnist}", *TINY, "progress=false", f"hydra.sweep.dir={sweep}"], tmp_path)
+    done = sorted(json.loads((sweep / j / "metrics.json").read_text())["hyperparameters"]["scheme"]["name"] for j in ("0", "1"))
+    assert done == ["backprop", "bregman"]

@@ -1,0 +1,326 @@
+"""``lifted report <folder>...``: one summary of many runs of ``lifted train`` and ``lifted invert``.
+
+Every folder below the given ones that holds ``.hydra/config.yaml`` is a run. Finished runs (a
+``metrics.json`` with ``status: finished``) are grouped by the command-line overrides that differ
+between runs (``seed`` excluded, so seeds are what is averaged over); each group gets mean +- std and
+the count of its final metrics. Unfinished runs (no metrics: interrupted, failed, or still running)
+are listed separately and never mixed into a group. Writes into the report folder:
+
+* ``report.md`` and ``report.csv``: one table per command (plus the no-learning row of every train
+  dataset);
+* ``<command>_psnr_vs_<key>.png``: final PSNR against each swept numeric hyperparameter, one line
+  per group of the other swept keys, error bars = std over seeds;
+* ``curves.png``: per train group, test PSNR and the lifted objective (or loss) per epoch from
+  ``history.csv`` (mean over seeds);
+* ``<command>_samples.png``: the ``samples.png`` of one run per group, one above the other, labelled;
+
+and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+IGNORED_KEYS = {"seed", "progress", "data_root", "device", "num_samples", "resume", "checkpoint"}
+
+
+class Run:
+    """One run folder: its command, overrides, status and final metrics."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        hydra_dir = folder / ".hydra"
+        self.config = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
+        overrides = hydra_dir / "overrides.yaml"
+        raw = yaml.safe_load(overrides.read_text()) if overrides.is_file() else []
+        self.overrides = {}
+        for o in raw or []:
+            key, _, value = str(o).partition("=")
+            key = key.lstrip("+~")
+            if not key.startswith("hydra"):
+                self.overrides[key] = value
+        job = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()).get("hydra", {}).get("job", {}).get("name") \
+            if (hydra_dir / "hydra.yaml").is_file() else None
+        self.command = job if job in ("train", "invert") else ("invert" if "method" in self.config else "train")
+        m = folder / "metrics.json"
+        self.metrics = json.loads(m.read_text()) if m.is_file() else None
+        self.finished = bool(self.metrics and self.metrics.get("status") == "finished")
+        if self.finished:
+            self.status = "finished"
+        elif (folder / "checkpoint.pt").is_file():
+            self.status = "unfinished (checkpoint, no metrics: interrupted, diverged or running)"
+        else:
+            self.status = "failed or not started (no metrics, no checkpoint)"
+
+    @property
+    def seed(self):
+        return self.config.get("seed")
+
+    def value(self, key: str):
+        """A final metric: (psnr, ssim) of the test set (train) or of the recovered inputs (invert)."""
+        m = self.metrics or {}
+        block = m.get("test") if self.command == "train" else m.get("recovered")
+        if key in ("psnr", "ssim"):
+            return (block or {}).get(key, {}).get("mean", math.nan)
+        if key == "s_per_epoch":
+            return m.get("seconds_per_epoch", math.nan)
+        return m.get(key, math.nan)
+
+
+def find_runs(folders: list[Path]) -> list[Run]:
+    runs = []
+    for root in folders:
+        for cfg in sorted(root.rglob(".hydra/config.yaml")):
+            runs.append(Run(cfg.parent.parent))
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray([v for v in values if v is not None], dtype=float)
+    if a.size == 0:
+        return math.nan, math.nan
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+def _fmt(values: list[float], digits: int) -> str:
+    mean, std = _mean_std(values)
+    return "" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def group_runs(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
+    """The swept keys (overrides whose values differ between finished runs, seed excluded) and the
+    finished runs grouped by (command, values of those keys)."""
+    finished = [r for r in runs if r.finished]
+    keys = sorted({k for r in finished for k in r.overrides})
+    swept = [k for k in keys if k not in IGNORED_KEYS and len({r.overrides.get(k) for r in finished}) > 1]
+    groups: dict[tuple, list[Run]] = defaultdict(list)
+    for r in finished:
+        groups[(r.command, *[r.overrides.get(k, "") for k in swept])].append(r)
+    return swept, dict(sorted(groups.items()))
+
+
+METRICS = {"train": [("psnr", "test PSNR (dB)", 2), ("ssim", "test SSIM", 4), ("s_per_epoch", "s/epoch", 2)],
+           "invert": [("psnr", "recovered PSNR (dB)", 2), ("ssim", "recovered SSIM", 4), ("residual", "residual", 4),
+                      ("seconds", "seconds", 1)]}
+
+
+def table_rows(swept: list[str], groups: dict[tuple, list[Run]]) -> list[dict]:
+    rows = []
+    for key, members in groups.items():
+        command = key[0]
+        row = {"command": command, **dict(zip(swept, key[1:])), "runs": len(members),
+               "seeds": ",".join(str(r.seed) for r in members)}
+        for name, label, digits in METRICS["train"] + METRICS["invert"]:
+            if (name, label, digits) in METRICS[command]:
+                row[label] = _fmt([r.value(name) for r in members], digits)
+        rows.append(row)
+    return rows
+
+
+def no_learning_rows(runs: list[Run]) -> list[dict]:
+    """The degraded input's PSNR/SSIM per train dataset (identical for every run of a dataset)."""
+    seen = {}
+    for r in runs:
+        if r.finished and r.command == "train" and "no_learning" in r.metrics:
+            name = r.config.get("dataset", {}).get("name", "?")
+            seen.setdefault(name, r.metrics["no_learning"])
+    return [{"dataset": k, "psnr": v["psnr"]["mean"], "ssim": v["ssim"]["mean"]} for k, v in seen.items()]
+
+
+def _label(swept, key) -> str:
+    parts = [f"{k}={v}" for k, v in zip(swept, key[1:])]
+    return " ".join(parts) or key[0]
+
+
+def _as_float(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_sweeps(out: Path, swept: list[str], groups: dict[tuple, list[Run]], prefix: str = "") -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for i, key in enumerate(swept):
+        values = {k[1 + i] for k in groups}
+        if not all(_as_float(v) is not None for v in values) or len(values) < 2:
+            continue
+        lines = defaultdict(list)
+        for gk, members in groups.items():
+            rest = tuple(v for j, v in enumerate(gk[1:]) if j != i)
+            mean, std = _mean_std([r.value("psnr") for r in members])
+            lines[(gk[0], rest)].append((_as_float(gk[1 + i]), mean, std))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        others = [k for j, k in enumerate(swept) if j != i]
+        for (command, rest), pts in sorted(lines.items()):
+            pts.sort()
+            x, y, e = zip(*pts)
+            ax.errorbar(x, y, yerr=e, marker="o", capsize=3,
+                        label=" ".join(f"{k}={v}" for k, v in zip(others, rest)) or command)
+        ax.set_xlabel(key)
+        ax.set_ylabel("PSNR (dB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        name = f"psnr_vs_{key.replace('/', '_')}.png"
+        fig.savefig(out / f"{prefix}{name}", dpi=120)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def _history(run: Run) -> list[dict]:
+    path = run.folder / "history.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def plot_curves(out: Path, swept: list[str], groups: dict[tuple, list[Run]]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train_groups = {k: v for k, v in groups.items() if k[0] == "train"}
+    if not train_groups:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for key, members in train_groups.items():
+        hists = [_history(r) for r in members]
+        hists = [h for h in hists if h]
+        if not hists:
+            continue
+        n = min(len(h) for h in hists)
+        epochs = [int(h["epoch"]) for h in hists[0][:n]] if "epoch" in hists[0][0] else list(range(1, n + 1))
+        for ax, col in zip(axes, ("test_psnr", "objective")):
+            col_used = col if col in hists[0][0] and hists[0][0][col] not in ("", None) else "loss"
+            ys = np.array([[float(h[i].get(col_used) or "nan") for i in range(n)] for h in hists])
+            with np.errstate(all="ignore"):
+                mean = np.nanmean(ys, axis=0) if np.isfinite(ys).any() else ys[0]
+            mask = np.isfinite(mean)
+            ax.plot(np.array(epochs)[mask], mean[mask], marker=".", label=_label(swept, key))
+    axes[0].set_ylabel("test PSNR (dB)")
+    axes[1].set_ylabel("lifted objective (loss for backprop)")
+    axes[1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=120)
+    plt.close(fig)
+    return "curves.png"
+
+
+def samples_grid(out: Path, swept: list[str], groups: dict[tuple, list[Run]], name: str = "samples.png") -> str | None:
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for key, members in groups.items():
+        for r in members:
+            if (r.folder / "samples.png").is_file():
+                tiles.append((_label(swept, key), Image.open(r.folder / "samples.png").convert("L")))
+                break
+    if not tiles:
+        return None
+    width = max(t.width for _, t in tiles)
+    height = sum(t.height + 16 for _, t in tiles)
+    canvas = Image.new("L", (width, height), 255)
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for label, tile in tiles:
+        draw.text((2, y + 2), label, fill=0)
+        canvas.paste(tile, (0, y + 16))
+        y += tile.height + 16
+    canvas.save(out / name)
+    return name
+
+
+def write_report(runs: list[Run], out: Path, sources: list[Path]) -> str:
+    """Write the report folder (one table per command present) and return the Markdown text."""
+    from .io import write_csv
+
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Report of {len(runs)} run folders", "",
+             f"Sources: {', '.join(str(s) for s in sources)}; written {time.strftime('%Y-%m-%d %H:%M')}. "
+             "Groups: the overrides that differ between the finished runs of a command (seed excluded); "
+             "mean ± std over the runs of a group (its seeds), with the count.", ""]
+    pictures, csv_rows = [], []
+    for command in ("train", "invert"):
+        members = [r for r in runs if r.command == command]
+        if not any(r.finished for r in members):
+            continue
+        swept, groups = group_runs(members)
+        rows = table_rows(swept, groups)
+        csv_rows += rows
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        lines += [f"## lifted {command}: {sum(r['runs'] for r in rows)} finished runs, swept: {', '.join(swept) or '(none)'}",
+                  "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+        if command == "train":
+            nl = no_learning_rows(members)
+            if nl:
+                lines += ["", "No learning (the degraded input itself): " + "; ".join(
+                    f"{r['dataset']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}" for r in nl)]
+        pictures += [f"{command}_{p}" for p in plot_sweeps(out, swept, groups, prefix=f"{command}_")]
+        if command == "train":
+            pictures += [p for p in (plot_curves(out, swept, groups),) if p]
+        grid = samples_grid(out, swept, groups, name=f"{command}_samples.png")
+        if grid:
+            pictures.append(grid)
+        lines.append("")
+    if csv_rows:
+        cols = list(dict.fromkeys(k for r in csv_rows for k in r))
+        write_csv(out / "report.csv", [{c: r.get(c, "") for c in cols} for r in csv_rows])
+    else:
+        lines.append("No finished run.")
+    bad = [r for r in runs if not r.finished]
+    if bad:
+        lines += ["", f"Not included ({len(bad)}):", ""]
+        lines += [f"* {r.folder}: {r.status}" for r in bad]
+    if pictures:
+        lines += ["", "Pictures: " + ", ".join(f"[{p}]({p})" for p in pictures)]
+    text = "\n".join(lines) + "\n"
+    (out / "report.md").write_text(text)
+    return text
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="lifted report", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Files written: report.md, report.csv, <command>_psnr_vs_<key>.png, curves.png, "
+                                        "<command>_samples.png (see the README).")
+    ap.add_argument("folders", nargs="+", type=Path, help="run folders, or folders holding run folders")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="report folder (default: results/report/<date>/<time>)")
+    args = ap.parse_args(argv)
+    missing = [str(f) for f in args.folders if not f.is_dir()]
+    if missing:
+        print(f"lifted report: error: not a folder: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    runs = find_runs(args.folders)
+    if not runs:
+        print(f"lifted report: error: no run folder (with .hydra/config.yaml) below {', '.join(map(str, args.folders))}",
+              file=sys.stderr)
+        return 2
+    out = args.out or Path("results/report") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    print(write_report(runs, out, args.folders), end="")
+    print(f"lifted report: written to {out}")
+    return 0

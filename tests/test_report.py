@@ -1,0 +1,59 @@
+"""`lifted report` on folders of tiny real runs (a multirun over scheme x seed, and a failed run)."""
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LIFTED = [sys.executable, "-m", "lifted_cli.cli"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, fake_mnist):
+    work = tmp_path_factory.mktemp("report")
+    sweep = work / "sweep"
+    proc = subprocess.run([*LIFTED, "train", "-m", "scheme=backprop,bregman", "seed=0,1", f"data_root={fake_mnist}",
+                           "train_size=32", "test_size=6", "epochs=2", "batch_size=16", "num_samples=2",
+                           "arch.hidden=[16]", "progress=false", f"hydra.sweep.dir={sweep}"],
+                          cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    # a run that never finished: its metrics.json is gone (as after a crash mid-run)
+    broken = sweep / "4"
+    shutil.copytree(sweep / "0", broken)
+    (broken / "metrics.json").unlink()
+    return work, sweep
+
+
+def test_report_groups_by_swept_overrides_with_mean_std(sweep):
+    work, folder = sweep
+    out = work / "rep"
+    proc = subprocess.run([*LIFTED, "report", str(folder), "--out", str(out)], cwd=work, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "| train | backprop |" in proc.stdout  # the table is printed
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    by_scheme = {r["scheme"]: r for r in rows}
+    assert set(by_scheme) == {"backprop", "bregman"}  # seed is not a grouping key
+    assert all(r["runs"] == "2" and r["seeds"] == "0,1" for r in rows)
+    # mean +- std are those of the two seeds' metrics.json
+    import json
+
+    for scheme, jobs in (("backprop", ("0", "1")), ("bregman", ("2", "3"))):
+        psnrs = [json.loads((folder / j / "metrics.json").read_text())["test"]["psnr"]["mean"] for j in jobs]
+        mean = sum(psnrs) / 2
+        std = abs(psnrs[0] - psnrs[1]) / 2**0.5
+        assert by_scheme[scheme]["test PSNR (dB)"] == f"{mean:.2f} ± {std:.2f}"
+    md = (out / "report.md").read_text()
+    assert "No learning" in md and "Not included (1)" in md and str(folder / "4") in md
+    for name in ("curves.png", "train_samples.png", "report.md"):
+        assert (out / name).is_file()
+
+
+def test_report_bad_input(tmp_path):
+    proc = subprocess.run([*LIFTED, "report", str(tmp_path / "nope")], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a folder" in proc.stderr
+    proc = subprocess.run([*LIFTED, "report", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "no run folder" in proc.stderr
