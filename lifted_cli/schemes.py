@@ -125,7 +125,9 @@ class LiftedScheme:
         if self.scheme_cfg.name == "mac":
             p = self.problem
             mu = self.mu(epoch)
-            data_layer = p.L if p.output == "clamped" else None
+            # a clamped dense output layer is the data term (weight 1); a clamped state block (proxnet)
+            # keeps its z_L as a hidden auxiliary variable, penalised with mu like the others
+            data_layer = p.L if p.output == "clamped" and not p.blocks[-1].has_state else None
             p.lambdas = [w * (1.0 if l == data_layer else mu) for l, w in enumerate(self.weights, 1)]
         if hasattr(self, "solver"):
             self.solver.begin_epoch(epoch)
