@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -53,11 +54,14 @@ def main() -> None:
     ap.add_argument("--schemes", default=",".join(SCHEMES))
     ap.add_argument("--quick", action="store_true", help="2,000 training / 500 test images, 1 epoch")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"), help="report folder")
+    ap.add_argument("--from-runs", default=None,
+                    help="write the report from the run folders of an earlier (possibly cut-short) invocation "
+                         "instead of running; combinations without a finished run are listed as not finished")
     args = ap.parse_args()
     if args.quick:
         args.train_size, args.test_size, args.epochs = args.train_size or 2000, args.test_size or 500, 1
 
-    runs_root = ROOT / "results" / "benchmark-runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    runs_root = Path(args.from_runs) if args.from_runs else ROOT / "results" / "benchmark-runs" / time.strftime("%Y-%m-%d_%H-%M-%S")
     common = ["dataset=mnist_denoise", f"epochs={args.epochs}", "batch_size=128", f"seed={args.seed}", f"device={args.device}"]
     if args.train_size:
         common.append(f"train_size={args.train_size}")
@@ -78,7 +82,15 @@ def main() -> None:
                 print(f"$ lifted train {' '.join(ov)}\n  invalid: {reason}", flush=True)
                 rows.append(r)
                 continue
-            m = run(f"{arch}-{scheme}", ov, runs_root)
+            if args.from_runs:
+                path = runs_root / f"{arch}-{scheme}" / "metrics.json"
+                if not path.is_file():
+                    r["note"] = "not finished in the time of this invocation"
+                    rows.append(r)
+                    continue
+                m = json.loads(path.read_text())
+            else:
+                m = run(f"{arch}-{scheme}", ov, runs_root)
             if scheme == "backprop":
                 bp = m
             no_learning = no_learning or m["no_learning"]
@@ -89,6 +101,10 @@ def main() -> None:
                 r["time_ratio"] = f"{m['seconds_per_epoch'] / bp['seconds_per_epoch']:.2f}"
             rows.append(r)
     wall = time.perf_counter() - t_start
+    if args.from_runs:  # the wall time of the runs themselves: first start to last metrics.json
+        stamps = [p.stat().st_mtime for p in runs_root.glob("*/metrics.json")]
+        starts = [p.stat().st_mtime for p in runs_root.glob("*/.hydra/config.yaml")]
+        wall = max(stamps) - min(starts) if stamps else 0.0
 
     import torch
 
@@ -102,7 +118,8 @@ def main() -> None:
     lines = [
         "# Every lifted scheme on every architecture: MNIST denoising (sigma 0.3)",
         "",
-        f"Command: `python scripts/benchmark_schemes.py {' '.join(sys.argv[1:])}`".rstrip(),
+        f"Command: `python scripts/benchmark_schemes.py {' '.join(sys.argv[1:])}`".rstrip()
+        + (" (report written from the run folders of an earlier invocation of the same command)" if args.from_runs else ""),
         f"Settings: {', '.join(common)}; every scheme with its default solver, every architecture with its "
         f"default config (`lifted train arch=<a> --cfg job` shows them); torch {torch.__version__}; "
         f"{time.strftime('%Y-%m-%d')}; whole benchmark {wall / 60:.1f} min wall time, runs one after another. "
