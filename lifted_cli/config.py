@@ -95,14 +95,20 @@ class BackpropSchemeConfig:
 
 
 @dataclass
-class BregmanSchemeConfig:
-    name: str = "bregman"
-    penalty_weight: float = 1.0
+class LiftedSchemeOptions:
+    """Options shared by the lifted schemes (bregman, fenchel, mac, contrastive)."""
+
     layer_weights: Optional[List[float]] = None
     rho: float = 1.0
-    output: str = "auto"
     sparsity: float = 0.0
     sparsity_layer: Optional[int] = None
+
+
+@dataclass
+class BregmanSchemeConfig(LiftedSchemeOptions):
+    name: str = "bregman"
+    penalty_weight: float = 1.0
+    output: str = "auto"
 
 
 @dataclass
@@ -111,31 +117,23 @@ class FenchelSchemeConfig(BregmanSchemeConfig):
 
 
 @dataclass
-class MACSchemeConfig:
+class MACSchemeConfig(LiftedSchemeOptions):
     name: str = "mac"
     mu: float = 1.0
     mu_growth: float = 1.5
     mu_max: float = 100.0
-    layer_weights: Optional[List[float]] = None
-    rho: float = 1.0
     output: str = "auto"
-    sparsity: float = 0.0
-    sparsity_layer: Optional[int] = None
 
 
 @dataclass
-class ContrastiveSchemeConfig:
+class ContrastiveSchemeConfig(LiftedSchemeOptions):
     name: str = "contrastive"
     beta: float = 0.1
     penalty_weight: float = 1.0
-    layer_weights: Optional[List[float]] = None
-    rho: float = 1.0
     nudge_steps: int = 3
     layer_order: str = "gauss_seidel"
     step_safety: float = 0.9
     power_iters: int = 2
-    sparsity: float = 0.0
-    sparsity_layer: Optional[int] = None
 
 
 # ------------------------------------------------------------------------------------------ solver

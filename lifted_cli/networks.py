@@ -109,33 +109,23 @@ class DenseBlock(Block):
         return self.linear.weight, self.linear.bias
 
 
-class ResidualBlock(Block):
-    """u_k = u_{k-1} + V sigma(W u_{k-1} + b); V = W^T when ``tied``."""
+class ResidualBlock(DenseBlock):
+    """u_k = u_{k-1} + V sigma(W u_{k-1} + b); V = W^T when ``tied``. The pre-activation is the
+    dense block's; the state adds the skip connection."""
 
     has_state = True
     skip = True
 
     def __init__(self, width: int, act: ProxActivation, tied: bool = False):
-        super().__init__(act)
-        self.linear = nn.Linear(width, width)
+        super().__init__(width, width, act)
         self.tied = tied
         if not tied:
             self.V = nn.Parameter(torch.empty(width, width))
             nn.init.kaiming_uniform_(self.V, a=math.sqrt(5))
             self.V.data.mul_(0.1)  # near-identity blocks at initialisation
-        self.in_dim = self.out_dim = self.z_dim = width
 
     def _v(self):
         return self.linear.weight.t() if self.tied else self.V
-
-    def pre(self, u, y):
-        return torch.addmm(self.linear.bias, u, self.linear.weight.t())
-
-    def pre_linear(self, v):
-        return v @ self.linear.weight.t()
-
-    def pre_adjoint(self, r):
-        return r @ self.linear.weight
 
     def post(self, u, z):
         return u + self.post_linear(z)
