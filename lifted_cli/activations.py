@@ -63,6 +63,17 @@ class ProxActivation:
     def in_domain(self, u: torch.Tensor) -> torch.Tensor:
         return torch.isfinite(self.psi(u))
 
+    def project_range(self, u: torch.Tensor) -> torch.Tensor:
+        """Projection onto the closed interval [sigma(-inf), sigma(+inf)], the closure of the range of
+        sigma = prox_Psi, which is the closure of dom Psi (1-D proximal maps are monotone): the only
+        outputs y with B_Psi(y, z) finite (up to the boundary). For relu it is max(y, 0), for clamp:l:h
+        the clamp, for identity, leaky_relu and soft_threshold the identity."""
+        ends = self(torch.tensor([-_INF, _INF], dtype=u.dtype, device=u.device))
+        lo, hi = float(ends[0]), float(ends[1])
+        if not (math.isfinite(lo) or math.isfinite(hi)):
+            return u
+        return u.clamp(min=lo if math.isfinite(lo) else None, max=hi if math.isfinite(hi) else None)
+
     def spec(self) -> str:
         return self.name
 

@@ -250,6 +250,8 @@ class InvertConfig:
     data_weight: float = 1.0
     rho: float = 1.0
     step_safety: float = 0.9
+    primal_step: float = 100.0
+    hidden_weight: float = 1.0
     power_iters: int = 30
     lr: float = 0.01
     tv_smoothing: float = 1e-3
@@ -508,7 +510,7 @@ def validate_invert(cfg: DictConfig) -> None:
         _fail("noise", cfg.noise, "allowed: relative, absolute")
     if cfg.output not in ("clamped", "free"):
         _fail("output", cfg.output, "allowed: clamped, free")
-    for key in ("num_images", "iterations", "data_weight", "rho", "power_iters", "lr", "log_every"):
+    for key in ("num_images", "iterations", "data_weight", "rho", "primal_step", "hidden_weight", "power_iters", "lr", "log_every"):
         _positive(cfg, key, cfg[key])
     if not 0 < cfg.step_safety <= 1:
         _fail("step_safety", cfg.step_safety, "must be in (0, 1]")

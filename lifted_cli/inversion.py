@@ -91,28 +91,49 @@ class LiftedInversion:
     def __init__(self, model, f_delta: torch.Tensor, regularizer: str, alpha: float, side: int,
                  output: str = "clamped", data_weight: float = 1.0, rho: float = 1.0,
                  step_safety: float = 0.9, power_iters: int = 30, init: torch.Tensor | None = None,
-                 box: bool = False):
+                 box: bool = False, primal_step: float = 100.0, hidden_weight: float = 1.0):
         if model.zero_input:
             raise ValueError("this network takes its input through a data-dependent bias (unrolled_pnn); "
                              "inversion supports networks whose input is their first state")
         self.model, self.reg, self.alpha, self.side, self.box = model, regularizer, float(alpha), side, box
-        self.problem = LiftedProblem(model, BregmanPenalty(), [1.0] * model.depth, rho, output, loss_weight=data_weight)
+        # lambda_l = hidden_weight for the layers before the output, 1 for the output layer
+        lambdas = [float(hidden_weight)] * (model.depth - 1) + [1.0]
+        self.problem = LiftedProblem(model, BregmanPenalty(), lambdas, rho, output, loss_weight=data_weight)
+        if self.problem.output == "clamped":
+            # B_Psi(f, a) is finite only for f in dom Psi: noise that leaves the range of the output
+            # activation (negative values for relu) would make the clamped objective unbounded below
+            # in a; projecting onto the closed convex range can only bring f_delta closer to f.
+            f_delta = model.acts[-1].project_range(f_delta)
+        self.f_delta = f_delta
         n, dim = f_delta.shape[0], model.blocks[0].in_dim
         ref = f_delta
         u0 = init.clone() if init is not None else torch.zeros(n, dim, dtype=ref.dtype, device=ref.device)
         self.st = self.problem.init_state(u0, f_delta)
         self.xs = AuxiliaryUpdater(self.problem, "gauss_seidel", step_safety, power_iters)
         p = self.problem
-        lip = p.lambdas[0] * p.penalty.lip_a * self.xs.norm_sq("pre", 1)
-        if model.blocks[0].has_state and model.blocks[0].skip:
+        w_norm_sq = self.xs.norm_sq("pre", 1)
+        lip = p.lambdas[0] * p.penalty.lip_a * w_norm_sq
+        first = model.blocks[0]
+        if first.has_state and first.skip:
             lip += p.rho
         self.lip = lip
-        if regularizer == "tv":
+        # a plain first block a_1 = W u + b: its penalty is dualised too (full-splitting PDHG)
+        self.dualised = not first.has_state
+        if self.dualised:
+            # tau = primal_step / ||W||, and tau (s_1 ||W||^2 + s_2 ||grad||^2) <= step_safety shared equally
+            # between the two duals: the balance of primal and dual steps does not change with the scale of W
+            self.tau = float(primal_step) / math.sqrt(max(w_norm_sq, 1e-12))
+            self.sigma_w = 0.5 * step_safety / (self.tau * max(w_norm_sq, 1e-12))
+            self.sigma = 0.5 * step_safety / (self.tau * 8.0)
+            self.q = torch.zeros(n, first.z_dim, dtype=ref.dtype, device=ref.device)
+            self.a_prev = self.st.a[1].clone()  # W u_{k-1} + b, for u_bar = 2 u_k - u_{k-1} without a product
+        elif regularizer == "tv":
             self.sigma = 1.0 / (math.sqrt(8.0) * self.alpha) if self.alpha > 0 else 0.0
             self.tau = step_safety / (lip / 2 + math.sqrt(8.0) * self.alpha)
-            self.dual = torch.zeros(n, 2, side, side, dtype=ref.dtype, device=ref.device)
         else:
             self.tau = step_safety / lip
+        if regularizer == "tv":
+            self.dual = torch.zeros(n, 2, side, side, dtype=ref.dtype, device=ref.device)
         self.u_prev = u0.clone()
         self.t = 1.0
         self.restarts = 0
@@ -163,7 +184,9 @@ class LiftedInversion:
             self.xs.sweep(st)
             p.refresh(st, first=2)
         u = self.u
-        if self.reg == "tv":
+        if self.dualised:
+            self._pdhg_step(u)
+        elif self.reg == "tv":
             g = self.grad_u()
             grad_adj = grad2d_adjoint(self.dual).reshape(u.shape)
             u_new = u - self.tau * (g + self.alpha * grad_adj)
@@ -190,6 +213,47 @@ class LiftedInversion:
                 self.restarts += 1
                 self.u_prev = u_new.clone()
         self.iterations += 1
+
+
+    def _primal_prox(self, v: torch.Tensor, t: float) -> torch.Tensor:
+        """prox of t (alpha J + box) for J = l1, l2, box (exact composition in 1-D); for TV (dualised)
+        only the box."""
+        if self.reg != "tv":
+            v = regularizer_prox(self.reg, v, t * self.alpha)
+        return v.clamp(0.0, 1.0) if self.box else v
+
+    def _pdhg_step(self, u: torch.Tensor) -> None:
+        """One Chambolle-Pock iteration on min_u h(W u + b) + alpha J(u) (+ box), the u-part of the
+        lifted objective for a plain first block, with h(a) = c lambda_1 (Phi*(a) - <z_1, a>) (the
+        Bregman penalty B_Psi(z_1, a) without its constant Phi(z_1); z_1 = f_delta for one clamped layer):
+
+            q <- prox_{s_1 h*}(q + s_1 (W u_bar + b)),   h*(q) = w Phi(q/w + z_1), w = c lambda_1, so
+                 prox_{s h*}(v) = w (prox_{(s/w) Phi}(v/w + z_1) - z_1)           (Moreau, scaling)
+            p <- proj_{||.||_{2,inf} <= alpha}(p + s_2 grad u_bar)              (TV only)
+            u+ <- prox_{tau (alpha J + box)}(u - tau (W^T q + grad^T p)),    u_bar = 2 u+ - u,
+
+        converging for tau (s_1 ||W||^2 + s_2 ||grad||^2) < 1 (||grad||^2 <= 8). The data term enters
+        through its prox, so the step is not limited by 1/||W||^2 as a gradient step would be: the
+        regulariser acts at a pace independent of the conditioning of W. At a fixed point
+        q = w (sigma(W u + b) - z_1), the gradient of h. tau = primal_step / ||W|| (a large primal step
+        suits images recovered through ill-conditioned W; balancing the residuals as in adaptive PDHG
+        was tried and converged more slowly to good images on both experiments)."""
+        p, st, first = self.problem, self.st, self.problem.blocks[0]
+        act, z = p.acts[0], st.z[1]
+        w = p.lambdas[0] * p.penalty.factor
+        a_bar = 2 * st.a[1] - self.a_prev  # W u_bar + b
+        v = self.q + self.sigma_w * a_bar
+        self.q = w * (act.prox_phi(v / w + z, self.sigma_w / w) - z)
+        g = first.pre_adjoint(self.q)
+        if self.reg == "tv":
+            u_bar = (2 * u - self.u_prev).reshape(-1, self.side, self.side)
+            d = self.dual + self.sigma * grad2d(u_bar)
+            self.dual = d / (d.norm(dim=1, keepdim=True) / self.alpha).clamp(min=1.0) if self.alpha > 0 else 0 * d
+            g = g + grad2d_adjoint(self.dual).reshape(u.shape)
+        u_new = self._primal_prox(u - self.tau * g, self.tau)
+        self.a_prev = st.a[1]
+        self.u_prev = u
+        self._set_u(u_new)
 
 
 def invert_backprop(model, f_delta: torch.Tensor, regularizer: str, alpha: float, side: int, iterations: int,

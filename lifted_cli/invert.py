@@ -222,7 +222,8 @@ def invert(cfg: DictConfig) -> dict:
     if cfg.method == "lifted_bregman":
         try:
             solver = LiftedInversion(net, f_delta, cfg.regularizer, cfg.alpha, side, cfg.output, cfg.data_weight, cfg.rho,
-                                     cfg.step_safety, cfg.power_iters, init=init, box=cfg.box)
+                                     cfg.step_safety, cfg.power_iters, init=init, box=cfg.box,
+                                     primal_step=cfg.primal_step, hidden_weight=cfg.hidden_weight)
         except ValueError as err:
             raise InversionError(str(err)) from None
         for it in range(1, cfg.iterations + 1):

@@ -83,7 +83,7 @@ def test_pdhg_tv_inversion_decreases_the_objective_and_fits():
     clean = torch.zeros(2, side, side, dtype=torch.float64)
     clean[:, 2:6, 2:6] = 1.0
     f = clean.reshape(2, -1) + 0.2 * torch.randn(2, side * side, generator=g, dtype=torch.float64)
-    inv = LiftedInversion(model, f, "tv", 0.3, side)
+    inv = LiftedInversion(model, f, "tv", 0.3, side, primal_step=1.0)  # W = I: a balanced step
     start = float(inv.objective().sum())
     for _ in range(1400):
         inv.step()
