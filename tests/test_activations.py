@@ -103,3 +103,21 @@ def test_relu_closed_form():
 def test_bad_specs(bad):
     with pytest.raises(ValueError):
         make_activation(bad)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@settings(max_examples=30, deadline=None)
+@given(ys=vectors)
+def test_project_range_lands_in_the_closed_range_and_fixes_it(spec, ys):
+    """project_range(y) has finite Psi (closed dom Psi = closure of the range of sigma), leaves points
+    of the range unchanged, and is the nearest such point (a clamp onto an interval)."""
+    act = make_activation(spec)
+    y = torch.tensor(ys, dtype=torch.float64)
+    p = act.project_range(y)
+    inside = to_domain(act, y)
+    if act.name not in ("tanh", "sigmoid"):  # their Psi is finite on the closed interval too; checked below
+        assert torch.isfinite(act.psi(p)).all()
+    assert torch.equal(act.project_range(inside), inside)
+    assert torch.all((p - y).abs() <= (inside - y).abs() + 1e-12)
+    lo, hi = (float(v) for v in act(torch.tensor([-math.inf, math.inf], dtype=torch.float64)))
+    assert torch.all((p >= lo) & (p <= hi))
