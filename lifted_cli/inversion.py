@@ -7,14 +7,20 @@ variational model
 
 with the last state clamped to f_delta (``output=clamped``, the form of the perceptron theorem:
 for one layer it is ``min_u B_Psi(f_delta, W u + b) + alpha J(u)``) or free with the data term
-``data_weight/2 ||K u_L - f_delta||^2``. The hidden auxiliary variables take the proximal-gradient
-X-steps of training (``solvers.AuxiliaryUpdater``, same penalties and prox maps); the input u takes
+``data_weight/2 ||K u_L - f_delta||^2``. A clamped ``f_delta`` is first projected onto the closed
+range of the output activation (dom Psi), the only outputs with a finite Bregman distance. The hidden
+auxiliary variables take the proximal-gradient X-steps of training (``solvers.AuxiliaryUpdater``, same
+penalties and prox maps); the input u takes
 
-* PDHG (Condat-Vu form) when J is isotropic total variation [lit, METHOD.md section 6]:
+* for a plain first layer a_1 = W u + b: full-splitting PDHG (Chambolle-Pock) on
+  min_u h(W u + b) + alpha J(u) (+ box), h = the first layer's Bregman penalty in its pre-activation,
+  dualised through h*(q) = w Phi(q/w + z_1) (``LiftedInversion._pdhg_step``), J through its prox or
+  (TV) a second dual variable [lit: METHOD.md section 6 solves TV inversion by PDHG];
+* otherwise (a proximal first block) PDHG in Condat-Vu form when J is isotropic total variation:
       u <- u - tau (grad_u E + alpha grad^T p)              (= u - tau (grad_u E - alpha div p))
       p <- proj_{||.||_{2,inf} <= 1}(p + s alpha grad(2 u_new - u_old)),
   with tau (L/2 + s ||alpha grad||^2) <= 1, ||grad||^2 <= 8, s = 1/(sqrt(8) alpha);
-* FISTA with adaptive restart otherwise (J = l1, 1/2||.||^2, or the box [0, 1]).
+  and FISTA with adaptive restart otherwise (J = l1, 1/2||.||^2, or the box [0, 1]).
 With ``box`` the iterates are also kept in [0, 1] (the prox of the box indicator, composed exactly).
 
 The baseline ``backprop`` minimises 1/2 ||N(u) - f_delta||^2 + alpha J(u) through autograd with Adam
