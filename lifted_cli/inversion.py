@@ -220,7 +220,6 @@ class LiftedInversion:
                 self.u_prev = u_new.clone()
         self.iterations += 1
 
-
     def _primal_prox(self, v: torch.Tensor, t: float) -> torch.Tensor:
         """prox of t (alpha J + box) for J = l1, l2, box (exact composition in 1-D); for TV (dualised)
         only the box."""
