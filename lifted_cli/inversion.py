@@ -195,9 +195,7 @@ class LiftedInversion:
         elif self.reg == "tv":
             g = self.grad_u()
             grad_adj = grad2d_adjoint(self.dual).reshape(u.shape)
-            u_new = u - self.tau * (g + self.alpha * grad_adj)
-            if self.box:  # Condat-Vu with the box indicator as the primal prox
-                u_new = u_new.clamp(0.0, 1.0)
+            u_new = self._primal_prox(u - self.tau * (g + self.alpha * grad_adj), self.tau)  # Condat-Vu, box as prox
             bar = (2 * u_new - u).reshape(-1, self.side, self.side)
             q = self.dual + self.sigma * self.alpha * grad2d(bar)
             self.dual = q / q.norm(dim=1, keepdim=True).clamp(min=1.0)  # proj onto ||.||_{2,inf} <= 1
@@ -208,9 +206,7 @@ class LiftedInversion:
             v = u + ((self.t - 1) / t_next) * (u - self.u_prev)
             self._set_u(v)
             g = self.grad_u()
-            u_new = regularizer_prox(self.reg, v - self.tau * g, self.tau * self.alpha)
-            if self.box:  # prox of J + box = clamp o prox_J for separable 1-D J
-                u_new = u_new.clamp(0.0, 1.0)
+            u_new = self._primal_prox(v - self.tau * g, self.tau)
             self.u_prev = u
             self._set_u(u_new)
             self.t = t_next
