@@ -1,0 +1,96 @@
+"""The CUDA paths (device=cuda / auto on a GPU machine). Skipped where no GPU is present (CI); run them
+on a GPU workstation with `make test ARGS=tests/test_cuda.py`."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from lifted_cli.inversion import LiftedInversion
+from lifted_cli.networks import MLP
+from lifted_cli.training import network_from_checkpoint, train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+ARCH = {
+    "mlp": ["arch=mlp", "arch.hidden=[16]"],
+    "resnet": ["arch=resnet", "arch.width=16", "arch.depth=1"],
+    "proxnet": ["arch=proxnet", "arch.hidden=800", "arch.depth=1"],
+    "unrolled_pnn": ["arch=unrolled_pnn", "arch.depth=2", "arch.channels=2"],
+}
+# every valid scheme x architecture pair (fenchel needs an invertible activation: not proxnet / unrolled_pnn)
+COMBOS = [(s, a) for s in ("backprop", "bregman", "mac", "fenchel", "contrastive") for a in ARCH
+          if not (s == "fenchel" and a in ("proxnet", "unrolled_pnn"))]
+
+
+def _tiny(fake_mnist, scheme, arch, device, epochs=2):
+    return [f"scheme={scheme}", f"data_root={fake_mnist}", "train_size=48", "test_size=8", f"epochs={epochs}",
+            "batch_size=16", *ARCH[arch], "progress=false", "num_samples=2", f"device={device}"]
+
+
+@pytest.mark.parametrize("scheme,arch", COMBOS)
+def test_train_on_cuda_and_use_the_checkpoint_on_cpu(tmp_path, fake_mnist, compose_train, scheme, arch):
+    m = train(compose_train(_tiny(fake_mnist, scheme, arch, "cuda"), output_dir=tmp_path / "gpu"))
+    assert m["device"].startswith("cuda") and m["status"] == "finished"
+    assert math.isfinite(m["test"]["psnr"]["mean"]) and math.isfinite(m["train"]["loss"])
+    # the checkpoint is read on a machine without a GPU: every tensor lands on the CPU
+    model, ckpt = network_from_checkpoint(tmp_path / "gpu")
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    x = torch.rand(3, 784)
+    gpu_model = model.to("cuda")
+    with torch.no_grad():
+        on_gpu = gpu_model(x.cuda()).cpu()
+        on_cpu = model.to("cpu")(x)
+    assert torch.allclose(on_gpu, on_cpu, atol=1e-4)
+
+
+@pytest.mark.parametrize("scheme,arch", [("backprop", "mlp"), ("bregman", "mlp"), ("mac", "resnet"),
+                                         ("contrastive", "proxnet"), ("bregman", "unrolled_pnn")])
+def test_cuda_run_resumes_on_cpu(tmp_path, fake_mnist, compose_train, scheme, arch):
+    """device may change on resume: a run started on the GPU finishes on the CPU."""
+    train(compose_train(_tiny(fake_mnist, scheme, arch, "cuda", epochs=1), output_dir=tmp_path / "run"))
+    resumed = train(compose_train([*_tiny(fake_mnist, scheme, arch, "cpu", epochs=2), f"resume={tmp_path / 'run'}"],
+                                  output_dir=tmp_path / "run"))
+    assert resumed["device"] == "cpu" and resumed["epochs"] == 2 and math.isfinite(resumed["test"]["psnr"]["mean"])
+
+
+def _random_perceptron(side=16, m=96, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    model = MLP([side * side, m], ["relu"])
+    with torch.no_grad():
+        model.blocks[0].linear.weight.copy_(torch.randn(m, side * side, generator=g))
+        model.blocks[0].linear.bias.zero_()
+    truth = torch.zeros(2, side, side)
+    truth[0, 3:12, 4:9] = 1.0
+    truth[1, 5:14, 2:14] = 0.6
+    return model, truth.reshape(2, -1)
+
+
+@pytest.mark.parametrize("output", ["clamped", "free"])
+def test_lifted_inversion_on_cuda_matches_cpu(output):
+    model, truth = _random_perceptron()
+    f = torch.relu(model(truth)).detach()
+    results = []
+    for dev in ("cpu", "cuda"):
+        inv = LiftedInversion(model.to(dev), f.to(dev), "tv", 0.01, 16, init=torch.full_like(truth, 0.5).to(dev),
+                              box=True, output=output, data_weight=1.0)
+        for _ in range(300):
+            inv.step()
+        results.append(inv.u.detach().cpu())
+    psnr = [float(-10 * torch.log10((u - truth).pow(2).mean())) for u in results]
+    assert psnr[0] > 15 and abs(psnr[0] - psnr[1]) < 0.1, psnr
+
+
+@pytest.mark.parametrize("method", ["lifted_bregman", "backprop"])
+def test_invert_command_on_cuda(tmp_path, fake_mnist, method):
+    out = tmp_path / "inv"
+    r = subprocess.run([sys.executable, "-m", "lifted_cli.cli", "invert", "network=random_perceptron",
+                        "perceptron.out_dim=128", "perceptron.image_size=16", f"method={method}", "num_images=2",
+                        "iterations=50", "delta=0.05", "device=cuda", "progress=false", f"hydra.run.dir={out}",
+                        f"data_root={fake_mnist}"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["device"].startswith("cuda") and math.isfinite(m["recovered"]["psnr"]["mean"])
