@@ -45,7 +45,7 @@ echo "== perceptron inversion"
   "${INV[@]}" "${EXTRA[@]}" "hydra.sweep.dir=$RUNS/perceptron_inversion"
 echo "== autoencoder, then the inversion of its code"
 "$LIFTED" train experiment=autoencoder "${AE[@]}" "${EXTRA[@]}" "hydra.run.dir=$RUNS/autoencoder"
-"$LIFTED" invert -m experiment=autoencoder_inversion "checkpoint=$RUNS/autoencoder" alpha=9e-3,9e-4 \
+"$LIFTED" invert -m experiment=autoencoder_inversion "checkpoint=$RUNS/autoencoder" alpha=9e-3,9e-4,3e-4 \
   method=lifted_bregman,backprop delta=0,0.01,0.05,0.1 "${INV[@]}" "${EXTRA[@]}" "hydra.sweep.dir=$RUNS/autoencoder_inversion"
 echo "== report"
 rm -rf "$OUT"
