@@ -204,3 +204,22 @@ def test_pdhg_inverts_an_ill_conditioned_random_perceptron():
     assert torch.isfinite(inv.objective()).all()
     # 96 measurements with 5 % noise: far from exact, but well above the start (u = 0.5: 6-8 dB)
     assert torch.all(-10 * torch.log10((inv.u - truth).pow(2).mean(dim=1)) > 12)
+
+
+@pytest.mark.parametrize("data_weight,pulled", [(1.0, False), (100.0, True)])
+def test_free_output_pulls_an_inactive_unit_only_when_its_noise_exceeds_minus_a_over_lambda(data_weight, pulled):
+    """Eliminating the free output z from B(z, a) + lambda/2 (z - f)^2 (relu, one unit): z* = max(0, (a + lambda f)
+    / (1 + lambda)), so a unit with a < -lambda f feels no data term at all, and one with -lambda f < a < 0 is
+    pulled up. Here a = u - 1 with the truth u = 0 (a = -1) and noise f = 0.05: lambda = 1 leaves u at 0,
+    lambda = 100 pulls it to the active side (a = f: u = 1, the box's edge)."""
+    model = MLP([1, 1], ["relu"]).double()
+    with torch.no_grad():
+        model.blocks[0].linear.weight.fill_(1.0)
+        model.blocks[0].linear.bias.fill_(-1.0)
+    f_delta = torch.tensor([[0.05]], dtype=torch.float64)
+    inv = LiftedInversion(model, f_delta, "l2", 1e-4, side=1, output="free", data_weight=data_weight,
+                          init=torch.zeros(1, 1, dtype=torch.float64), box=True)
+    for _ in range(3000):
+        inv.step()
+    u = float(inv.u)
+    assert (u > 0.99) if pulled else (u < 1e-6), u
