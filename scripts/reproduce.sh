@@ -45,10 +45,13 @@ echo "== perceptron inversion"
   "${INV[@]}" "${EXTRA[@]}" "hydra.sweep.dir=$RUNS/perceptron_inversion"
 echo "== autoencoder, then the inversion of its code"
 "$LIFTED" train experiment=autoencoder "${AE[@]}" "${EXTRA[@]}" "hydra.run.dir=$RUNS/autoencoder"
-"$LIFTED" invert -m experiment=autoencoder_inversion "checkpoint=$RUNS/autoencoder" alpha=9e-3,9e-4,3e-4 \
-  method=lifted_bregman,backprop delta=0,0.01,0.05,0.1 "${INV[@]}" "${EXTRA[@]}" "hydra.sweep.dir=$RUNS/autoencoder_inversion"
+# lifted (free output, data_weight 1) weighs the data half as much as back-propagation: alpha/2 pairs with alpha
+"$LIFTED" invert -m experiment=autoencoder_inversion "checkpoint=$RUNS/autoencoder" alpha=9e-3,6e-4,3e-4 \
+  method=backprop delta=0,0.01,0.05,0.1 "${INV[@]}" "${EXTRA[@]}" "hydra.sweep.dir=$RUNS/autoencoder_inversion_backprop"
+"$LIFTED" invert -m experiment=autoencoder_inversion "checkpoint=$RUNS/autoencoder" alpha=4.5e-3,3e-4,1.5e-4 \
+  method=lifted_bregman delta=0,0.01,0.05,0.1 "${INV[@]}" "${EXTRA[@]}" "hydra.sweep.dir=$RUNS/autoencoder_inversion_lifted"
 echo "== report"
 rm -rf "$OUT"
 "$LIFTED" report "$RUNS/compare" "$RUNS/sparse_dae" "$RUNS/sparse_dae_10k" "$RUNS/perceptron_inversion" \
-  "$RUNS/autoencoder_inversion" --out "$OUT"
+  "$RUNS/autoencoder_inversion_backprop" "$RUNS/autoencoder_inversion_lifted" --out "$OUT"
 echo "reproduce.sh ($MODE): ${SECONDS} s wall time; report in $OUT/report.md" | tee "$OUT/wall_time.txt"
