@@ -13,7 +13,7 @@ autoencoder data_weight 10) and the back-propagation baseline.
 Writes results/benchmarks/inversion.{md,csv}: PSNR/SSIM of the recovered inputs (mean +- std over
 the images), relative data residual and seconds, for delta in {0, 0.01, 0.05, 0.1}.
 
-    python scripts/benchmark_invert.py            # CPU, about 20 minutes on 2 cores
+    python scripts/benchmark_invert.py            # CPU, about 14 minutes on 2 cores
     python scripts/benchmark_invert.py --quick    # 2,000 training images for the autoencoder, 300 iterations
 """
 
@@ -137,11 +137,12 @@ def main() -> None:
               "PSNR (dB) of back-propagation / lifted Bregman, and lifted minus back-propagation:", "",
               "| alpha (backprop / lifted) | " + " | ".join(f"delta {d:g}" for d in deltas) + " | change backprop | change lifted |",
               "|" + "---|" * (len(deltas) + 3)]
+    def curve(method, alpha):
+        got = {float(r["delta"]): float(r["psnr"].split(" ")[0]) for r in rows if r["experiment"] == "autoencoder_inversion"
+               and r["method"] == method and math.isclose(float(r["alpha"]), alpha)}
+        return [got.get(d) for d in deltas]
+
     for a in AE_ALPHAS:
-        def curve(method, alpha):
-            got = {float(r["delta"]): float(r["psnr"].split(" ")[0]) for r in rows if r["experiment"] == "autoencoder_inversion"
-                   and r["method"] == method and math.isclose(float(r["alpha"]), alpha)}
-            return [got.get(d) for d in deltas]
         bp, lb = curve("backprop", a), curve("lifted_bregman", a / 2)
         if None in bp or None in lb:
             continue
