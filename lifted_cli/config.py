@@ -86,6 +86,16 @@ class UnrolledPNNConfig:
     lam: float = 0.1
 
 
+@dataclass
+class ConvAutoencoderConfig:
+    name: str = "conv_autoencoder"
+    channels: List[int] = field(default_factory=lambda: [16, 32])
+    kernel: int = 4
+    code: int = 300
+    activation: str = "relu"
+    output_activation: str = "identity"
+
+
 # ------------------------------------------------------------------------------------------ scheme
 @dataclass
 class BackpropSchemeConfig:
@@ -276,7 +286,7 @@ class DataConfig:
 SCHEMAS = {
     "dataset": {"denoise": DenoiseConfig, "deblur": DeblurConfig, "inpaint": InpaintConfig},
     "arch": {"mlp": MLPConfig, "resnet": ResNetConfig, "proxnet": ProxNetConfig, "unrolled_pnn": UnrolledPNNConfig,
-             "sequential": SequentialConfig},
+             "conv_autoencoder": ConvAutoencoderConfig, "sequential": SequentialConfig},
     "scheme": {"backprop": BackpropSchemeConfig, "bregman": BregmanSchemeConfig, "fenchel": FenchelSchemeConfig,
                "mac": MACSchemeConfig, "contrastive": ContrastiveSchemeConfig},
     "solver": {"adam": AdamConfig, "sgd": SGDConfig, "isgm": ISGMConfig, "bcd": BCDConfig},
@@ -390,6 +400,13 @@ def validate_train(cfg: DictConfig) -> None:
             _positive(cfg, f"arch.{key}", a[key])
         if a.kernel < 1 or a.kernel % 2 == 0:
             _fail("arch.kernel", a.kernel, "must be odd and >= 1")
+    elif a.name == "conv_autoencoder":
+        if not 1 <= len(a.channels) <= 2 or min(a.channels) <= 0:
+            _fail("arch.channels", list(a.channels), "need 1 or 2 levels (28 = 4 x 7), all > 0")
+        if a.kernel < 2 or a.kernel % 2:
+            _fail("arch.kernel", a.kernel, "must be even and >= 2 (stride 2, padding (kernel - 2)/2)")
+        _positive(cfg, "arch.code", a.code)
+        specs = [a.activation, a.output_activation]
     for spec in specs:
         try:
             make_activation(spec)

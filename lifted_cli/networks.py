@@ -109,6 +109,40 @@ class DenseBlock(Block):
         return self.linear.weight, self.linear.bias
 
 
+class ConvBlock(Block):
+    """u_l = sigma(W u_{l-1} + b) with W a stride-2 convolution of the image-shaped state
+    (c_in x side x side, flattened), or (``transposed``) the transposed convolution that maps back up.
+    Kernel k even, padding (k - 2)/2: a convolution halves the side, a transposed one doubles it.
+    ``pre_adjoint`` is the exact adjoint of ``pre_linear`` (conv_transpose2d / conv2d with the same weight)."""
+
+    def __init__(self, c_in: int, c_out: int, side: int, kernel: int, act: ProxActivation, transposed: bool = False):
+        super().__init__(act)
+        if kernel < 2 or kernel % 2:
+            raise ValueError(f"kernel {kernel}: a stride-2 convolution block needs an even kernel >= 2")
+        if not transposed and side % 2:
+            raise ValueError(f"a stride-2 convolution needs an even side, got {side}")
+        self.transposed, self.stride, self.padding = transposed, 2, (kernel - 2) // 2
+        cls = nn.ConvTranspose2d if transposed else nn.Conv2d
+        self.conv = cls(c_in, c_out, kernel, stride=2, padding=self.padding)
+        out = 2 * side if transposed else side // 2
+        self.shape_in, self.shape_out = (c_in, side, side), (c_out, out, out)
+        self.in_dim, self.out_dim = c_in * side * side, c_out * out * out
+        self.z_dim = self.out_dim
+
+    def _conv(self, v, transposed):
+        op = F.conv_transpose2d if transposed else F.conv2d
+        return op(v, self.conv.weight, None, self.stride, self.padding)
+
+    def pre(self, u, y):
+        return self.conv(u.reshape(-1, *self.shape_in)).flatten(1)
+
+    def pre_linear(self, v):
+        return self._conv(v.reshape(-1, *self.shape_in), self.transposed).flatten(1)
+
+    def pre_adjoint(self, r):
+        return self._conv(r.reshape(-1, *self.shape_out), not self.transposed).flatten(1)
+
+
 class ResidualBlock(DenseBlock):
     """u_k = u_{k-1} + V sigma(W u_{k-1} + b); V = W^T when ``tied``. The pre-activation is the
     dense block's; the state adds the skip connection."""
@@ -355,7 +389,28 @@ def UnrolledPNN(depth: int, operator: str, dual_dim: int, channels: int, kernel:
     return UnifiedNet(blocks, readout_op=ops[-1], zero_input=True)
 
 
-ARCHS = ("mlp", "resnet", "proxnet", "unrolled_pnn", "sequential")
+def ConvAutoencoder(channels: list[int], kernel: int, code: int, activation: str, output_activation: str,
+                    side: int = 28) -> UnifiedNet:
+    """The chapter's convolutional autoencoder (METHOD.md section 7): stride-2 convolutions with
+    ``channels`` filters, a dense code layer of size ``code``, then the mirror image (dense, transposed
+    convolutions back to one channel); 2 len(channels) + 2 layers, the code is layer len(channels) + 1."""
+    if side % (2 ** len(channels)):
+        raise ValueError(f"{len(channels)} stride-2 levels need a side divisible by {2 ** len(channels)}, got {side}")
+    act = make_activation
+    blocks, c, s = [], 1, side
+    for ch in channels:
+        blocks.append(ConvBlock(c, ch, s, kernel, act(activation)))
+        c, s = ch, s // 2
+    flat = c * s * s
+    blocks += [DenseBlock(flat, code, act(activation)), DenseBlock(code, flat, act(activation))]
+    for i, ch in enumerate(reversed([1, *channels[:-1]])):
+        last = i == len(channels) - 1
+        blocks.append(ConvBlock(c, ch, s, kernel, act(output_activation if last else activation), transposed=True))
+        c, s = ch, s * 2
+    return UnifiedNet(blocks)
+
+
+ARCHS = ("mlp", "resnet", "proxnet", "unrolled_pnn", "conv_autoencoder", "sequential")
 
 
 def mlp_activations(cfg) -> list[str]:
@@ -378,4 +433,7 @@ def build_network(arch_cfg, in_dim: int = IMAGE_DIM, out_dim: int = IMAGE_DIM) -
     if name == "unrolled_pnn":
         return UnrolledPNN(arch_cfg.depth, arch_cfg.operator, arch_cfg.dual_dim, arch_cfg.channels, arch_cfg.kernel,
                            arch_cfg.tau, arch_cfg.lam)
+    if name == "conv_autoencoder":
+        return ConvAutoencoder(list(arch_cfg.channels), arch_cfg.kernel, arch_cfg.code, arch_cfg.activation,
+                               arch_cfg.output_activation)
     raise ValueError(f"unknown arch {name!r}; allowed: {', '.join(ARCHS)}")

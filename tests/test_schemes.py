@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from lifted_cli.activations import make_activation
 from lifted_cli.config import (SCHEMAS, SOLVERS_FOR_SCHEME, BCDConfig, ContrastiveSchemeConfig, ISGMConfig)
 from lifted_cli.lifted import LiftedProblem
-from lifted_cli.networks import MLP, ProxNet, ResNet, UnifiedNet, UnrolledPNN, stiefel_project
+from lifted_cli.networks import MLP, ConvAutoencoder, ConvBlock, ProxNet, ResNet, UnifiedNet, UnrolledPNN, stiefel_project
 from lifted_cli.penalties import PENALTIES, BregmanPenalty
 from lifted_cli.schemes import ContrastiveScheme, build_scheme
 from lifted_cli.solvers import BCD
@@ -36,10 +36,12 @@ def small_net(arch: str, seed: int = 0, act: str | None = None) -> UnifiedNet:
         return UnrolledPNN(3, "conv", 0, 2, 3, 1.0, 0.1)
     if arch == "unrolled_dense":
         return UnrolledPNN(2, "dense", 20, 0, 0, 1.0, 0.1)
+    if arch == "conv_ae":
+        return ConvAutoencoder([2, 3], 4, 10, act or "relu", "identity")
     raise ValueError(arch)
 
 
-ARCHS = ["mlp", "resnet", "resnet_tied", "proxnet", "unrolled_pnn", "unrolled_dense"]
+ARCHS = ["mlp", "resnet", "resnet_tied", "proxnet", "unrolled_pnn", "unrolled_dense", "conv_ae"]
 
 
 def images(s=6, seed=1):
@@ -201,7 +203,7 @@ def solver_cfg(name, **kw):
 
 
 VALID = [(s, a) for s in ("backprop", "bregman", "fenchel", "mac", "contrastive")
-         for a in ("mlp", "resnet", "proxnet", "unrolled_pnn")
+         for a in ("mlp", "resnet", "proxnet", "unrolled_pnn", "conv_ae")
          if not (s == "fenchel" and a in ("proxnet", "unrolled_pnn"))]
 
 
@@ -282,3 +284,19 @@ def test_contrastive_gradient_tends_to_the_backprop_gradient():
         errors.append(float((ours - bp_flat).norm() / bp_flat.norm()))
         model.zero_grad(set_to_none=True)
     assert errors[0] > errors[1] > errors[2] and errors[2] < 5e-3, errors
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_conv_block_adjoint_is_exact_and_sides_halve_or_double(transposed):
+    blk = ConvBlock(3, 5, 14 if not transposed else 7, 4, make_activation("relu"), transposed=transposed).double()
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(2, blk.in_dim, generator=g, dtype=torch.float64)
+    r = torch.randn(2, blk.out_dim, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        assert float((blk.pre_linear(v) * r).sum()) == pytest.approx(float((v * blk.pre_adjoint(r)).sum()), rel=1e-12)
+        assert torch.allclose(blk.pre(v, None) - blk.conv.bias.repeat_interleave(blk.shape_out[1] ** 2), blk.pre_linear(v))
+    assert blk.shape_out[1] == (14 if transposed else 7)
+    net = ConvAutoencoder([16, 32], 4, 300, "relu", "identity")
+    assert [b.out_dim for b in net.blocks] == [3136, 1568, 300, 1568, 3136, 784]
+    with pytest.raises(ValueError, match="divisible by 8"):
+        ConvAutoencoder([4, 4, 4], 4, 10, "relu", "identity")
