@@ -293,7 +293,7 @@ SCHEMAS = {
 }
 
 #: the presets of configs/experiment, by command
-EXPERIMENTS = {"train": ("sparse_dae", "sparse_dae_10k", "autoencoder", "prox_mlp"),
+EXPERIMENTS = {"train": ("sparse_dae", "sparse_dae_10k", "autoencoder", "conv_autoencoder", "prox_mlp"),
                "invert": ("perceptron_inversion", "autoencoder_inversion")}
 
 #: which solvers can minimise which scheme's objective

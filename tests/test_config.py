@@ -57,6 +57,9 @@ def test_experiments_compose(compose_train):
         (["+epochss=3"], "epochss"),
         (["+dataset.sigmaa=3"], "dataset.sigmaa"),
         (["data_sources=[local,ftp]"], "data_sources"),
+        (["arch=conv_autoencoder", "arch.kernel=3"], "arch.kernel=3"),
+        (["arch=conv_autoencoder", "arch.channels=[4,4,4]"], "arch.channels"),
+        (["arch=conv_autoencoder", "arch.code=0"], "arch.code=0"),
     ],
 )
 def test_bad_values_rejected_with_one_line(compose_train, overrides, fragment):
