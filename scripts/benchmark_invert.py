@@ -33,6 +33,15 @@ from benchmark_bregman import ROOT, fmt
 DELTAS = "0,0.01,0.05,0.1"
 AE_ALPHAS = (1.5e-4, 3e-4, 6e-4, 9e-3)  # back-propagation; lifted runs alpha/2 (see main)
 CONV_ALPHAS = (1e-3, 3e-3, 1e-2, 3e-2, 6e-2)  # the same for the convolutional autoencoder
+PARTS = ("perceptron", "autoencoder", "conv_autoencoder")
+
+
+def paired_sweeps(exp: str, network: list[str], alphas) -> list[tuple]:
+    """Back-propagation at each alpha and lifted Bregman at alpha/2 (matched data weight, see main)."""
+    return [(exp, "autoencoder_inversion", f"{exp}-backprop", [*network, "method=backprop",
+                                                               f"alpha={','.join(map(str, alphas))}"], ""),
+            (exp, "autoencoder_inversion", f"{exp}-lifted", [*network, "method=lifted_bregman",
+                                                             f"alpha={','.join(str(a / 2) for a in alphas)}"], "")]
 
 
 def lifted(args: list[str]) -> None:
@@ -47,16 +56,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks"))
-    ap.add_argument("--only", default="perceptron,autoencoder,conv_autoencoder",
-                    help="comma-separated subset of: perceptron, autoencoder, conv_autoencoder")
+    ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated subset of: {', '.join(PARTS)}")
     ap.add_argument("--conv-checkpoint", default=None,
                     help="a run of `lifted train experiment=conv_autoencoder scheme=backprop` to invert instead of "
                          "training one here (5 epochs)")
     args = ap.parse_args()
     only = [x for x in args.only.split(",") if x]
-    bad = sorted(set(only) - {"perceptron", "autoencoder", "conv_autoencoder"})
-    if bad or not only:
-        raise SystemExit(f"--only {args.only}: allowed: perceptron, autoencoder, conv_autoencoder")
+    if not only or set(only) - set(PARTS):
+        raise SystemExit(f"--only {args.only}: allowed: {', '.join(PARTS)}")
     runs = ROOT / "results" / "benchmark-runs" / ("invert-" + time.strftime("%Y-%m-%d_%H-%M-%S"))
     t0 = time.perf_counter()
     small = ["train_size=2000", "test_size=500"] if args.quick else []
@@ -67,9 +74,10 @@ def main() -> None:
         trained["autoencoder"] = ae
     if "conv_autoencoder" in only:
         conv = Path(args.conv_checkpoint) if args.conv_checkpoint else runs / "conv_autoencoder"
-        if not args.conv_checkpoint:  # Adam trains the convolutional autoencoder well; our lifted schemes take
-            lifted(["train", "experiment=conv_autoencoder", "scheme=backprop", f"device={args.device}",  # generic
-                    "progress=false", f"hydra.run.dir={conv}", *small])  # gradient W-steps for conv blocks
+        # trained by back-propagation: the lifted schemes take only generic gradient W-steps for conv blocks
+        if not args.conv_checkpoint:
+            lifted(["train", "experiment=conv_autoencoder", "scheme=backprop", f"device={args.device}",
+                    "progress=false", f"hydra.run.dir={conv}", *small])
         trained["conv_autoencoder"] = conv
     extra = ["iterations=300"] if args.quick else []
     rows = []
@@ -89,20 +97,14 @@ def main() -> None:
                     ["method=lifted_bregman", "output=clamped"], " (output=clamped)")]
     if "autoencoder" in only:
         ck = f"checkpoint={trained['autoencoder']}"
-        sweeps += [("autoencoder_inversion", "autoencoder_inversion", "autoencoder_inversion-backprop",
-                    [ck, "method=backprop", f"alpha={','.join(map(str, AE_ALPHAS))}"], ""),
-                   ("autoencoder_inversion", "autoencoder_inversion", "autoencoder_inversion-lifted",
-                    [ck, "method=lifted_bregman", f"alpha={','.join(str(a / 2) for a in AE_ALPHAS)}"], ""),
-                   ("autoencoder_inversion", "autoencoder_inversion", "autoencoder_inversion-dw10",
+        sweeps += paired_sweeps("autoencoder_inversion", [ck], AE_ALPHAS)
+        sweeps += [("autoencoder_inversion", "autoencoder_inversion", "autoencoder_inversion-dw10",
                     [ck, "method=lifted_bregman", "data_weight=10", "alpha=2.7e-4"], " (data_weight=10)"),
                    ("autoencoder_inversion", "autoencoder_inversion", "autoencoder_inversion-clamped",
                     [ck, "method=lifted_bregman", "output=clamped", "alpha=1.5e-4"], " (output=clamped)")]
     if "conv_autoencoder" in only:  # the code is layer 3 (conv, conv, dense)
-        ck = [f"checkpoint={trained['conv_autoencoder']}", "upto=layer3"]
-        sweeps += [("conv_autoencoder_inversion", "autoencoder_inversion", "conv_autoencoder_inversion-backprop",
-                    [*ck, "method=backprop", f"alpha={','.join(map(str, CONV_ALPHAS))}"], ""),
-                   ("conv_autoencoder_inversion", "autoencoder_inversion", "conv_autoencoder_inversion-lifted",
-                    [*ck, "method=lifted_bregman", f"alpha={','.join(str(a / 2) for a in CONV_ALPHAS)}"], "")]
+        sweeps += paired_sweeps("conv_autoencoder_inversion",
+                                [f"checkpoint={trained['conv_autoencoder']}", "upto=layer3"], CONV_ALPHAS)
     for exp, config, name, more, label in sweeps:
         sweep = runs / name
         lifted(["invert", "-m", f"experiment={config}", *more, f"delta={DELTAS}",
@@ -122,7 +124,7 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = "inversion" + ("" if len(only) == 3 else "_" + "_".join(only)) + ("_quick" if args.quick else "")
+    stem = "inversion" + ("" if set(only) == set(PARTS) else "_" + "_".join(only)) + ("_quick" if args.quick else "")
     with open(out / f"{stem}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
