@@ -262,6 +262,7 @@ class InvertConfig:
     step_safety: float = 0.9
     primal_step: float = 100.0
     hidden_weight: float = 1.0
+    momentum: float = 0.99
     power_iters: int = 30
     lr: float = 0.01
     tv_smoothing: float = 1e-3
@@ -531,6 +532,8 @@ def validate_invert(cfg: DictConfig) -> None:
         _positive(cfg, key, cfg[key])
     if not 0 < cfg.step_safety <= 1:
         _fail("step_safety", cfg.step_safety, "must be in (0, 1]")
+    if not 0 <= cfg.momentum < 1:
+        _fail("momentum", cfg.momentum, "must be in [0, 1)")
     if cfg.tv_smoothing < 0:
         _fail("tv_smoothing", cfg.tv_smoothing, "must be >= 0")
     if cfg.num_samples < 0:

@@ -10,7 +10,9 @@ for one layer it is ``min_u B_Psi(f_delta, W u + b) + alpha J(u)``) or free with
 ``data_weight/2 ||K u_L - f_delta||^2``. A clamped ``f_delta`` is first projected onto the closed
 range of the output activation (dom Psi), the only outputs with a finite Bregman distance. The hidden
 auxiliary variables take the proximal-gradient X-steps of training (``solvers.AuxiliaryUpdater``, same
-penalties and prox maps); the input u takes
+penalties and prox maps), from an inertial point when ``momentum`` > 0 (iPALM, Pock & Sabach 2016:
+y_l = z_l + beta_k (z_l - z_l^prev), beta_k = min(momentum, (k-1)/(k+2)), restarted per variable by the
+gradient test of O'Donoghue & Candes 2015 when <y_l - z_l^new, z_l^new - z_l> > 0); the input u takes
 
 * for a plain first layer a_1 = W u + b: full-splitting PDHG (Chambolle-Pock) on
   min_u h(W u + b) + alpha J(u) (+ box), h = the first layer's Bregman penalty in its pre-activation,
@@ -97,7 +99,8 @@ class LiftedInversion:
     def __init__(self, model, f_delta: torch.Tensor, regularizer: str, alpha: float, side: int,
                  output: str = "clamped", data_weight: float = 1.0, rho: float = 1.0,
                  step_safety: float = 0.9, power_iters: int = 30, init: torch.Tensor | None = None,
-                 box: bool = False, primal_step: float = 100.0, hidden_weight: float = 1.0):
+                 box: bool = False, primal_step: float = 100.0, hidden_weight: float = 1.0,
+                 momentum: float = 0.0):
         if model.zero_input:
             raise ValueError("this network takes its input through a data-dependent bias (unrolled_pnn); "
                              "inversion supports networks whose input is their first state")
@@ -144,6 +147,10 @@ class LiftedInversion:
         self.t = 1.0
         self.restarts = 0
         self.iterations = 0
+        self.momentum = float(momentum)
+        self.hidden_prev = {var: self._hidden(var).clone() for var in self.problem.variables()}
+        self.hidden_k = {var: 1 for var in self.problem.variables()}
+        self.hidden_restarts = 0
 
     @property
     def u(self) -> torch.Tensor:
@@ -187,8 +194,7 @@ class LiftedInversion:
         """One iteration: an X-sweep on the hidden variables, then the u-step."""
         p, st = self.problem, self.st
         if p.variables():
-            self.xs.sweep(st)
-            p.refresh(st, first=2)
+            self._hidden_sweep()
         u = self.u
         if self.dualised:
             self._pdhg_step(u)
@@ -215,6 +221,41 @@ class LiftedInversion:
                 self.restarts += 1
                 self.u_prev = u_new.clone()
         self.iterations += 1
+
+    def _hidden(self, var: tuple[str, int]) -> torch.Tensor:
+        kind, l = var
+        return self.st.u[l] if kind == "u" else self.st.z[l]
+
+    def _hidden_sweep(self) -> None:
+        """One Gauss-Seidel proximal-gradient sweep on the hidden variables (top-down), from the
+        inertial points y_l = z_l + beta_k (z_l - z_l^prev) when ``momentum`` > 0 (iPALM); a variable
+        whose step turned against its last move, <y_l - z_l^new, z_l^new - z_l> > 0, restarts its
+        beta sequence (gradient restart). Without it the X-steps of training on the inversion's
+        chain are slow: on the convolutional encoder, 2000 plain sweeps stayed at 3x the objective
+        that the inertial sweeps reach."""
+        p, st = self.problem, self.st
+        variables = p.variables()
+        if self.momentum > 0:
+            current, anchors = {}, {}
+            for var in variables:
+                k = self.hidden_k[var]
+                beta = min(self.momentum, (k - 1) / (k + 2))
+                z = self._hidden(var)
+                current[var] = z
+                anchors[var] = z + beta * (z - self.hidden_prev[var]) if beta > 0 else z
+                p.set_var(st, var[0], var[1], anchors[var])
+            p.refresh(st, first=2)
+        self.xs.sweep(st)
+        p.refresh(st, first=2)
+        if self.momentum > 0:
+            for var in variables:
+                new, old = self._hidden(var), current[var]
+                self.hidden_prev[var] = old
+                if float(((anchors[var] - new) * (new - old)).sum()) > 0:
+                    self.hidden_k[var] = 1
+                    self.hidden_restarts += 1
+                else:
+                    self.hidden_k[var] += 1
 
     def _primal_prox(self, v: torch.Tensor, t: float) -> torch.Tensor:
         """prox of t (alpha J + box) for J = l1, l2, box (exact composition in 1-D); for TV (dualised)

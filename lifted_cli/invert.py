@@ -223,7 +223,8 @@ def invert(cfg: DictConfig) -> dict:
         try:
             solver = LiftedInversion(net, f_delta, cfg.regularizer, cfg.alpha, side, cfg.output, cfg.data_weight, cfg.rho,
                                      cfg.step_safety, cfg.power_iters, init=init, box=cfg.box,
-                                     primal_step=cfg.primal_step, hidden_weight=cfg.hidden_weight)
+                                     primal_step=cfg.primal_step, hidden_weight=cfg.hidden_weight,
+                                     momentum=cfg.momentum)
         except ValueError as err:
             raise InversionError(str(err)) from None
         for it in range(1, cfg.iterations + 1):
@@ -232,7 +233,8 @@ def invert(cfg: DictConfig) -> dict:
             if it % cfg.log_every == 0 or it == cfg.iterations:
                 record(it, solver.u, float(solver.objective().mean()))
         u = solver.u
-        extra = {"tau": solver.tau, "lipschitz_u": solver.lip, "restarts": solver.restarts}
+        extra = {"tau": solver.tau, "lipschitz_u": solver.lip, "restarts": solver.restarts,
+                 "hidden_restarts": solver.hidden_restarts}
     else:
         def cb(it, u_now):
             bar.update()
