@@ -96,6 +96,34 @@ def test_pdhg_tv_inversion_decreases_the_objective_and_fits():
     assert float((inv.u - clean.reshape(2, -1)).norm()) < float((f - clean.reshape(2, -1)).norm())
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inertial_hidden_sweeps_converge_faster_than_plain_sweeps(seed):
+    """Three random ReLU layers, free output, small TV weight: 200 iterations with the hidden layers'
+    inertial sweeps (momentum 0.99, iPALM with gradient restart) end at an objective at least 20 %
+    below 200 plain proximal-gradient sweeps, and not above 800 plain sweeps + 15 %."""
+    side = 6
+    model = MLP([side * side, 64, 64, 16], ["relu", "relu", "relu"]).double()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for blk in model.blocks:
+            w = blk.linear.weight
+            w.copy_(torch.randn(w.shape, generator=g, dtype=torch.float64) / math.sqrt(w.shape[1]))
+            blk.linear.bias.fill_(0.1)
+    truth = torch.rand(4, side * side, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        f = model.readout(model.forward_states(truth)[-1], truth)
+    final = {}
+    for momentum, its in ((0.0, 200), (0.0, 800), (0.99, 200)):
+        inv = LiftedInversion(model, f, "tv", 1e-3, side, output="free", momentum=momentum, box=True,
+                              init=torch.full_like(truth, 0.5))
+        for _ in range(its):
+            inv.step()
+        final[momentum, its] = float(inv.objective().sum())
+        assert (inv.hidden_restarts > 0) == (momentum > 0)
+    assert final[0.99, 200] < 0.8 * final[0.0, 200]
+    assert final[0.99, 200] < 1.15 * final[0.0, 800]
+
+
 # ------------------------------------------------------------------------------------- command
 def lifted(*args, cwd):
     return subprocess.run([sys.executable, "-m", "lifted_cli.cli", *args], cwd=cwd, capture_output=True, text=True)
@@ -161,6 +189,7 @@ def test_invert_bad_inputs_fail_with_one_line_and_no_folder(tmp_path, trained_au
                         "arch.activations=[gelu]"], "gelu"),
         "layer": ([f"checkpoint={trained_autoencoder}", "upto=layer9"], "upto=layer9"),
         "undescribed": ([f"checkpoint={tmp_path / 'net.pt'}"], "arch=sequential"),
+        "momentum": ([f"checkpoint={trained_autoencoder}", "momentum=1"], "momentum=1"),
     }
     for name, (args, needle) in cases.items():
         r = lifted("invert", *args, "progress=false", "hydra.run.dir=out", cwd=tmp_path)
