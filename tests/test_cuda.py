@@ -20,6 +20,7 @@ ARCH = {
     "resnet": ["arch=resnet", "arch.width=16", "arch.depth=1"],
     "proxnet": ["arch=proxnet", "arch.hidden=800", "arch.depth=1"],
     "unrolled_pnn": ["arch=unrolled_pnn", "arch.depth=2", "arch.channels=2"],
+    "conv_autoencoder": ["arch=conv_autoencoder", "arch.channels=[4,8]", "arch.code=16"],
 }
 # every valid scheme x architecture pair (fenchel needs an invertible activation: not proxnet / unrolled_pnn)
 COMBOS = [(s, a) for s in ("backprop", "bregman", "mac", "fenchel", "contrastive") for a in ARCH
