@@ -261,7 +261,9 @@ def invert(cfg: DictConfig) -> dict:
     }
     if truth is not None:
         psnr, ssim = per_image_metrics(u.reshape(-1, 1, side, side), truth.reshape(-1, 1, side, side))
-        metrics["recovered"] = {"psnr": summarise(psnr), "ssim": summarise(ssim)}
+        # the relative error ||u - u_true|| / ||u_true||: the norm in which stability estimates are stated
+        rel = ((u - truth).norm(dim=1) / truth.norm(dim=1).clamp(min=1e-12)).cpu().numpy()
+        metrics["recovered"] = {"psnr": summarise(psnr), "ssim": summarise(ssim), "rel_error": summarise(rel)}
     io.write_csv(out / "history.csv", history)
     torch_u = u.detach().cpu()
     io.save_torch(out / "recovered.pt", torch_u)

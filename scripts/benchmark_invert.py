@@ -115,6 +115,7 @@ def main() -> None:
             m = json.loads((job / "metrics.json").read_text())
             rows.append({"experiment": exp, "method": m["method"] + label, "delta": m["delta"],
                          "psnr": fmt(m["recovered"]["psnr"], 2), "ssim": fmt(m["recovered"]["ssim"], 4),
+                         "error": fmt(m["recovered"]["rel_error"], 3),
                          "residual": f"{m['residual']:.4g}", "seconds": f"{m['seconds']:.1f}",
                          "iterations": m["iterations"], "alpha": m["alpha"]})
     rows.sort(key=lambda r: (r["experiment"], -float(r["alpha"]), r["method"], float(r["delta"])))
@@ -155,14 +156,16 @@ def main() -> None:
         "output z_L leaves lambda/(1+lambda) 1/2 (a_L - f_delta)^2 on active units, half of back-propagation's "
         "weight for lambda = 1, so lifted alpha a/2 is compared with back-propagation alpha a. "
         + trained_text +
-        "PSNR/SSIM of the recovered inputs: mean ± std over the images; residual: mean relative "
-        "||N(u) - f_delta|| / ||f_delta||.",
+        "PSNR/SSIM of the recovered inputs: mean ± std over the images; error: relative error "
+        "||u - u_true|| / ||u_true||, mean ± std over the images (the norm of stability estimates: how much the "
+        "error grows with delta is the stability, which a dB change does not show when the errors at delta 0 "
+        "differ); residual: mean relative ||N(u) - f_delta|| / ||f_delta||.",
         "",
-        "| experiment | alpha | delta | method | PSNR (dB) | SSIM | residual | seconds | iterations |",
-        "|" + "---|" * 9,
+        "| experiment | alpha | delta | method | PSNR (dB) | SSIM | error | residual | seconds | iterations |",
+        "|" + "---|" * 10,
     ]
     lines += [f"| {r['experiment']} | {r['alpha']} | {r['delta']} | {r['method']} | {r['psnr']} | {r['ssim']} | "
-              f"{r['residual']} | {r['seconds']} | {r['iterations']} |" for r in rows]
+              f"{r['error']} | {r['residual']} | {r['seconds']} | {r['iterations']} |" for r in rows]
     deltas = sorted({float(r["delta"]) for r in rows})
     lines += ["", "Recovered PSNR (dB) against delta, and its change from the smallest to the largest delta:", "",
               "| experiment | alpha | method | " + " | ".join(f"delta {d:g}" for d in deltas) + " | change |",
@@ -173,10 +176,21 @@ def main() -> None:
         change = f"{vals[-1] - vals[0]:+.2f}" if None not in (vals[0], vals[-1]) else ""
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | " + " | ".join("" if v is None else f"{v:.2f}" for v in vals)
                      + f" | {change} |")
-    def curve(exp, method, alpha):
-        got = {float(r["delta"]): float(r["psnr"].split(" ")[0]) for r in rows if r["experiment"] == exp
+    def curve(exp, method, alpha, key="psnr"):
+        got = {float(r["delta"]): float(r[key].split(" ")[0]) for r in rows if r["experiment"] == exp
                and r["method"] == method and math.isclose(float(r["alpha"]), alpha)}
         return [got.get(d) for d in deltas]
+
+    def best_per_delta(exp, grid, method, key, pick):
+        """(value, alpha) of the best alpha of the grid for each delta, or None if a delta is missing."""
+        curves = {a: curve(exp, method, a, key) for a in grid}
+        best = []
+        for i in range(len(deltas)):
+            cands = [(c[i], a) for a, c in curves.items() if c[i] is not None]
+            if not cands:
+                return None
+            best.append(pick(cands))
+        return best
 
     for exp, alphas in (("autoencoder_inversion", AE_ALPHAS), ("conv_autoencoder_inversion", CONV_ALPHAS)):
         if not any(r["experiment"] == exp for r in rows):
@@ -194,16 +208,20 @@ def main() -> None:
         # each method at its own best alpha of the grid, per delta (the comparison that needs no pairing)
         lines += ["", f"{exp}, each method at its best alpha of the grid for each delta: PSNR (dB) (alpha):", "",
                   "| method | " + " | ".join(f"delta {d:g}" for d in deltas) + " | change |", "|" + "---|" * (len(deltas) + 2)]
-        for method, grid in (("backprop", alphas), ("lifted_bregman", [a / 2 for a in alphas])):
-            curves = {a: curve(exp, method, a) for a in grid}
-            best = []
-            for i in range(len(deltas)):
-                cands = [(c[i], a) for a, c in curves.items() if c[i] is not None]
-                best.append(max(cands) if cands else None)
-            if None in best:
-                continue
-            lines.append(f"| {method} | " + " | ".join(f"{v:.2f} ({a:g})" for v, a in best)
-                         + f" | {best[-1][0] - best[0][0]:+.2f} |")
+        grids = (("backprop", alphas), ("lifted_bregman", [a / 2 for a in alphas]))
+        for method, grid in grids:
+            best = best_per_delta(exp, grid, method, "psnr", max)
+            if best is not None:
+                lines.append(f"| {method} | " + " | ".join(f"{v:.2f} ({a:g})" for v, a in best)
+                             + f" | {best[-1][0] - best[0][0]:+.2f} |")
+        lines += ["", f"{exp}, each method at its best alpha of the grid for each delta: relative error "
+                  "||u - u_true|| / ||u_true|| (alpha), and its growth from the smallest to the largest delta:", "",
+                  "| method | " + " | ".join(f"delta {d:g}" for d in deltas) + " | growth |", "|" + "---|" * (len(deltas) + 2)]
+        for method, grid in grids:
+            best = best_per_delta(exp, grid, method, "error", min)
+            if best is not None:
+                lines.append(f"| {method} | " + " | ".join(f"{v:.3f} ({a:g})" for v, a in best)
+                             + f" | {best[-1][0] - best[0][0]:+.3f} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -170,6 +170,10 @@ def test_invert_plain_state_dict_and_outputs_file(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["source"]["network"] == "state_dict" and m["images"] == 3 and m["residual"] < 0.5
+    u = torch.load(out / "recovered.pt")
+    rel = ((u - truth).norm(dim=1) / truth.norm(dim=1)).mean()
+    assert m["recovered"]["rel_error"]["count"] == 3
+    assert m["recovered"]["rel_error"]["mean"] == pytest.approx(float(rel), rel=1e-5)
 
 
 def test_invert_bad_inputs_fail_with_one_line_and_no_folder(tmp_path, trained_autoencoder):
