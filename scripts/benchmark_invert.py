@@ -10,10 +10,11 @@ Two experiments, swept over method x delta (x alpha) with `lifted invert -m` cal
 each with lifted Bregman (the experiment's free output; also the output clamped to f_delta, and for the
 autoencoder data_weight 10) and the back-propagation baseline.
 
-Writes results/benchmarks/inversion.{md,csv}: PSNR/SSIM of the recovered inputs (mean +- std over
+Writes results/benchmarks/inversion[_<parts>].{md,csv} (parts chosen by --only): PSNR/SSIM of the recovered inputs (mean +- std over
 the images), relative data residual and seconds, for delta in {0, 0.01, 0.05, 0.1}.
 
-    python scripts/benchmark_invert.py            # CPU, about 14 minutes on 2 cores
+    python scripts/benchmark_invert.py            # CPU, about 30 minutes on 2 cores, plus training both autoencoders
+    python scripts/benchmark_invert.py --only conv_autoencoder --conv-checkpoint <run>   # the chapter's conv AE
     python scripts/benchmark_invert.py --quick    # 2,000 training images for the autoencoder, 300 iterations
 """
 
