@@ -1,12 +1,15 @@
 #!/usr/bin/env python
 """Benchmark: lifted Bregman inversion against the back-propagation baseline (issue 5).
 
-Two experiments, swept over method x delta (x alpha) with `lifted invert -m` calls:
+Three experiments, swept over method x delta (x alpha) with `lifted invert -m` calls:
 
 * perceptron_inversion: the random ReLU perceptron 4096 -> 512 on 64x64 images, TV, alpha 0.015;
 * autoencoder_inversion: the encoder (layers 1..2, code 300) of an autoencoder trained first with
   `lifted train experiment=autoencoder` (full MNIST denoising, 5 epochs), TV, back-propagation at alpha
   in {1.5e-4, 3e-4, 6e-4, 9e-3} and lifted Bregman at half those values (matched data weight, see main);
+* conv_autoencoder_inversion: the code (layers 1..3) of the chapter's convolutional autoencoder
+  (`lifted train experiment=conv_autoencoder scheme=backprop`, or --conv-checkpoint), back-propagation
+  at alpha in {1e-3, 3e-3, 1e-2, 3e-2, 6e-2}, lifted at half;
 each with lifted Bregman (the experiment's free output; also the output clamped to f_delta, and for the
 autoencoder data_weight 10) and the back-propagation baseline.
 
