@@ -148,8 +148,10 @@ class LiftedInversion:
         self.restarts = 0
         self.iterations = 0
         self.momentum = float(momentum)
-        self.hidden_prev = {var: self._hidden(var).clone() for var in self.problem.variables()}
-        self.hidden_k = {var: 1 for var in self.problem.variables()}
+        # the inertial sweeps' previous iterates and beta counters (only when they are used)
+        hidden = self.problem.variables() if self.momentum > 0 else []
+        self.hidden_prev = {var: self._hidden(var).clone() for var in hidden}
+        self.hidden_k = {var: 1 for var in hidden}
         self.hidden_restarts = 0
 
     @property
@@ -248,10 +250,12 @@ class LiftedInversion:
         self.xs.sweep(st)
         p.refresh(st, first=2)
         if self.momentum > 0:
-            for var in variables:
-                new, old = self._hidden(var), current[var]
-                self.hidden_prev[var] = old
-                if float(((anchors[var] - new) * (new - old)).sum()) > 0:
+            # the restart tests of all variables in one device-to-host transfer
+            tests = torch.stack([((anchors[var] - self._hidden(var)) * (self._hidden(var) - current[var])).sum()
+                                 for var in variables]).tolist()
+            for var, test in zip(variables, tests):
+                self.hidden_prev[var] = current[var]
+                if test > 0:
                     self.hidden_k[var] = 1
                     self.hidden_restarts += 1
                 else:
