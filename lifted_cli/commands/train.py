@@ -1,0 +1,303 @@
+"""``lifted train``: data -> degradation -> network -> scheme + solver -> epochs -> evaluation -> run folder.
+
+``train(cfg)`` is a plain function (the Hydra app only calls it) that returns the final metrics and
+writes, into ``cfg.output_dir``: ``metrics.json``, ``history.csv``, ``checkpoint.pt`` and
+``samples.png`` (all atomically). It reads as: load the data, build the components, restore a
+checkpoint when resuming, run the epochs (each ends with an evaluation and a checkpoint), finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from hydra.core.config_store import ConfigStore
+import numpy as np
+import torch
+from omegaconf import MISSING, DictConfig, OmegaConf
+from tqdm import tqdm
+
+from ..data import DEGRADATIONS, build_degradation, ensure_mnist, load_mnist
+from ..errors import ConfigError, RunError
+from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
+from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
+from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
+from ..registry import check_choice, check_positive, typed
+from ..runs import (DeferredInterrupt, RunConfig, divergence, load_checkpoint, samples_image, save_image, save_torch,
+                    select_device, write_csv, write_json)
+from . import run_task
+
+log = logging.getLogger("lifted.train")
+
+#: the config groups of a training run and their registries
+GROUPS = {"dataset": DEGRADATIONS, "arch": ARCHITECTURES, "scheme": SCHEMES, "solver": SOLVERS}
+
+#: config keys that may differ between a run and its resumption
+RESUMABLE_CHANGES = ("resume", "progress", "device", "epochs", "output_dir", "data_root", "eval_every")
+
+
+# ---------------------------------------------------------------------------------------- config
+@dataclass
+class TrainConfig(RunConfig):
+    command: str = "train"
+    dataset: Any = MISSING
+    arch: Any = MISSING
+    scheme: Any = MISSING
+    solver: Any = MISSING
+    epochs: int = 5
+    batch_size: int = 128
+    eval_every: int = 1
+    train_size: Optional[int] = None
+    test_size: Optional[int] = None
+    resume: Optional[str] = None
+
+    def validate(self):
+        check_choice("command", self.command, ("train",))
+        RunConfig.validate(self)
+        for key in ("epochs", "batch_size", "eval_every"):
+            check_positive(key, getattr(self, key))
+        check_positive("train_size", self.train_size, allow_none=True)
+        check_positive("test_size", self.test_size, allow_none=True)
+
+
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Types, ranges and unknown keys of every option, and the scheme/solver pair."""
+    TrainConfig.validate(typed(cfg, TrainConfig))
+    for group, registry in GROUPS.items():
+        registry.validate(cfg[group])
+    check_solver(cfg.scheme, cfg.solver)
+
+
+def build(cfg: DictConfig, device: torch.device):
+    """The network, scheme and solver of a run (weights from torch's global RNG). A combination
+    the mathematics does not allow fails here with one line (ConfigError)."""
+    where = f"scheme={cfg.scheme.name} arch={cfg.arch.name} solver={cfg.solver.name}"
+    try:
+        model = build_network(cfg.arch)
+        if not maps_images_to_images(model):
+            raise ValueError(f"training maps {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} images to images of the same size; this network does not")
+        model = model.to(device)
+        scheme, solver = build_training(model, cfg.scheme, cfg.solver)
+    except ValueError as err:  # ConfigError included: the builders' own checks
+        raise ConfigError(f"{where}: {err}") from None
+    return model, scheme, solver
+
+
+@torch.no_grad()
+def maps_images_to_images(model) -> bool:
+    try:
+        return model(torch.zeros(1, *IMAGE_SHAPE)).shape == (1, *IMAGE_SHAPE)
+    except RuntimeError:  # the first layer's input size is not the image's
+        return False
+
+
+def prevalidate(cfg: DictConfig) -> None:
+    """``validate`` and a build on the CPU (on a forked RNG, so no run's seed is touched)."""
+    validate(cfg)
+    with torch.random.fork_rng(devices=[]):
+        build(cfg, torch.device("cpu"))
+
+
+# ------------------------------------------------------------------------------------ evaluation
+def make_test_set(cfg, degradation, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and degraded test images. The degradation is drawn on the CPU from a generator seeded
+    with ``dataset.test_seed`` alone, so the test data are identical for every run, whatever the
+    seed, scheme, architecture or device."""
+    x = load_mnist(cfg.data_root, train=False, size=cfg.test_size)
+    gen = torch.Generator().manual_seed(int(cfg.dataset.test_seed))
+    y = torch.cat([degradation.measure(chunk, gen) for chunk in x.split(1000)])
+    return x.to(device), y.to(device)
+
+
+@torch.no_grad()
+def reconstruct(model, y: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(chunk) for chunk in y.split(batch)])
+
+
+def evaluate(model, x: torch.Tensor, y: torch.Tensor) -> dict:
+    psnr, ssim = per_image_metrics(reconstruct(model, y), x)
+    return {"psnr": summarise(psnr), "ssim": summarise(ssim)}
+
+
+# ------------------------------------------------------------------------------------ run state
+@dataclass
+class Progress:
+    """Where a run stands: the next epoch and batch, the epoch's permutation and partial sums."""
+
+    epoch: int = 0
+    batch: int = 0
+    perm: torch.Tensor | None = None
+    partial: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)
+
+
+def check_resume_config(cfg, saved: dict) -> None:
+    now = OmegaConf.to_container(cfg, resolve=True)
+    for key in set(now) | set(saved):
+        if key in RESUMABLE_CHANGES:
+            continue
+        if now.get(key) != saved.get(key):
+            raise RunError(
+                f"resume={cfg.resume}: {key} differs from the checkpoint ({saved.get(key)} vs {now.get(key)}); "
+                f"only {', '.join(RESUMABLE_CHANGES)} may change on resume"
+            )
+
+
+def rng_state(gen_perm, gen_noise) -> dict:
+    state = {"torch": torch.get_rng_state(), "perm": gen_perm.get_state(), "noise": gen_noise.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore(cfg, model, scheme, solver, gen_perm, gen_noise, device) -> Progress:
+    """The state of the run folder ``cfg.resume``, loaded into the components and generators."""
+    ckpt, _ = load_checkpoint(Path(cfg.resume) / "checkpoint.pt")
+    check_resume_config(cfg, ckpt["config"])
+    model.load_state_dict(ckpt["model"])
+    scheme.load_state_dict(ckpt["scheme"])
+    solver.load_state_dict(ckpt["solver"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    gen_perm.set_state(ckpt["rng"]["perm"])
+    if device.type == ckpt.get("device_type", "cpu"):
+        gen_noise.set_state(ckpt["rng"]["noise"])
+    log.info("resuming %s at epoch %d, batch %d", cfg.resume, ckpt["epoch"] + 1, ckpt["batch"])
+    return Progress(ckpt["epoch"], ckpt["batch"], ckpt.get("perm"), ckpt.get("partial", {}), list(ckpt["history"]))
+
+
+def finite_model(model) -> bool:
+    return all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ train
+def train(cfg: DictConfig) -> dict:
+    """Train the configured network; returns the final metrics (also written to metrics.json).
+    ``cfg`` is a validated ``train`` config (``validate``)."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = select_device(cfg.device)
+    log.info("device: %s (torch %s)", device, torch.__version__)
+
+    source = ensure_mnist(cfg.data_root, tuple(cfg.data_sources))
+    log.info("MNIST from %s (%s)", source, cfg.data_root)
+    degradation = build_degradation(cfg.dataset)
+    x_test, y_test = make_test_set(cfg, degradation, device)
+    x_train = load_mnist(cfg.data_root, train=True, size=cfg.train_size).to(device)
+    n_train = x_train.shape[0]
+    batches = math.ceil(n_train / cfg.batch_size)
+
+    torch.manual_seed(cfg.seed)
+    model, scheme, solver = build(cfg, device)
+    gen_perm = torch.Generator().manual_seed(cfg.seed)
+    gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    at = restore(cfg, model, scheme, solver, gen_perm, gen_noise, device) if cfg.resume else Progress()
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+
+    def checkpoint(epoch, batch, perm, partial):
+        save_torch(out / "checkpoint.pt", {
+            "model": model.state_dict(), "config": resolved, "epoch": epoch, "batch": batch, "perm": perm,
+            "partial": partial, "scheme": scheme.state_dict(), "solver": solver.state_dict(),
+            "rng": rng_state(gen_perm, gen_noise), "device_type": device.type, "history": at.history,
+        })
+
+    stop = DeferredInterrupt()
+    show = bool(cfg.progress) and sys.stderr.isatty()
+    try:
+        for epoch in tqdm(range(at.epoch, cfg.epochs), desc="epochs", disable=not show, initial=at.epoch, total=cfg.epochs):
+            if at.perm is None:
+                at.perm = torch.randperm(n_train, generator=gen_perm)
+            scheme.begin_epoch(epoch)
+            solver.begin_epoch(epoch)
+            sums, seconds = dict(at.partial.get("sums", {})), at.partial.get("seconds", 0.0)
+            t0 = time.perf_counter()
+            bar = tqdm(total=batches, initial=at.batch, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
+            b = at.batch
+            try:
+                for b in range(at.batch, batches):
+                    noise_state = gen_noise.get_state()
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    x = x_train[at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)]
+                    stats = solver.step(degradation.measure(x, gen_noise), x)
+                    if not all(math.isfinite(v) for v in stats.values()):
+                        raise divergence(f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats})",
+                                         out / "checkpoint.pt")
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                else:
+                    b = batches
+            except KeyboardInterrupt:
+                bar.close()
+                seconds += time.perf_counter() - t0
+                if b < batches:  # batch b had not been applied: replay it from its noise state
+                    gen_noise.set_state(noise_state)
+                checkpoint(epoch, b, at.perm, {"sums": sums, "seconds": seconds})
+                log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, out)
+                raise
+            bar.close()
+            seconds += time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "seconds": seconds, **{k: v / batches for k, v in sums.items()}}
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                ev = evaluate(model, x_test, y_test)
+                row.update(test_psnr=ev["psnr"]["mean"], test_ssim=ev["ssim"]["mean"])
+            else:
+                row.update(test_psnr=math.nan, test_ssim=math.nan)
+            if not finite_model(model):  # checked once per epoch: a bad batch shows in the next batch's loss
+                raise divergence(f"training diverged in epoch {epoch + 1} (non-finite weights)", out / "checkpoint.pt")
+            at.history.append(row)
+            at.perm, at.partial, at.batch = None, {}, 0
+            checkpoint(epoch + 1, 0, None, {})
+            write_csv(out / "history.csv", at.history)
+            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+    finally:
+        stop.restore()
+    return finish(cfg, out, model, scheme, solver, device, at.history, x_test, y_test, n_train)
+
+
+def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_test, n_train) -> dict:
+    """The final evaluation: metrics.json (with the no-learning row) and samples.png."""
+    psnr_in, ssim_in = per_image_metrics(y_test, x_test)
+    trained = [r["seconds"] for r in history]
+    metrics = {
+        "status": "finished",
+        "run_dir": str(out),
+        "test": evaluate(model, x_test, y_test),
+        "no_learning": {"psnr": summarise(psnr_in), "ssim": summarise(ssim_in)},
+        "train": {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "test_psnr", "test_ssim")} if history else {},
+        "epochs": cfg.epochs,
+        "seconds_per_epoch": float(np.mean(trained)) if trained else math.nan,
+        "seconds_per_epoch_all": trained,
+        "device": str(device),
+        "torch_version": torch.__version__,
+        "seed": cfg.seed,
+        "train_images": n_train,
+        "test_images": int(x_test.shape[0]),
+        "metric_implementation": IMPLEMENTATION,
+        "hyperparameters": {**scheme.hyperparameters(), "solver": solver.hyperparameters()},
+    }
+    if cfg.num_samples > 0:
+        k = min(cfg.num_samples, x_test.shape[0])
+        save_image(out / "samples.png", samples_image([x_test[:k], y_test[:k], reconstruct(model, y_test[:k])]))
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lifted_cli.configs", config_name="train")
+def app(cfg: DictConfig) -> float:
+    metrics = run_task(cfg, validate, train, keep_folder=bool(cfg.get("resume")))
+    t, n = metrics["test"], metrics["no_learning"]
+    print(f"lifted train: done in {cfg.output_dir}: test PSNR {t['psnr']['mean']:.2f} dB, SSIM {t['ssim']['mean']:.4f} "
+          f"(degraded input: {n['psnr']['mean']:.2f} dB, {n['ssim']['mean']:.4f})")
+    return t["psnr"]["mean"]

@@ -1,0 +1,305 @@
+"""The lifted objective of a network in unified form (docs/method.md, section 4).
+
+For a ``nets.UnifiedNet`` with blocks l = 1..L (pre-activation ``a_l = pre_l(u_{l-1}, y)``,
+auxiliary activation outputs z_l, states u_l; u_l = z_l for dense blocks):
+
+    E(theta, Z, U) = (1/s) sum_i [ sum_l lambda_l D_l(z_l^i, a_l^i)
+                                   + rho/2 sum_{l: state blocks} ||u_l^i - S_l u_{l-1}^i - V_l z_l^i||^2
+                                   + [free output] beta/2 ||K(u_L^i, y^i) - t^i||^2
+                                   + alpha ||u_k^i||_1 ]
+
+D is the scheme's layer penalty (``penalties.LayerPenalty``: Bregman, Fenchel or MAC quadratic),
+rho the architecture penalty of ``rho/2 ||M u - V z||^2``. With a ``clamped`` output the last state
+is the target (Wang & Benning 2023: the last penalty is then the data term); ``free`` keeps u_L as a
+variable with the data loss (weight beta, the nudging weight of the contrastive scheme).
+
+Solvers see only per-variable and per-block methods (``x_gradient``, ``x_prox``, ``x_lipschitz``,
+``weight_gradients``, ``block_energy``, ``implicit_weight_step``): no architecture or scheme is a
+special case. All methods run under ``torch.no_grad`` except the autograd of the *affine* block maps
+in ``weight_gradients``; an activation is differentiated only by the MAC penalty, whose definition
+needs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .penalties import LayerPenalty, l1_penalty, soft_threshold
+
+
+@dataclass
+class LiftedState:
+    """Auxiliary variables of one mini-batch (rows = samples): ``u[0..L]`` states (u[0] the input
+    state), ``z[1..L]`` activation outputs (the same tensor as u[l] for dense blocks), cached
+    pre-activations ``a[1..L]``; ``y`` the flattened network input, ``target`` the clean images."""
+
+    y: torch.Tensor
+    target: torch.Tensor
+    u: list
+    z: list
+    a: list
+    forward_loss: float = 0.0
+
+
+class LiftedProblem:
+    """Lifted objective of a unified network. ``lambdas``: penalty weight per block (length L);
+    ``output``: ``clamped``, ``free`` or ``auto`` (clamped when the read-out is the identity);
+    ``sparsity``, ``sparsity_layer``: alpha and the 1-based layer k of alpha ||u_k||_1;
+    ``loss_weight``: beta of the free-output data loss."""
+
+    def __init__(self, model, penalty: LayerPenalty, lambdas, rho: float = 1.0, output: str = "clamped",
+                 sparsity: float = 0.0, sparsity_layer=None, loss_weight: float = 1.0):
+        self.model = model
+        self.blocks = list(model.blocks)
+        self.L = len(self.blocks)
+        self.acts = model.acts
+        self.penalty = penalty
+        for l, act in enumerate(self.acts, 1):
+            try:
+                penalty.check(act)
+            except ValueError as err:
+                raise ValueError(f"layer {l}: {err}") from None
+        self.lambdas = [float(v) for v in lambdas]
+        if len(self.lambdas) != self.L:
+            raise ValueError(f"need {self.L} penalty weights, got {len(self.lambdas)}")
+        self.rho = float(rho)
+        if output == "auto":
+            output = "clamped" if model.readout_identity else "free"
+        if output not in ("clamped", "free"):
+            raise ValueError(f"output={output!r}; allowed: clamped, free, auto")
+        if output == "clamped" and not model.readout_identity:
+            raise ValueError("output=clamped needs a network whose output is its last state; this one reads out "
+                             "x_net = y - L^* u_K: use output=free or auto")
+        last = self.blocks[-1]
+        if output == "clamped" and not last.has_state:
+            probe = torch.tensor([0.0, 1.0])
+            if not bool(last.act.in_domain(probe).all()):
+                raise ValueError(f"a clamped output needs targets in [0, 1] inside the range of the output activation "
+                                 f"{last.act.spec()}; use output=free or another output activation")
+        self.output = output
+        self.loss_weight = float(loss_weight)
+        self.sparsity = float(sparsity)
+        self.sparsity_layer = sparsity_layer if self.sparsity > 0 else None
+        k = self.sparsity_layer
+        if k is not None:
+            if not 1 <= k <= self.L:
+                raise ValueError(f"sparsity_layer={k}: must be a layer index 1..{self.L}")
+            if self.output == "clamped" and k == self.L:
+                raise ValueError("sparsity on the clamped output layer has no effect; use output=free")
+            blk = self.blocks[k - 1]
+            if not blk.has_state and type(penalty).prox_z is not LayerPenalty.prox_z and not blk.act.l1_composable:
+                raise ValueError(f"sparsity on layer {k} needs an activation with 0 in dPhi(0); {blk.act.spec()} has not")
+
+    # ------------------------------------------------------------------------------ forward
+    @torch.no_grad()
+    def init_state(self, y: torch.Tensor, target: torch.Tensor) -> LiftedState:
+        """Warm start by a forward pass: z_l = sigma_l(a_l), u_l = post_l(u_{l-1}, z_l), so every
+        penalty is zero (the free phase); a clamped output then takes the target."""
+        u, z, a = [self.model.input_state(y)], [None], [None]
+        for blk in self.blocks:
+            a.append(blk.pre(u[-1], y))
+            z.append(blk.act(a[-1]))
+            u.append(blk.post(u[-1], z[-1]) if blk.has_state else z[-1])
+        out = self.model.readout(u[-1], y)
+        st = LiftedState(y=y, target=target, u=u, z=z, a=a,
+                         forward_loss=float(0.5 * (out - target).pow(2).sum(dim=1).mean()))
+        if self.output == "clamped":
+            u[-1] = target.clone()
+            if not self.blocks[-1].has_state:
+                z[-1] = u[-1]
+        return st
+
+    def set_var(self, st: LiftedState, kind: str, l: int, value: torch.Tensor) -> None:
+        if kind == "u":
+            st.u[l] = value
+        else:
+            st.z[l] = value
+            if not self.blocks[l - 1].has_state:
+                st.u[l] = value
+
+    @torch.no_grad()
+    def refresh(self, st: LiftedState, first: int = 1) -> None:
+        """Recompute the cached pre-activations a_l, l >= ``first``, for the current U, W."""
+        for l in range(first, self.L + 1):
+            st.a[l] = self.blocks[l - 1].pre(st.u[l - 1], st.y)
+
+    def residual(self, st: LiftedState, l: int) -> torch.Tensor:
+        """r_l = u_l - S_l u_{l-1} - V_l z_l (state blocks)."""
+        return st.u[l] - self.blocks[l - 1].post(st.u[l - 1], st.z[l])
+
+    def output_residual(self, st: LiftedState) -> torch.Tensor:
+        return self.model.readout(st.u[-1], st.y) - st.target
+
+    # ---------------------------------------------------------------------------- objective
+    @torch.no_grad()
+    def objective_per_sample(self, st: LiftedState) -> torch.Tensor:
+        """E(theta, Z, U) of every sample (shape (s,)) at the cached pre-activations."""
+        value = sum(self.lambdas[l - 1] * self.penalty.value(self.acts[l - 1], st.z[l], st.a[l]) for l in range(1, self.L + 1))
+        for l in range(1, self.L + 1):
+            if self.blocks[l - 1].has_state:
+                value = value + 0.5 * self.rho * self.residual(st, l).pow(2).sum(dim=1)
+        if self.output == "free":
+            value = value + 0.5 * self.loss_weight * self.output_residual(st).pow(2).sum(dim=1)
+        if self.sparsity_layer is not None:
+            value = value + self.sparsity * l1_penalty(st.u[self.sparsity_layer])
+        return value
+
+    def objective(self, st: LiftedState) -> float:
+        """E(theta, Z, U) averaged over the samples."""
+        return float(self.objective_per_sample(st).mean())
+
+    @torch.no_grad()
+    def layer_gaps(self, st: LiftedState) -> list[float]:
+        """Mean over samples of ||u_l - post_l(u_{l-1}, sigma_l(a_l))||: how far each layer
+        equation is from holding, l = 1..L."""
+        gaps = []
+        for l in range(1, self.L + 1):
+            blk = self.blocks[l - 1]
+            gaps.append(float((st.u[l] - blk.post(st.u[l - 1], blk.act(st.a[l]))).norm(dim=1).mean()))
+        return gaps
+
+    def hidden_gap(self, st: LiftedState) -> float:
+        gaps = self.layer_gaps(st)
+        hidden = gaps[:-1] if self.output == "clamped" else gaps
+        return sum(hidden) / max(len(hidden), 1)
+
+    # ---------------------------------------------------------------------- auxiliary steps
+    def variables(self) -> list[tuple[str, int]]:
+        """The free auxiliary variables, top-down: (``u``, l) for state blocks, then (``z``, l)."""
+        out = []
+        for l in range(self.L, 0, -1):
+            clamped_last = l == self.L and self.output == "clamped"
+            if self.blocks[l - 1].has_state:
+                if not clamped_last:
+                    out.append(("u", l))
+                out.append(("z", l))
+            elif not clamped_last:
+                out.append(("z", l))
+        return out
+
+    def downstream_gradient(self, st: LiftedState, l: int) -> torch.Tensor:
+        """Gradient in u_l of the terms of block l+1 (or of the data loss when l = L); l = 0 gives the
+        gradient in the input state."""
+        if l == self.L:
+            return self.loss_weight * self.model.readout_adjoint(self.output_residual(st))
+        nxt = self.blocks[l]
+        g = self.lambdas[l] * nxt.pre_adjoint(self.penalty.grad_a(self.acts[l], st.z[l + 1], st.a[l + 1]))
+        if nxt.has_state and nxt.skip:
+            g = g - self.rho * self.residual(st, l + 1)
+        return g
+
+    def x_gradient(self, st: LiftedState, kind: str, l: int) -> torch.Tensor:
+        """Gradient of the smooth part of E (per sample) in the variable (kind, l):
+
+            z_l:  lambda_l grad_z D_l - rho V_l^T r_l (state block) | + downstream (dense block)
+            u_l:  rho r_l + downstream,
+            downstream = lambda_{l+1} W_{l+1}^T grad_a D_{l+1} - rho S_{l+1}^T r_{l+1}  (or the data loss).
+        """
+        blk = self.blocks[l - 1]
+        if kind == "u":
+            return self.rho * self.residual(st, l) + self.downstream_gradient(st, l)
+        g = self.lambdas[l - 1] * self.penalty.grad_z(self.acts[l - 1], st.z[l], st.a[l])
+        if blk.has_state:
+            return g - self.rho * blk.post_adjoint(self.residual(st, l))
+        return g + self.downstream_gradient(st, l)
+
+    def x_prox(self, kind: str, l: int, v: torch.Tensor, mu: float) -> torch.Tensor:
+        """prox of mu times the non-smooth part in (kind, l): lambda_l (non-smooth part of D_l) and
+        alpha ||.||_1 on u_k, composed as prox_D o S_{mu alpha} (exact in 1-D when 0 is in dPhi(0))."""
+        if l == self.sparsity_layer and (kind == "u" or not self.blocks[l - 1].has_state):
+            v = soft_threshold(v, mu * self.sparsity)
+        if kind == "u":
+            return v
+        return self.penalty.prox_z(self.acts[l - 1], v, mu * self.lambdas[l - 1])
+
+    def x_lipschitz(self, kind: str, l: int, norm_sq) -> float:
+        """Lipschitz constant of ``x_gradient`` in (kind, l); ``norm_sq(which, l)`` returns the
+        squared norm of W_l (``pre``), V_l (``post``) or the read-out (``readout``)."""
+        if l < self.L:
+            down = self.lambdas[l] * self.penalty.lip_a * norm_sq("pre", l + 1)
+            if self.blocks[l].has_state and self.blocks[l].skip:
+                down += self.rho
+        else:
+            down = self.loss_weight * (1.0 if self.model.readout_identity else norm_sq("readout", l))
+        if kind == "u":
+            return self.rho + down
+        own = self.lambdas[l - 1] * self.penalty.lip_z
+        if self.blocks[l - 1].has_state:
+            return own + self.rho * norm_sq("post", l)
+        return own + down
+
+    # -------------------------------------------------------------------------- weight steps
+    def block_params(self, l: int) -> list[torch.nn.Parameter]:
+        return list(self.blocks[l - 1].parameters())
+
+    def _block_terms(self, st: LiftedState, l: int, a: torch.Tensor, with_loss: bool):
+        """The parts of E that depend on block l's parameters, for pre-activation ``a``: returns
+        (penalty per sample, architecture + loss terms summed over samples, differentiable)."""
+        blk = self.blocks[l - 1]
+        extra = a.new_zeros(())
+        if blk.has_state:
+            extra = extra + 0.5 * self.rho * (st.u[l] - blk.post(st.u[l - 1], st.z[l])).pow(2).sum()
+        if with_loss and l == self.L and self.output == "free" and not self.model.readout_identity:
+            extra = extra + 0.5 * self.loss_weight * self.output_residual(st).pow(2).sum()
+        return extra
+
+    def weight_gradients(self, st: LiftedState, l: int, with_loss: bool = True) -> list[torch.Tensor]:
+        """Gradient of E in block l's parameters, for fixed auxiliary variables. The penalty enters
+        through the surrogate <lambda_l grad_a D_l (fixed), a_l(theta)>, whose parameter gradient is
+        the chain rule through the affine map a_l only; the architecture and read-out terms are
+        polynomial in the parameters and go through autograd. ``with_loss=False`` leaves out the
+        data loss (the free phase of the contrastive scheme)."""
+        blk = self.blocks[l - 1]
+        params = self.block_params(l)
+        s = st.y.shape[0]
+        with torch.enable_grad():
+            a = blk.pre(st.u[l - 1], st.y)
+            g_a = self.lambdas[l - 1] * self.penalty.grad_a(self.acts[l - 1], st.z[l], a.detach())
+            total = (g_a * a).sum() + self._block_terms(st, l, a, with_loss)
+            grads = torch.autograd.grad(total / s, params, allow_unused=True)
+        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    @torch.no_grad()
+    def block_energy(self, st: LiftedState, l: int, a: torch.Tensor | None = None) -> float:
+        """The parts of E that depend on block l's parameters, up to a constant (for line
+        searches); ``a``: the current pre-activation when known."""
+        if a is None:
+            a = self.blocks[l - 1].pre(st.u[l - 1], st.y)
+        pen = self.lambdas[l - 1] * self.penalty.energy_a(self.acts[l - 1], st.z[l], a).sum()
+        return float((pen + self._block_terms(st, l, a, True)) / st.y.shape[0])
+
+    def majorizable(self, l: int) -> bool:
+        """The exact majorised implicit step applies: an affine dense block with a penalty whose
+        a-gradient is lip_a (sigma(a) - z)."""
+        blk = self.blocks[l - 1]
+        return self.penalty.majorizable and not blk.has_state and blk.affine() is not None
+
+    @torch.no_grad()
+    def implicit_weight_step(self, st: LiftedState, l: int, anchor, tau: float, at_anchor: bool = False) -> None:
+        """Majorised implicit step on a dense layer l: minimise over W = [W_l, b_l] the model
+
+            (1/s) sum_i [<g_i, (W' - W) x_i> + kappa/2 ||(W' - W) x_i||^2] + 1/(2 tau) ||W' - W^k||^2,
+
+        x_i = [u_{l-1}^i; 1], g_i = lambda_l grad_a D_l = kappa (sigma(a_l^i) - z_l^i), kappa = lambda_l
+        lip_a. It majorises the ISGM subproblem because sigma is 1-Lipschitz and is exact when sigma
+        is the identity. With X = [U_{l-1}, 1] (s x n), R = G/kappa, D = W - W^k, c = s/(kappa tau),
+        Woodbury in sample space gives [der]
+
+            W' = W^k - (R^T - D X^T) (c I + X X^T)^{-1} X,
+
+        an s x s Cholesky solve (s = batch size). ``at_anchor``: W = W^k, so D = 0."""
+        x_prev = st.u[l - 1]
+        s = x_prev.shape[0]
+        W, b = self.blocks[l - 1].affine()
+        W0, b0 = anchor[0], anchor[1]
+        kappa = self.lambdas[l - 1] * self.penalty.lip_a
+        r = self.acts[l - 1](st.a[l]) - st.z[l]
+        c = s / (kappa * tau)
+        k = torch.addmm(torch.ones(s, s, device=x_prev.device, dtype=x_prev.dtype), x_prev, x_prev.t())
+        k.diagonal().add_(c)  # c I + X X^T
+        rhs = r if at_anchor else r - torch.addmm(b - b0, x_prev, (W - W0).t())  # R - X D^T
+        coef = torch.cholesky_solve(rhs, torch.linalg.cholesky(k))
+        W.copy_(W0 - coef.t() @ x_prev)
+        b.copy_(b0 - coef.sum(dim=0))

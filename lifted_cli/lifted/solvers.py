@@ -1,0 +1,476 @@
+"""Solvers (config group ``solver``): how a scheme's objective is minimised, one mini-batch at a time.
+
+A scheme declares the interface it offers (``form``) and a solver the one it needs, so every pair
+with the same form composes:
+
+* ``form="gradient"`` (``adam``, ``sgd``): the scheme stores a gradient in ``.grad`` of the
+  parameters (``scheme.gradient(y, x)``, back-propagated or contrastive) and a torch optimiser applies it;
+* ``form="lifted"`` (``isgm``, ``bcd``; docs/method.md, section 5): the scheme is a lifted objective
+  (``scheme.problem``, a :class:`~lifted_cli.lifted.objective.LiftedProblem`).
+
+The lifted solvers work on a :class:`~lifted_cli.lifted.LiftedProblem` through its per-variable and per-block
+methods only, so every scheme (penalty) and architecture is solved without a special case. One
+mini-batch:
+
+1. warm start of the auxiliary variables by a forward pass (every penalty is then zero);
+2. ``n_inner`` iterations of
+   * ``x_sweeps`` X-steps: one proximal-gradient step per auxiliary variable, in Gauss-Seidel order
+     (top-down, so the target reaches every layer in one sweep) or Jacobi order (all at once),
+     with the closed-form prox of the penalty's non-smooth part (``AuxiliaryUpdater``);
+   * a W-step: every block at once (the block problems are independent given the auxiliaries).
+
+Step sizes of the X-steps come from Lipschitz constants with operator norms estimated by
+warm-started power iterations (no SVD): ``mu = safety / Lip``. W-steps of dense blocks under ISGM
+use the exact majorised implicit step (``LiftedProblem.implicit_weight_step``); all other W-steps
+are gradient steps whose length is found by backtracking (Armijo) on the block's own energy,
+warm-started from the last accepted step, so any block (residual, proximal, unrolled) is handled
+without a hand-derived Lipschitz constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from ..registry import Registry, Schema, check_choice, check_interval, check_nonnegative, check_positive
+from .objective import LiftedProblem, LiftedState
+
+#: the solvers by name; ``info["form"]``: the scheme interface each one minimises
+SOLVERS = Registry("solver")
+
+LAYER_ORDERS = ("gauss_seidel", "jacobi")
+
+
+def check_momentum(key: str, value) -> None:
+    check_interval(key, value, 0.0, 1.0, closed_low=True, closed_high=False)
+
+
+# ------------------------------------------------------------------------------ gradient solvers
+@dataclass
+class AdamConfig(Schema):
+    name: str = "adam"
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    weight_decay: float = 0.0
+
+    def validate(self):
+        check_positive("lr", self.lr)
+        check_nonnegative("weight_decay", self.weight_decay)
+        check_momentum("beta1", self.beta1)
+        check_momentum("beta2", self.beta2)
+
+
+@dataclass
+class SGDConfig(Schema):
+    name: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+    def validate(self):
+        check_positive("lr", self.lr)
+        check_nonnegative("weight_decay", self.weight_decay)
+        check_momentum("momentum", self.momentum)
+
+
+class GradientSolver:
+    """A torch optimiser applied to the gradient that the scheme stores in ``.grad``; constrained
+    architectures (proxnet) are projected back after every step."""
+
+    def __init__(self, cfg, scheme, optimizer: torch.optim.Optimizer):
+        self.cfg = cfg
+        self.scheme = scheme
+        self.optimizer = optimizer
+
+    def step(self, y: torch.Tensor, x: torch.Tensor) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = self.scheme.gradient(y, x)
+        self.optimizer.step()
+        self.scheme.model.project()
+        return stats
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def hyperparameters(self) -> dict:
+        return OmegaConf.to_container(self.cfg, resolve=True)
+
+
+@SOLVERS.register("adam", AdamConfig, form="gradient")
+def build_adam(cfg, scheme) -> GradientSolver:
+    opt = torch.optim.Adam(scheme.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    return GradientSolver(cfg, scheme, opt)
+
+
+@SOLVERS.register("sgd", SGDConfig, form="gradient")
+def build_sgd(cfg, scheme) -> GradientSolver:
+    opt = torch.optim.SGD(scheme.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return GradientSolver(cfg, scheme, opt)
+
+
+def solvers_for(form: str) -> list[str]:
+    """The registered solvers that minimise a scheme of interface ``form``."""
+    return [n for n in SOLVERS.names() if SOLVERS.get(n).info["form"] == form]
+
+
+@torch.no_grad()
+def power_norm_sq(matvec, rmatvec, v: torch.Tensor, iters: int) -> tuple[float, torch.Tensor]:
+    """Estimate ||A||_2^2 by ``iters`` power iterations on A^T A from the warm start ``v``.
+
+    Returns the Rayleigh quotient ||A v||^2 (v unit; a lower bound that converges to ||A||^2) and
+    the new unit vector."""
+    for _ in range(iters):
+        w = rmatvec(matvec(v))
+        n = w.norm()
+        if n == 0 or not torch.isfinite(n):
+            break
+        v = w / n
+    return float(matvec(v).pow(2).sum()), v
+
+
+class AuxiliaryUpdater:
+    """X-steps on the auxiliary variables of a lifted problem: proximal gradient with step
+    ``x_step`` or ``step_safety / Lipschitz`` per variable, in ``gauss_seidel`` (top-down) or
+    ``jacobi`` order. Shared by the solvers and by the nudged phase of the contrastive scheme."""
+
+    def __init__(self, problem: LiftedProblem, layer_order: str, step_safety: float, power_iters: int, x_step=None):
+        self.problem = problem
+        self.order = layer_order
+        self.safety = step_safety
+        self.power_iters = power_iters
+        self.fixed_step = x_step
+        p = problem
+        ref = p.block_params(1)[0]
+        gen = torch.Generator().manual_seed(0)
+        self.vectors = {}
+        for l, blk in enumerate(p.blocks, 1):
+            self.vectors[("pre", l)] = torch.randn(1, blk.in_dim, generator=gen)
+            if blk.has_state:
+                self.vectors[("post", l)] = torch.randn(1, blk.z_dim, generator=gen)
+        self.vectors[("readout", p.L)] = torch.randn(1, p.blocks[-1].out_dim, generator=gen)
+        for key, v in self.vectors.items():
+            self.vectors[key] = (v / v.norm()).to(ref.device, ref.dtype)
+        self._norms = {}
+
+    def invalidate(self) -> None:
+        """Forget the norm estimates (the weights moved); the power iterations stay warm-started."""
+        self._norms = {}
+
+    def norm_sq(self, which: str, l: int) -> float:
+        """||W_l||^2 (``pre``), ||V_l||^2 (``post``) or ||K||^2 (``readout``), estimated once per
+        weight update (``invalidate``)."""
+        key = (which, l)
+        if key not in self._norms:
+            blk = self.problem.blocks[l - 1]
+            model = self.problem.model
+            maps = {"pre": (blk.pre_linear, blk.pre_adjoint), "post": (blk.post_linear, blk.post_adjoint),
+                    "readout": (model.readout_linear, model.readout_adjoint)}[which]
+            self._norms[key], self.vectors[key] = power_norm_sq(*maps, self.vectors[key], self.power_iters)
+        return self._norms[key]
+
+    def step_size(self, kind: str, l: int) -> float:
+        if self.fixed_step is not None:
+            return float(self.fixed_step)
+        return self.safety / max(self.problem.x_lipschitz(kind, l, self.norm_sq), 1e-12)
+
+    @torch.no_grad()
+    def sweep(self, st: LiftedState) -> None:
+        """One proximal-gradient step on every free auxiliary variable. Leaves the cached
+        pre-activations stale; call ``problem.refresh`` after."""
+        p = self.problem
+
+        def update(kind, l):
+            mu = self.step_size(kind, l)
+            v = st.u[l] if kind == "u" else st.z[l]
+            return p.x_prox(kind, l, v - mu * p.x_gradient(st, kind, l), mu)
+
+        variables = p.variables()
+        if self.order == "gauss_seidel":
+            for kind, l in variables:
+                p.set_var(st, kind, l, update(kind, l))
+        else:
+            for (kind, l), v in [(var, update(*var)) for var in variables]:
+                p.set_var(st, kind, l, v)
+
+    def state_dict(self) -> dict:
+        return {"vectors": {f"{w}:{l}": v for (w, l), v in self.vectors.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, v in state["vectors"].items():
+            w, l = key.split(":")
+            ref = self.vectors[(w, int(l))]
+            self.vectors[(w, int(l))] = v.to(ref.device, ref.dtype)
+
+
+# -------------------------------------------------------------------------------- lifted solvers
+@dataclass
+class LiftedSolverConfig(Schema):
+    """Options shared by the solvers of the lifted objective."""
+
+    name: str = "isgm"
+    n_inner: int = 1
+    x_sweeps: int = 1
+    layer_order: str = "gauss_seidel"
+    step_safety: float = 0.9
+    power_iters: int = 2
+    x_step: Optional[float] = None
+
+    def validate(self):
+        for key in ("n_inner", "x_sweeps", "power_iters"):
+            check_positive(key, getattr(self, key))
+        check_interval("step_safety", self.step_safety, 0.0, 1.0, closed_low=False, closed_high=True)
+        check_choice("layer_order", self.layer_order, LAYER_ORDERS)
+        check_positive("x_step", self.x_step, allow_none=True)
+
+
+@dataclass
+class ISGMConfig(LiftedSolverConfig):
+    name: str = "isgm"
+    x_sweeps: int = 2
+    tau: float = 1.0
+    tau_decay: float = 1.0
+    w_metric: str = "majorizer"
+    w_step: Optional[float] = None
+    momentum: float = 0.8
+
+    def validate(self):
+        super().validate()
+        check_positive("tau", self.tau)
+        check_interval("tau_decay", self.tau_decay, 0.0, 1.0, closed_low=False, closed_high=True)
+        check_choice("w_metric", self.w_metric, ("majorizer", "scalar"))
+        check_positive("w_step", self.w_step, allow_none=True)
+        check_momentum("momentum", self.momentum)
+
+
+class LiftedSolver:
+    """Shared machinery: X-steps, block weight gradients, backtracking W-steps, optimiser."""
+
+    def __init__(self, cfg, scheme):
+        problem = scheme.problem
+        self.problem = problem
+        self.cfg = cfg
+        self.tau = cfg.get("tau")
+        self.xs = AuxiliaryUpdater(problem, cfg.layer_order, cfg.step_safety, cfg.power_iters, cfg.x_step)
+        groups = [{"params": problem.block_params(l), "lr": 1.0} for l in range(1, problem.L + 1)]
+        self.optimizer = self._make_optimizer(groups)
+        self.gamma = [1.0] * problem.L  # last accepted backtracking step per block
+        self.grow = [True] * problem.L  # the last search accepted its first trial: try a longer step
+
+    def _make_optimizer(self, groups):
+        return torch.optim.SGD(groups, lr=1.0)
+
+    @torch.no_grad()
+    def backtracking_step_size(self, st: LiftedState, l: int, grads, anchor=None) -> float:
+        """Largest gamma in {c gamma_prev, c gamma_prev/2, ...} (c = 2 after a search that accepted
+        its first trial, else 1) with the Armijo condition
+        f(theta - gamma g) <= f(theta) - gamma/2 ||g||^2 on the block energy f (plus the ISGM anchor
+        1/(2 tau) ||theta - theta^k||^2 when given; ``grads`` must include its gradient). The
+        parameters are left unchanged."""
+        p = self.problem
+        params = p.block_params(l)
+
+        def energy(a=None):
+            f = p.block_energy(st, l, a)
+            if anchor is not None:
+                f += sum(float((q - q0).pow(2).sum()) for q, q0 in zip(params, anchor)) / (2 * self.tau)
+            return f
+
+        saved = [q.detach().clone() for q in params]
+        f0 = energy(st.a[l])  # the cached pre-activation is current before the W-step
+        gg = sum(float(g.pow(2).sum()) for g in grads)
+        gamma = self.gamma[l - 1] * (2.0 if self.grow[l - 1] else 1.0)
+        self.grow[l - 1] = True
+        slack = 10 * torch.finfo(saved[0].dtype).eps * (abs(f0) + 1.0)  # rounding in the energy sums
+        if gg > 0:
+            for _ in range(60):
+                for q, q0, g in zip(params, saved, grads):
+                    torch.add(q0, g, alpha=-gamma, out=q.data)
+                f = energy()
+                if f <= f0 - 0.5 * gamma * gg + slack:
+                    break
+                gamma *= 0.5
+                self.grow[l - 1] = False
+            for q, q0 in zip(params, saved):
+                q.copy_(q0)
+        self.gamma[l - 1] = gamma
+        return gamma
+
+    def _apply(self, l: int, grads, lr: float | None) -> None:
+        for q, g in zip(self.problem.block_params(l), grads):
+            q.grad = g
+        if lr is not None:
+            self.optimizer.param_groups[l - 1]["lr"] = lr
+
+    @torch.no_grad()
+    def w_step(self, st: LiftedState) -> None:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------------------- one batch
+    @torch.no_grad()
+    def step(self, y: torch.Tensor, x: torch.Tensor) -> dict:
+        """One mini-batch from degraded inputs ``y`` to clean targets ``x`` (both (B, 1, 28, 28))."""
+        p = self.problem
+        st = p.init_state(y.reshape(y.shape[0], -1), x.reshape(x.shape[0], -1))
+        self.begin_batch()
+        for k in range(self.cfg.n_inner):
+            self.xs.invalidate()
+            if k > 0:  # the weights moved: every pre-activation is stale
+                p.refresh(st)
+            for j in range(self.cfg.x_sweeps):
+                if j > 0:
+                    p.refresh(st, first=2)
+                self.xs.sweep(st)
+            p.refresh(st, first=2)  # u_0 and block 1 unchanged since the last refresh: a_1 is current
+            self.inner = k
+            if k == self.cfg.n_inner - 1:  # diagnostics at (W, X) before the last W-step: free
+                objective, gap = p.objective(st), p.hidden_gap(st)
+            self.w_step(st)
+            p.model.project()
+        return {"loss": st.forward_loss, "objective": objective, "gap": gap}
+
+    def begin_batch(self) -> None:
+        pass
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "xs": self.xs.state_dict(), "gamma": list(self.gamma), "grow": list(self.grow)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.xs.load_state_dict(state["xs"])
+        self.gamma = list(state["gamma"])
+        self.grow = list(state["grow"])
+
+    def hyperparameters(self) -> dict:
+        return OmegaConf.to_container(self.cfg, resolve=True)
+
+
+@SOLVERS.register("isgm", ISGMConfig, form="lifted")
+class ISGM(LiftedSolver):
+    """Implicit stochastic gradient (Toulis & Airoldi; the chapter's main method): per mini-batch,
+    approximately solve
+
+        argmin_{W, X} E_S(W, X) + sum_l 1/(2 tau) ||W_l - W_l^k||^2
+
+    by ``n_inner`` proximal-gradient iterations jointly on X and W, from the warm start
+    (W^k, forward pass). W-step: the exact majorised implicit step on dense blocks
+    (``w_metric=majorizer``), else W_l <- W_l - gamma_l [grad_W E_S + (W_l - W_l^k)/tau]."""
+
+    previous = None  # W^{k-1}, for the momentum extrapolation
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "previous": self.previous}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state.get("previous") is not None:
+            dev = self.problem.block_params(1)[0].device
+            self.previous = [[q.to(dev) for q in block] for block in state["previous"]]
+
+    def begin_epoch(self, epoch: int) -> None:
+        """tau_e = tau * tau_decay^e for epoch e = 0, 1, ... (smaller tau: more conservative steps)."""
+        self.tau = self.cfg.tau * self.cfg.tau_decay**epoch
+
+    @torch.no_grad()
+    def begin_batch(self) -> None:
+        """Anchor W^k of this implicit step. With ``momentum`` beta > 0 the anchor is extrapolated,
+        W^k <- W^k + beta (W^k - W^{k-1}) (heavy-ball/Nesterov-style implicit SGD), then projected
+        onto the architecture's constraints; beta = 0 is plain ISGM."""
+        p = self.problem
+        blocks = [p.block_params(l) for l in range(1, p.L + 1)]
+        beta = self.cfg.momentum
+        if beta > 0:
+            current = [[q.detach().clone() for q in block] for block in blocks]
+            if self.previous is not None:
+                for block, prev in zip(blocks, self.previous):
+                    for q, q1 in zip(block, prev):
+                        q.add_(q - q1, alpha=beta)
+                p.model.project()
+            self.previous = current
+        self.anchor = [[q.detach().clone() for q in block] for block in blocks]
+
+    @torch.no_grad()
+    def w_step(self, st: LiftedState) -> None:
+        p = self.problem
+        inv_tau = 1.0 / self.tau
+        for l in range(1, p.L + 1):
+            if self.cfg.w_metric == "majorizer" and p.majorizable(l):
+                p.implicit_weight_step(st, l, self.anchor[l - 1], self.tau, at_anchor=self.inner == 0)
+                continue
+            grads = p.weight_gradients(st, l)
+            for g, q, q0 in zip(grads, p.block_params(l), self.anchor[l - 1]):
+                g.add_(q - q0, alpha=inv_tau)
+            lr = self.cfg.w_step if self.cfg.w_step is not None else self.backtracking_step_size(st, l, grads, self.anchor[l - 1])
+            self._apply(l, grads, lr)
+        params = [q for group in self.optimizer.param_groups for q in group["params"]]
+        if any(q.grad is not None for q in params):
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def _sgd_rule(momentum: bool, nesterov: bool = False):
+    return lambda groups, cfg: torch.optim.SGD(groups, lr=1.0, momentum=cfg.momentum if momentum else 0.0, nesterov=nesterov)
+
+
+#: BCD weight updates: the torch optimiser over the block parameter groups, and whether the step
+#: length comes from ``lr`` or a backtracking line search (``line_search``: when ``lr`` is null)
+WEIGHT_UPDATES = {
+    "gd": (_sgd_rule(False), True),
+    "heavyball": (_sgd_rule(True), True),
+    "nesterov": (_sgd_rule(True, nesterov=True), True),
+    "adam": (lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr if cfg.lr is not None else 1e-3,
+                                                  betas=(cfg.beta1, cfg.beta2)), False),
+}
+
+
+@dataclass
+class BCDConfig(LiftedSolverConfig):
+    name: str = "bcd"
+    weight_update: str = "gd"
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    beta1: float = 0.9
+    beta2: float = 0.999
+
+    def validate(self):
+        super().validate()
+        check_choice("weight_update", self.weight_update, list(WEIGHT_UPDATES))
+        check_positive("lr", self.lr, allow_none=True)
+        check_momentum("momentum", self.momentum)
+        check_momentum("beta1", self.beta1)
+        check_momentum("beta2", self.beta2)
+
+
+@SOLVERS.register("bcd", BCDConfig, form="lifted")
+class BCD(LiftedSolver):
+    """Mini-batch block-coordinate descent: alternate X-steps and block-local W-steps, the W-step
+    by ``weight_update`` = gd (step ``lr``, or backtracking when null), heavyball, nesterov
+    (momentum ``momentum``) or adam (learning rate ``lr``)."""
+
+    def _make_optimizer(self, groups):
+        make, self.line_search = WEIGHT_UPDATES[self.cfg.weight_update]
+        return make(groups, self.cfg)
+
+    @torch.no_grad()
+    def w_step(self, st: LiftedState) -> None:
+        p = self.problem
+        for l in range(1, p.L + 1):
+            grads = p.weight_gradients(st, l)
+            lr = None
+            if self.line_search:
+                lr = self.cfg.lr if self.cfg.lr is not None else self.backtracking_step_size(st, l, grads)
+            self._apply(l, grads, lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)

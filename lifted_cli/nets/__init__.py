@@ -1,0 +1,8 @@
+"""Networks: proximal activations, blocks in unified lifted form, and the architectures."""
+
+from .activations import ACTIVATIONS, ProxActivation, make_activation
+from .architectures import ARCHITECTURES, build_network
+from .blocks import IMAGE_DIM, IMAGE_SHAPE, Block, UnifiedNet
+
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "IMAGE_DIM", "IMAGE_SHAPE", "Block", "ProxActivation", "UnifiedNet",
+           "build_network", "make_activation"]

@@ -1,0 +1,225 @@
+"""The architectures (config group ``arch``): networks in unified form built from ``blocks.py``.
+
+* ``mlp``: dense blocks ``u_l = sigma_l(W_l u_{l-1} + b_l)``; K reads u_L.
+* ``resnet``: a dense input map 784 -> width (identity activation), ``depth`` residual blocks
+  ``u_k = u_{k-1} + V_k sigma(W_k u_{k-1} + b_k)`` (``V_k = W_k^T`` with ``tied``), and a dense
+  output map width -> 784.
+* ``proxnet`` (Hasannasab et al. 2020): ``u_l = W_l^T sigma(W_l u_{l-1} + b_l)``, W_l (hidden x 784)
+  with orthonormal columns ``W_l^T W_l = I``, restored after every update by ``project``.
+* ``unrolled_pnn`` (Wang, Benning, Repetti 2024): dual forward-backward iterations
+  ``u_k = clamp_[-lam, lam](u_{k-1} - tau L_k (L_k^* u_{k-1} - y))``, u_0 = 0, output
+  ``x_net = y - L_K^* u_K``: a dense block with ``W_k = I - tau L_k L_k^*`` and the data-dependent
+  bias ``tau L_k y``; L_k dense or convolutional.
+* ``conv_autoencoder``: the chapter's convolutional autoencoder (stride-2 convolutions, a dense code).
+* ``sequential``: a plain ``nn.Sequential`` of ``Linear`` layers and activations (a state_dict from
+  elsewhere), as an MLP.
+
+Each architecture is a schema (its config keys and their checks) and a builder registered in
+``ARCHITECTURES``; a new one is one function here (or anywhere) plus one YAML in ``configs/arch``.
+Weights are drawn from torch's global RNG.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+from ..registry import Registry, Schema, check, check_positive, fail
+from .activations import make_activation
+from .blocks import (IMAGE_DIM, ConvAnalysis, ConvBlock, DenseAnalysis, DenseBlock, ProxBlock, ResidualBlock,
+                     UnifiedNet, UnrolledBlock)
+
+ARCHITECTURES = Registry("arch")
+
+
+def check_activations(key: str, specs) -> None:
+    """Every spec in ``specs`` names a registered activation with valid parameters."""
+    for spec in specs:
+        try:
+            make_activation(spec)
+        except ValueError as err:
+            fail(key, spec, str(err))
+
+
+def build_network(arch_cfg) -> UnifiedNet:
+    """The network described by an ``arch`` config node."""
+    return ARCHITECTURES.build(arch_cfg)
+
+
+def MLP(widths: list[int], activations: list[str]) -> UnifiedNet:
+    """Fully connected network; ``widths`` = [n_0, ..., n_L], ``activations`` = [sigma_1..sigma_L]."""
+    if len(activations) != len(widths) - 1:
+        raise ValueError(f"{len(widths) - 1} layers need {len(widths) - 1} activations, got {len(activations)}")
+    return UnifiedNet([DenseBlock(a, b, make_activation(s)) for a, b, s in zip(widths[:-1], widths[1:], activations)])
+
+
+# -------------------------------------------------------------------------------------------- mlp
+@dataclass
+class MLPConfig(Schema):
+    name: str = "mlp"
+    hidden: List[int] = field(default_factory=lambda: [512, 512])
+    activation: str = "relu"
+    layer_activations: Optional[List[str]] = None
+    output_activation: str = "identity"
+
+    def activations(self) -> list[str]:
+        """Per-layer activation specs: the hidden layers, then the output layer."""
+        hidden = list(self.layer_activations) if self.layer_activations is not None else [self.activation] * len(self.hidden)
+        return hidden + [self.output_activation]
+
+    def validate(self):
+        check(len(self.hidden) > 0 and min(self.hidden) > 0, "hidden", self.hidden, "need at least one hidden width, all > 0")
+        if self.layer_activations is not None:
+            check(len(self.layer_activations) == len(self.hidden), "layer_activations", self.layer_activations,
+                  f"need one per hidden layer ({len(self.hidden)})")
+            check_activations("layer_activations", self.layer_activations)
+        check_activations("activation", [self.activation])
+        check_activations("output_activation", [self.output_activation])
+
+
+@ARCHITECTURES.register("mlp", MLPConfig)
+def build_mlp(cfg) -> UnifiedNet:
+    return MLP([IMAGE_DIM, *cfg.hidden, IMAGE_DIM], MLPConfig.activations(cfg))
+
+
+# ----------------------------------------------------------------------------------------- resnet
+@dataclass
+class ResNetConfig(Schema):
+    name: str = "resnet"
+    width: int = 512
+    depth: int = 2
+    activation: str = "relu"
+    tied: bool = False
+    output_activation: str = "identity"
+
+    def validate(self):
+        check_positive("width", self.width)
+        check_positive("depth", self.depth)
+        check_activations("activation", [self.activation])
+        check_activations("output_activation", [self.output_activation])
+
+
+@ARCHITECTURES.register("resnet", ResNetConfig)
+def build_resnet(cfg) -> UnifiedNet:
+    blocks = [DenseBlock(IMAGE_DIM, cfg.width, make_activation("identity"))]
+    blocks += [ResidualBlock(cfg.width, make_activation(cfg.activation), cfg.tied) for _ in range(cfg.depth)]
+    blocks.append(DenseBlock(cfg.width, IMAGE_DIM, make_activation(cfg.output_activation)))
+    return UnifiedNet(blocks)
+
+
+# ---------------------------------------------------------------------------------------- proxnet
+@dataclass
+class ProxNetConfig(Schema):
+    name: str = "proxnet"
+    hidden: int = 1024
+    depth: int = 2
+    activation: str = "soft_threshold:0.05"
+
+    def validate(self):
+        check_positive("depth", self.depth)
+        check(self.hidden >= IMAGE_DIM, "hidden", self.hidden, f"W^T W = I needs hidden >= {IMAGE_DIM} (the image size)")
+        check_activations("activation", [self.activation])
+
+
+@ARCHITECTURES.register("proxnet", ProxNetConfig)
+def build_proxnet(cfg) -> UnifiedNet:
+    return UnifiedNet([ProxBlock(IMAGE_DIM, cfg.hidden, make_activation(cfg.activation)) for _ in range(cfg.depth)])
+
+
+# ----------------------------------------------------------------------------------- unrolled_pnn
+#: the analysis operators L_k of ``arch.operator``
+OPERATORS = {"dense": lambda cfg: DenseAnalysis(cfg.dual_dim), "conv": lambda cfg: ConvAnalysis(cfg.channels, cfg.kernel)}
+
+
+@dataclass
+class UnrolledPNNConfig(Schema):
+    name: str = "unrolled_pnn"
+    depth: int = 5
+    operator: str = "conv"
+    channels: int = 8
+    kernel: int = 5
+    dual_dim: int = 1024
+    tau: float = 1.0
+    lam: float = 0.1
+
+    def validate(self):
+        check_positive("depth", self.depth)
+        check(self.operator in OPERATORS, "operator", self.operator, f"allowed: {', '.join(OPERATORS)}")
+        for key in ("channels", "dual_dim", "tau", "lam"):
+            check_positive(key, getattr(self, key))
+        check(self.kernel >= 1 and self.kernel % 2 == 1, "kernel", self.kernel, "must be odd and >= 1")
+
+
+@ARCHITECTURES.register("unrolled_pnn", UnrolledPNNConfig)
+def build_unrolled_pnn(cfg) -> UnifiedNet:
+    ops = [OPERATORS[cfg.operator](cfg) for _ in range(cfg.depth)]
+    blocks = [UnrolledBlock(op, cfg.tau, make_activation(f"clamp:{-cfg.lam}:{cfg.lam}")) for op in ops]
+    return UnifiedNet(blocks, readout_op=ops[-1], zero_input=True)
+
+
+# ------------------------------------------------------------------------------- conv_autoencoder
+@dataclass
+class ConvAutoencoderConfig(Schema):
+    name: str = "conv_autoencoder"
+    channels: List[int] = field(default_factory=lambda: [16, 32])
+    kernel: int = 4
+    code: int = 300
+    activation: str = "relu"
+    output_activation: str = "identity"
+
+    def validate(self):
+        check(1 <= len(self.channels) <= 2 and min(self.channels) > 0, "channels", self.channels,
+              "need 1 or 2 levels (28 = 4 x 7), all > 0")
+        check(self.kernel >= 2 and self.kernel % 2 == 0, "kernel", self.kernel,
+              "must be even and >= 2 (stride 2, padding (kernel - 2)/2)")
+        check_positive("code", self.code)
+        check_activations("activation", [self.activation])
+        check_activations("output_activation", [self.output_activation])
+
+
+def ConvAutoencoder(channels: list[int], kernel: int, code: int, activation: str, output_activation: str,
+                    side: int = 28) -> UnifiedNet:
+    """The chapter's convolutional autoencoder (docs/method.md, section 7): stride-2 convolutions with
+    ``channels`` filters, a dense code layer of size ``code``, then the mirror image (dense, transposed
+    convolutions back to one channel); 2 len(channels) + 2 layers, the code is layer len(channels) + 1."""
+    if side % (2 ** len(channels)):
+        raise ValueError(f"{len(channels)} stride-2 levels need a side divisible by {2 ** len(channels)}, got {side}")
+    act = make_activation
+    blocks, c, s = [], 1, side
+    for ch in channels:
+        blocks.append(ConvBlock(c, ch, s, kernel, act(activation)))
+        c, s = ch, s // 2
+    flat = c * s * s
+    blocks += [DenseBlock(flat, code, act(activation)), DenseBlock(code, flat, act(activation))]
+    for i, ch in enumerate(reversed([1, *channels[:-1]])):
+        last = i == len(channels) - 1
+        blocks.append(ConvBlock(c, ch, s, kernel, act(output_activation if last else activation), transposed=True))
+        c, s = ch, s * 2
+    return UnifiedNet(blocks)
+
+
+@ARCHITECTURES.register("conv_autoencoder", ConvAutoencoderConfig)
+def build_conv_autoencoder(cfg) -> UnifiedNet:
+    return ConvAutoencoder(list(cfg.channels), cfg.kernel, cfg.code, cfg.activation, cfg.output_activation)
+
+
+# ------------------------------------------------------------------------------------- sequential
+@dataclass
+class SequentialConfig(Schema):
+    """A plain ``nn.Sequential`` of ``Linear`` layers and activations (a state_dict from elsewhere)."""
+
+    name: str = "sequential"
+    widths: List[int] = field(default_factory=lambda: [784, 512, 784])
+    activations: List[str] = field(default_factory=lambda: ["relu", "identity"])
+
+    def validate(self):
+        check(len(self.widths) >= 2 and min(self.widths) > 0, "widths", self.widths,
+              "need input and output widths (at least 2), all > 0")
+        check(len(self.activations) == len(self.widths) - 1, "activations", self.activations,
+              f"need one per Linear layer ({len(self.widths) - 1})")
+        check_activations("activations", self.activations)
+
+
+@ARCHITECTURES.register("sequential", SequentialConfig)
+def build_sequential(cfg) -> UnifiedNet:
+    return MLP(list(cfg.widths), list(cfg.activations))

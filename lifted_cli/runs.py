@@ -1,0 +1,243 @@
+"""What the commands share: devices, atomic writes, checkpoints, pictures, the run-folder lifecycle.
+
+Every file of a run folder is written atomically (a temporary file in the destination folder, then
+``os.replace``): an interrupted run never leaves half a file; the destination either keeps its old
+content or gets the complete new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+
+from .data.mnist import DATA_SOURCES
+from .errors import DivergenceError, InputError
+from .registry import Schema, check, fail
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def _atomic(path, write, mode="w"):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)  # JSON has no inf/nan: "inf", "nan"
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
+def write_json(path, obj) -> None:
+    _atomic(path, lambda f: json.dump(_jsonable(obj), f, indent=2, sort_keys=False))
+
+
+def write_csv(path, rows: list[dict]) -> None:
+    def write(f):
+        fields = list(rows[0].keys()) if rows else []
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+    _atomic(path, write)
+
+
+def read_csv(path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_torch(path, obj) -> None:
+    _atomic(path, lambda f: torch.save(obj, f), mode="wb")
+
+
+def save_image(path, image) -> None:
+    """``image``: PIL image, written as PNG."""
+    _atomic(path, lambda f: image.save(f, format="PNG"), mode="wb")
+
+
+# -------------------------------------------------------------------------------------- devices
+def check_device(spec: str) -> None:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``, and the CUDA device must exist."""
+    spec = str(spec)
+    if not (spec in ("auto", "cpu", "cuda") or (spec.startswith("cuda:") and spec[5:].isdigit())):
+        fail("device", spec, "allowed: auto, cpu, cuda, cuda:N")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            fail("device", spec, "CUDA is not available on this machine; use device=cpu or auto")
+        if ":" in spec and int(spec[5:]) >= torch.cuda.device_count():
+            fail("device", spec, f"only {torch.cuda.device_count()} CUDA device(s) present")
+
+
+def job_number() -> int | None:
+    """The job number of a multirun job (None in a single run or outside Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return int(HydraConfig.get().job.num)
+    return None
+
+
+def select_device(spec: str) -> torch.device:
+    """``auto``: CUDA if present, else the CPU; with several GPUs, job N of a multirun takes GPU
+    N mod count (so the jobs of ``hydra/launcher=joblib`` spread over the GPUs)."""
+    check_device(spec)
+    if spec == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        n, job = torch.cuda.device_count(), job_number()
+        return torch.device(f"cuda:{job % n}") if n > 1 and job is not None else torch.device("cuda")
+    return torch.device(spec)
+
+
+# ---------------------------------------------------------------------------------- checkpoints
+def load_checkpoint(path) -> tuple[dict, Path]:
+    """A ``checkpoint.pt`` (or the one of a run folder), loaded with ``weights_only=True`` on the CPU:
+    tensors and plain containers only, never code. One-line InputError when missing or unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise InputError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True), path
+    except Exception as err:
+        raise InputError(f"checkpoint {path} cannot be read ({type(err).__name__}); is it complete?") from None
+
+
+def is_train_checkpoint(obj) -> bool:
+    return isinstance(obj, dict) and "model" in obj and "config" in obj
+
+
+def network_from_checkpoint(path):
+    """Rebuild a ``lifted train`` network from its run folder or checkpoint file alone; returns
+    (network, checkpoint)."""
+    from omegaconf import OmegaConf
+
+    from .nets import build_network
+
+    ckpt, path = load_checkpoint(path)
+    if not is_train_checkpoint(ckpt):
+        raise InputError(f"{path} is not a lifted train checkpoint")
+    model = build_network(OmegaConf.create(ckpt["config"]["arch"]))
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
+
+
+def load_tensor(path: str, what: str) -> torch.Tensor:
+    """A tensor file given as ``what=path`` (loaded with ``weights_only=True``), rows flattened."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{what}={path} does not exist")
+    try:
+        t = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise InputError(f"{what}={path} cannot be read ({type(err).__name__})") from None
+    if not torch.is_tensor(t):
+        raise InputError(f"{what}={path} holds a {type(t).__name__}, not a tensor")
+    return t.to(torch.float32).reshape(t.shape[0], -1)
+
+
+# ------------------------------------------------------------------------------------- pictures
+def samples_image(rows: list[torch.Tensor], scale: int = 3):
+    """A PIL image with one row per tensor (e.g. truth, degraded, reconstruction), images clamped to [0, 1]."""
+    from PIL import Image
+    from torchvision.utils import make_grid
+
+    n = rows[0].shape[0]
+    grid = make_grid(torch.cat([r.detach().cpu().clamp(0, 1) for r in rows]), nrow=n, padding=2, pad_value=1.0)
+    arr = (grid[0].numpy() * 255).round().astype(np.uint8)
+    return Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+
+
+# ------------------------------------------------------------------------------ run-folder lifecycle
+def remove_unfinished(out: Path) -> None:
+    """Remove a run folder holding only what Hydra wrote before the run started (config, log)."""
+    out = Path(out)
+    if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def divergence(what: str, checkpoint: Path | None = None) -> DivergenceError:
+    """The error that stops a diverging run; it names the last good checkpoint only when one exists."""
+    kept = f"; the last good checkpoint is kept in {checkpoint}" if checkpoint is not None and Path(checkpoint).is_file() else ""
+    return DivergenceError(f"{what}{kept}")
+
+
+class DeferredInterrupt:
+    """Ctrl-C is deferred to the next step boundary (``requested``), so that the checkpoint saved on
+    interrupt never holds a half-applied update. A second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+# ------------------------------------------------------------------------------ shared options
+@dataclass
+class RunConfig(Schema):
+    """Options every command that writes a run folder shares. The top-level ``validate`` methods read
+    the composed DictConfig lazily: ``output_dir`` is known only once Hydra has made the run folder."""
+
+    command: str = MISSING
+    experiment: Optional[str] = None
+    seed: int = 0
+    device: str = "auto"
+    data_root: str = "data"
+    data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
+    num_samples: int = 8
+    progress: bool = True
+    output_dir: str = MISSING
+
+    def validate(self):
+        check_device(self.device)
+        check_data_sources(self.data_sources)
+        check(self.num_samples >= 0, "num_samples", self.num_samples, "must be >= 0")
+
+
+def check_data_sources(sources) -> None:
+    check(all(s in DATA_SOURCES for s in sources), "data_sources", sources, f"allowed sources: {', '.join(DATA_SOURCES)}")
