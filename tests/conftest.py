@@ -1,18 +1,83 @@
-"""Shared fixtures: tiny synthetic MNIST in torchvision's layout (no network), config composition."""
+"""Shared fixtures and tables: tiny synthetic MNIST (no network), config composition, float64, tiny
+instances of every registered architecture (as networks and as ``lifted train`` overrides)."""
 
 from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
-from lifted_cli.config import register_configs
+import lifted_cli.commands.invert  # noqa: F401  (stores the invert schema in Hydra's ConfigStore)
+import lifted_cli.commands.train  # noqa: F401  (stores the train schema)
+from lifted_cli.nets import ARCHITECTURES
 
 os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+REPO = Path(__file__).resolve().parent.parent
+LIFTED = [sys.executable, "-m", "lifted_cli"]
+
+#: tiny networks on 784-pixel images, one per architecture variant (built through the registry)
+SMALL_ARCHS = {
+    "mlp": {"name": "mlp", "hidden": [12, 10], "layer_activations": ["relu", "soft_threshold:0.1"]},
+    "resnet": {"name": "resnet", "width": 10, "depth": 2},
+    "resnet_tied": {"name": "resnet", "width": 10, "depth": 2, "tied": True},
+    "proxnet": {"name": "proxnet", "hidden": 800, "depth": 2},
+    "unrolled_pnn": {"name": "unrolled_pnn", "depth": 3, "operator": "conv", "channels": 2, "kernel": 3},
+    "unrolled_dense": {"name": "unrolled_pnn", "depth": 2, "operator": "dense", "dual_dim": 20},
+    "conv_ae": {"name": "conv_autoencoder", "channels": [2, 3], "kernel": 4, "code": 10},
+    "sequential": {"name": "sequential", "widths": [784, 9, 784], "activations": ["relu", "identity"]},
+}
+
+#: ``lifted train`` overrides for a tiny instance of every architecture
+TRAIN_ARCHS = {
+    "mlp": ["arch=mlp", "arch.hidden=[16]"],
+    "resnet": ["arch=resnet", "arch.width=16", "arch.depth=1"],
+    "proxnet": ["arch=proxnet", "arch.hidden=800", "arch.depth=1"],
+    "unrolled_pnn": ["arch=unrolled_pnn", "arch.depth=2", "arch.channels=2"],
+    "conv_autoencoder": ["arch=conv_autoencoder", "arch.channels=[4,8]", "arch.code=16"],
+}
+
+#: the pairs whose activations a scheme does not cover (Fenchel: relu and identity only)
+INVALID = {("fenchel", "proxnet"), ("fenchel", "unrolled_pnn"), ("fenchel", "unrolled_dense")}
+
+
+def small_net(variant: str, seed: int = 0, act: str | None = None):
+    """A tiny network of ``SMALL_ARCHS``; ``act`` replaces its hidden activations."""
+    cfg = dict(SMALL_ARCHS[variant])
+    if act is not None:
+        if "layer_activations" in cfg:
+            cfg["layer_activations"] = [act] * len(cfg["hidden"])
+        elif "activations" in cfg:
+            cfg["activations"] = [act, "identity"]
+        elif cfg["name"] != "unrolled_pnn":
+            cfg["activation"] = act
+    torch.manual_seed(seed)
+    node = ARCHITECTURES.validate(OmegaConf.create(cfg))
+    return ARCHITECTURES.build(node)
+
+
+def images(s: int = 6, seed: int = 1):
+    """(degraded, clean) flattened 784-pixel batches."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(s, 784, generator=g)
+    return (x + 0.3 * torch.randn(s, 784, generator=g)), x
+
+
+def run_lifted(args, cwd, check=True, timeout=300):
+    """``lifted <args>`` in a subprocess (the console script as a user runs it)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run([*LIFTED, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
 
 
 def write_idx_images(path: Path, images: np.ndarray) -> None:
@@ -47,15 +112,29 @@ def fake_mnist(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def compose_train():
-    """compose_train(overrides, output_dir) -> a composed `train` config outside Hydra's runtime."""
-    register_configs()
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)
 
+
+def _composer(config_name: str):
     def _compose(overrides=(), output_dir=None):
         with initialize_config_module(config_module="lifted_cli.configs", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=list(overrides))
+            cfg = compose(config_name=config_name, overrides=list(overrides))
         if output_dir is not None:
             cfg.output_dir = str(output_dir)
         return cfg
 
     return _compose
+
+
+@pytest.fixture
+def compose_train():
+    """compose_train(overrides, output_dir) -> a composed `train` config outside Hydra's runtime."""
+    return _composer("train")
+
+
+@pytest.fixture
+def compose_invert():
+    return _composer("invert")

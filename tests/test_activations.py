@@ -1,4 +1,4 @@
-"""Property tests of the proximal activations and the Bregman penalty (METHOD.md sections 1-2)."""
+"""nets/activations.py: proximal activations and the Bregman penalty (docs/method.md, sections 1-2)."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifted_cli.activations import ACTIVATIONS, make_activation
+from lifted_cli.nets.activations import ACTIVATIONS, make_activation, spec_help
 
 SPECS = ["identity", "relu", "leaky_relu:0.2", "soft_threshold:0.3", "clamp:-0.5:1.5", "tanh", "sigmoid"]
 floats = st.floats(-4, 4, allow_nan=False, width=64)
@@ -37,7 +37,8 @@ def inputs(spec, ys, zs):
 
 
 def test_every_activation_is_tested():
-    assert {make_activation(s).name for s in SPECS} == set(ACTIVATIONS)
+    built_in = {n for n in ACTIVATIONS.names() if ACTIVATIONS.get(n).builder.__module__.startswith("lifted_cli.")}
+    assert {make_activation(s).name for s in SPECS} == built_in
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -99,10 +100,18 @@ def test_relu_closed_form():
     assert math.isinf(float(act.bregman(torch.tensor([-1.0]), torch.tensor([0.0]))))
 
 
-@pytest.mark.parametrize("bad", ["swish", "relu:1", "leaky_relu:2", "clamp:1:0", "soft_threshold:x"])
-def test_bad_specs(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("bad", ["swish", "relu:1", "leaky_relu:2", "clamp:1:0", "soft_threshold:x", "soft_threshold:inf",
+                                 "clamp:0:nan"])
+def test_bad_specs_fail_with_one_line_naming_the_spec(bad):
+    with pytest.raises(ValueError) as err:
         make_activation(bad)
+    assert bad.split(":")[0] in str(err.value) and "\n" not in str(err.value)
+
+
+def test_spec_help_lists_every_registered_activation_with_its_parameters():
+    text = spec_help()
+    assert all(name in text for name in ACTIVATIONS.names())
+    assert "leaky_relu[:slope]" in text and "clamp[:low:high]" in text
 
 
 @pytest.mark.parametrize("spec", SPECS)

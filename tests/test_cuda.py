@@ -9,22 +9,16 @@ import sys
 import pytest
 import torch
 
-from lifted_cli.inversion import LiftedInversion
-from lifted_cli.networks import MLP
-from lifted_cli.training import network_from_checkpoint, train
+from lifted_cli.commands.train import train
+from lifted_cli.inversion import LiftedInversion, build_regularizer
+from lifted_cli.nets.architectures import MLP
+from lifted_cli.runs import network_from_checkpoint
+from tests.conftest import INVALID, TRAIN_ARCHS as ARCH
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-ARCH = {
-    "mlp": ["arch=mlp", "arch.hidden=[16]"],
-    "resnet": ["arch=resnet", "arch.width=16", "arch.depth=1"],
-    "proxnet": ["arch=proxnet", "arch.hidden=800", "arch.depth=1"],
-    "unrolled_pnn": ["arch=unrolled_pnn", "arch.depth=2", "arch.channels=2"],
-    "conv_autoencoder": ["arch=conv_autoencoder", "arch.channels=[4,8]", "arch.code=16"],
-}
 # every valid scheme x architecture pair (fenchel needs an invertible activation: not proxnet / unrolled_pnn)
-COMBOS = [(s, a) for s in ("backprop", "bregman", "mac", "fenchel", "contrastive") for a in ARCH
-          if not (s == "fenchel" and a in ("proxnet", "unrolled_pnn"))]
+COMBOS = [(s, a) for s in ("backprop", "bregman", "mac", "fenchel", "contrastive") for a in ARCH if (s, a) not in INVALID]
 
 
 def _tiny(fake_mnist, scheme, arch, device, epochs=2):
@@ -76,7 +70,7 @@ def test_lifted_inversion_on_cuda_matches_cpu(output):
     f = torch.relu(model(truth)).detach()
     results = []
     for dev in ("cpu", "cuda"):
-        inv = LiftedInversion(model.to(dev), f.to(dev), "tv", 0.01, 16, init=torch.full_like(truth, 0.5).to(dev),
+        inv = LiftedInversion(model.to(dev), f.to(dev), build_regularizer("tv", 16), 0.01, init=torch.full_like(truth, 0.5).to(dev),
                               box=True, output=output, data_weight=1.0)
         for _ in range(300):
             inv.step()
@@ -88,7 +82,7 @@ def test_lifted_inversion_on_cuda_matches_cpu(output):
 @pytest.mark.parametrize("method", ["lifted_bregman", "backprop"])
 def test_invert_command_on_cuda(tmp_path, fake_mnist, method):
     out = tmp_path / "inv"
-    r = subprocess.run([sys.executable, "-m", "lifted_cli.cli", "invert", "network=random_perceptron",
+    r = subprocess.run([sys.executable, "-m", "lifted_cli", "invert", "network=random_perceptron",
                         "perceptron.out_dim=128", "perceptron.image_size=16", f"method={method}", "num_images=2",
                         "iterations=50", "delta=0.05", "device=cuda", "progress=false", f"hydra.run.dir={out}",
                         f"data_root={fake_mnist}"], cwd=tmp_path, capture_output=True, text=True)

@@ -1,18 +1,26 @@
+"""data/degradations.py: the operators of the imaging tasks, the adjoint test over the registry."""
+
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from lifted_cli.degradations import Blur, Denoising, Inpainting, gaussian_kernel
+from lifted_cli.data.degradations import DEGRADATIONS, Blur, Denoising, Inpainting, gaussian_kernel
+from lifted_cli.errors import ConfigError
 
 SHAPES = [(2, 1, 28, 28), (3, 1, 13, 17), (1, 2, 9, 5)]
 
 
+def make(task, **kw):
+    """The registered operator of ``task`` with its schema's defaults and ``kw``."""
+    schema = DEGRADATIONS.get(task).schema
+    return DEGRADATIONS.build(OmegaConf.structured(schema(**kw)))
+
+
 def operators():
-    return {
-        "denoise": Denoising(0.1),
-        "deblur": Blur(0.1, kernel_size=5, width=1.2),
-        "deblur_wide": Blur(0.0, kernel_size=9, width=3.0),
-        "inpaint": Inpainting(0.1, keep_ratio=0.4),
-    }
+    out = {task: make(task, sigma=0.1) for task in DEGRADATIONS.names()}
+    out["deblur_wide"] = make("deblur", sigma=0.0, kernel_size=9, blur_width=3.0)
+    out["inpaint_sparse"] = make("inpaint", sigma=0.1, keep_ratio=0.4)
+    return out
 
 
 @pytest.mark.parametrize("name", list(operators()))
@@ -41,7 +49,7 @@ def test_blur_kernel_is_normalised_gaussian():
 
 
 def test_blur_zero_boundary_and_size():
-    op = Blur(0.0, 5, 1.0)
+    op = make("deblur", sigma=0.0, kernel_size=5, blur_width=1.0)
     x = torch.ones(1, 1, 28, 28)
     ax = op.A(x)
     assert ax.shape == x.shape
@@ -50,17 +58,31 @@ def test_blur_zero_boundary_and_size():
 
 
 def test_measure_is_seeded_and_noise_has_std():
-    op = Inpainting(0.2, 0.5)
+    op = make("inpaint", sigma=0.2, keep_ratio=0.5)
     x = torch.rand(64, 1, 28, 28)
     y1 = op.measure(x, torch.Generator().manual_seed(3))
     y2 = op.measure(x, torch.Generator().manual_seed(3))
     assert torch.equal(y1, y2)
-    n = Denoising(0.2).measure(torch.zeros(200, 1, 28, 28), torch.Generator().manual_seed(1))
+    n = make("denoise", sigma=0.2).measure(torch.zeros(200, 1, 28, 28), torch.Generator().manual_seed(1))
     assert abs(n.std().item() - 0.2) < 0.005
 
 
 def test_inpaint_keep_ratio():
-    op = Inpainting(0.0, 0.3)
+    op = make("inpaint", sigma=0.0, keep_ratio=0.3)
     m = op.draw_mask(torch.zeros(100, 1, 28, 28), torch.Generator().manual_seed(0))
     assert abs(m.mean().item() - 0.3) < 0.01
     assert len({tuple(mi.flatten().tolist()) for mi in m[:5]}) == 5  # one mask per image
+
+
+def test_every_task_is_registered_with_its_operator():
+    assert {DEGRADATIONS.get(t).builder for t in DEGRADATIONS.names()} == {Denoising, Blur, Inpainting}
+
+
+@pytest.mark.parametrize("task,key,value", [("denoise", "sigma", -0.1), ("denoise", "sigma", float("nan")),
+                                            ("deblur", "kernel_size", 4), ("deblur", "blur_width", 0.0),
+                                            ("inpaint", "keep_ratio", 1.5)])
+def test_schemas_refuse_bad_values(task, key, value):
+    node = OmegaConf.structured(DEGRADATIONS.get(task).schema())
+    node[key] = value
+    with pytest.raises(ConfigError, match=f"dataset.{key}="):
+        DEGRADATIONS.validate(node)

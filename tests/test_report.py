@@ -1,4 +1,5 @@
-"""`lifted report` on folders of tiny real runs (a multirun over scheme x seed, and a failed run)."""
+"""commands/report.py: `lifted report` on folders of tiny real runs (a multirun over scheme x seed, and a
+failed run)."""
 
 import csv
 import shutil
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-LIFTED = [sys.executable, "-m", "lifted_cli.cli"]
+LIFTED = [sys.executable, "-m", "lifted_cli"]
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def sweep(tmp_path_factory, fake_mnist):
     return work, sweep
 
 
+@pytest.mark.slow
 def test_report_groups_by_swept_overrides_with_mean_std(sweep):
     work, folder = sweep
     out = work / "rep"

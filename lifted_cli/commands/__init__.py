@@ -141,18 +141,18 @@ class Validation(Callback):
         err.reported = True
 
 
-def run_task(cfg: DictConfig, validate, work, keep_folder: bool = False):
+def run_task(cfg: DictConfig, validate, work, folder: str | None = None):
     """The body of a Hydra task function: a multirun job validates itself (a single run was
-    validated before its folder existed); a refused or failed run leaves no folder behind unless
-    ``keep_folder`` (a resumed run keeps its checkpoint). A failed sweep job raises its error, so
+    validated before its folder existed); a refused or failed run leaves no ``folder`` behind (a
+    resumed run passes none: it keeps its checkpoint). A failed sweep job raises its error, so
     that the sweep goes on and ends with the first failure's exit status; a single run stops."""
     try:
         if is_multirun():
             validate(cfg)
         return work(cfg)
     except LiftedError as err:
-        if not keep_folder:
-            remove_unfinished(Path(cfg.output_dir))
+        if folder is not None:
+            remove_unfinished(Path(folder))
         if is_multirun():
             raise
         raise Stop(err) from None

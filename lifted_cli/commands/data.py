@@ -13,6 +13,7 @@ from ..data import DATA_SOURCES, ensure_mnist, raw_folder, verify_mnist
 from ..errors import DataError
 from ..registry import Schema, typed
 from ..runs import check_data_sources
+from . import run_task
 
 
 @dataclass
@@ -46,6 +47,6 @@ def fetch(cfg: DictConfig) -> str:
 
 @hydra.main(version_base="1.3", config_path="pkg://lifted_cli.configs", config_name="data")
 def app(cfg: DictConfig) -> None:
-    source = fetch(cfg)
+    source = run_task(cfg, validate, fetch)
     print(f"lifted data: MNIST ready in {raw_folder(cfg.data_root)} (source: {source}"
           f"{', sizes and sha256 verified' if cfg.verify else ''})")

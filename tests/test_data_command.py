@@ -1,0 +1,28 @@
+"""commands/data.py: `lifted data` validates its sources, fetches (here: the local files) and verifies."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from lifted_cli.commands.data import fetch, validate
+from lifted_cli.errors import ConfigError, DataError
+from tests.conftest import make_fake_mnist, run_lifted
+
+
+def test_sources_are_validated():
+    validate(OmegaConf.create({"data_root": "d", "data_sources": ["local", "pypi"], "verify": True}))
+    with pytest.raises(ConfigError, match="data_sources"):
+        validate(OmegaConf.create({"data_root": "d", "data_sources": ["ftp"], "verify": True}))
+
+
+def test_fake_files_are_found_locally_and_fail_verification(tmp_path):
+    make_fake_mnist(tmp_path)
+    cfg = OmegaConf.create({"data_root": str(tmp_path), "data_sources": ["local"], "verify": False})
+    assert fetch(cfg) == "local"
+    cfg.verify = True
+    with pytest.raises(DataError, match="sha256|size"):
+        fetch(cfg)
+
+
+def test_the_command_exits_1_with_one_line_when_data_cannot_be_had(tmp_path):
+    proc = run_lifted(["data", f"data_root={tmp_path}", "data_sources=[local]"], tmp_path, check=False)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "MNIST not available" in proc.stderr

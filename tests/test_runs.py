@@ -1,0 +1,84 @@
+"""runs.py: atomic writes, the one checkpoint loader, devices, the divergence error, the clean-up of
+unfinished folders, the deferred interrupt."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from lifted_cli.errors import ConfigError, DivergenceError, InputError
+from lifted_cli.runs import (DeferredInterrupt, check_device, divergence, load_checkpoint, load_tensor, read_csv,
+                             remove_unfinished, select_device, write_csv, write_json, save_torch)
+
+
+def test_atomic_writes_leave_no_temporary_file_and_keep_the_old_content_on_failure(tmp_path):
+    write_json(tmp_path / "m.json", {"a": 1.0, "b": float("inf")})
+    assert (tmp_path / "m.json").read_text().count('"inf"') == 1
+    write_csv(tmp_path / "h.csv", [{"epoch": 1, "loss": 0.5}])
+    assert read_csv(tmp_path / "h.csv") == [{"epoch": "1", "loss": "0.5"}]
+    with pytest.raises(TypeError):
+        write_json(tmp_path / "m.json", {"bad": object()})
+    assert '"a": 1.0' in (tmp_path / "m.json").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+def test_checkpoints_load_with_weights_only_and_refuse_code(tmp_path):
+    save_torch(tmp_path / "checkpoint.pt", {"model": {"w": torch.ones(2)}, "config": {"arch": {}}})
+    ckpt, path = load_checkpoint(tmp_path)  # a run folder
+    assert path == tmp_path / "checkpoint.pt" and torch.equal(ckpt["model"]["w"], torch.ones(2))
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"x": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="cannot be read"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(InputError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(InputError, match="not a tensor"):
+        load_tensor(str(tmp_path / "list.pt"), "outputs")
+
+
+def test_devices():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    for bad in ("tpu", "cuda:x", "gpu0"):
+        with pytest.raises(ConfigError, match=f"device={bad}"):
+            check_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            check_device("cuda")
+
+
+def test_divergence_names_a_checkpoint_only_when_there_is_one(tmp_path):
+    assert isinstance(divergence("x diverged", tmp_path / "checkpoint.pt"), DivergenceError)
+    assert "checkpoint" not in str(divergence("x diverged", tmp_path / "checkpoint.pt"))
+    (tmp_path / "checkpoint.pt").write_bytes(b"")
+    assert str(tmp_path / "checkpoint.pt") in str(divergence("x diverged", tmp_path / "checkpoint.pt"))
+
+
+def test_remove_unfinished_removes_only_a_folder_of_hydra_files(tmp_path):
+    started = tmp_path / "started"
+    (started / ".hydra").mkdir(parents=True)
+    (started / "train.log").write_text("")
+    remove_unfinished(started)
+    assert not started.exists()
+    kept = tmp_path / "kept"
+    (kept / ".hydra").mkdir(parents=True)
+    (kept / "checkpoint.pt").write_bytes(b"")
+    remove_unfinished(kept)
+    assert (kept / "checkpoint.pt").exists()
+
+
+def test_a_first_interrupt_is_deferred_and_a_second_one_is_not():
+    stop = DeferredInterrupt()
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        stop.restore()

@@ -1,0 +1,179 @@
+"""commands/train.py: ``lifted train`` end to end (every result file), exact resume after Ctrl-C,
+divergence, the test set, and the validation of every option."""
+
+import csv
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import lifted_cli.configs
+from lifted_cli.commands import train as train_module
+from lifted_cli.commands.train import make_test_set, train, validate
+from lifted_cli.data import build_degradation
+from lifted_cli.errors import ConfigError, DivergenceError
+from lifted_cli.runs import network_from_checkpoint
+from tests.conftest import TRAIN_ARCHS, run_lifted
+
+TINY = ["train_size=48", "test_size=12", "epochs=2", "batch_size=16", "num_samples=3", "arch.hidden=[32]"]
+CONFIGS = Path(lifted_cli.configs.__file__).parent
+
+
+def run_folders(root: Path):
+    return sorted(p.parent for p in root.rglob(".hydra"))
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme", ["bregman", "backprop"])
+def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist, scheme):
+    proc = run_lifted(["train", f"scheme={scheme}", f"data_root={fake_mnist}", "device=cpu", *TINY], tmp_path)
+    (folder,) = run_folders(tmp_path / "results" / "train")
+    assert f"done in {folder}" in proc.stdout and "test PSNR" in proc.stdout
+    assert folder.parent.parent.name == "train" and len(folder.name.split("-")[-1]) == 6  # %f
+    for name in ("metrics.json", "history.csv", "checkpoint.pt", "samples.png", "train.log", ".hydra/config.yaml"):
+        assert (folder / name).is_file(), name
+    assert not list(folder.glob(".*.tmp"))
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["status"] == "finished" and m["device"] == "cpu" and m["seed"] == 0
+    for row in ("test", "no_learning"):
+        assert m[row]["psnr"]["count"] == 12 and set(m[row]["ssim"]) == {"mean", "std", "count"}
+    assert m["torch_version"] == torch.__version__ and "skimage" in m["metric_implementation"]
+    assert m["seconds_per_epoch"] > 0
+    rows = list(csv.DictReader((folder / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and {"loss", "test_psnr", "test_ssim", "seconds"} <= set(rows[0])
+    if scheme == "bregman":
+        assert {"objective", "gap"} <= set(rows[0]) and {"objective", "gap"} <= set(m["train"])
+        assert m["hyperparameters"]["solver"]["name"] == "isgm" and "tau" in m["hyperparameters"]["solver"]
+    ckpt = torch.load(folder / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and ckpt["config"]["arch"]["hidden"] == [32]
+    model, _ = network_from_checkpoint(folder)
+    assert [b.in_dim for b in model.blocks] + [model.blocks[-1].out_dim] == [784, 32, 784]
+    from PIL import Image
+
+    img = Image.open(folder / "samples.png")
+    assert img.size[1] > img.size[0] / 3 * 0.9 / 1  # three rows of three images
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics(tmp_path, fake_mnist):
+    a = run_lifted(["train", f"data_root={fake_mnist}", *TINY, "hydra.run.dir=a"], tmp_path)
+    b = run_lifted(["train", f"data_root={fake_mnist}", *TINY, "hydra.run.dir=b"], tmp_path)
+    ma, mb = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in "ab")
+    assert a.returncode == b.returncode == 0
+    assert ma["test"] == mb["test"] and ma["train"] == mb["train"] and ma["no_learning"] == mb["no_learning"]
+
+
+def test_test_set_identical_across_schemes_and_seeds(compose_train, fake_mnist):
+    ys = []
+    for ov in (["seed=0"], ["seed=5", "solver=sgd"]):
+        cfg = compose_train([f"data_root={fake_mnist}", "dataset=mnist_inpaint", *ov], output_dir="/tmp/x")
+        ys.append(make_test_set(cfg, build_degradation(cfg.dataset), torch.device("cpu"))[1])
+    assert torch.equal(ys[0], ys[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheme,arch", [("backprop", "mlp"), ("bregman", "mlp"), ("mac", "resnet"),
+                                         ("contrastive", "proxnet"), ("bregman", "unrolled_pnn")])
+def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_train, monkeypatch, scheme, arch):
+    ov = [f"scheme={scheme}", f"data_root={fake_mnist}", "train_size=64", "test_size=8", "epochs=2", "batch_size=8",
+          *TRAIN_ARCHS[arch], "progress=false", "num_samples=2"]
+    full = train(compose_train(ov, output_dir=tmp_path / "full"))
+
+    calls = {"n": 0}
+    real_build = train_module.build
+
+    def build(cfg, device):  # the solver's step, counted: Ctrl-C during epoch 2, batch 3, honoured before batch 4
+        model, scheme, solver = real_build(cfg, device)
+        real_step = solver.step
+
+        def flaky(y, x):
+            calls["n"] += 1
+            if calls["n"] == 11:
+                os.kill(os.getpid(), signal.SIGINT)
+            return real_step(y, x)
+
+        solver.step = flaky
+        return model, scheme, solver
+
+    monkeypatch.setattr(train_module, "build", build)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_train(ov, output_dir=tmp_path / "cut"))
+    assert (tmp_path / "cut" / "checkpoint.pt").is_file() and not (tmp_path / "cut" / "metrics.json").exists()
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["batch"] == 3
+    monkeypatch.setattr(train_module, "build", real_build)
+    resumed = train(compose_train([*ov, f"resume={tmp_path / 'cut'}"], output_dir=tmp_path / "cut"))
+    assert resumed["test"] == full["test"]
+    assert resumed["train"] == pytest.approx(full["train"], rel=1e-12)
+
+
+def test_divergence_stops_and_keeps_last_checkpoint(tmp_path, fake_mnist, compose_train):
+    ov = [f"data_root={fake_mnist}", "train_size=32", "test_size=8", "epochs=3", "batch_size=8",
+          "arch.hidden=[16]", "progress=false", "scheme=backprop", "solver=sgd", "solver.lr=1e6", "solver.momentum=0.5"]
+    with pytest.raises(DivergenceError, match="diverged") as err:
+        train(compose_train(ov, output_dir=tmp_path / "d"))
+    assert "\n" not in str(err.value)
+    # the message names a checkpoint only when one exists
+    assert ("checkpoint" in str(err.value)) == (tmp_path / "d" / "checkpoint.pt").is_file()
+    assert not (tmp_path / "d" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "group,option",
+    [(g, o) for g in ("dataset", "arch", "scheme", "solver") for o in options(g)],
+)
+def test_every_group_option_composes_and_validates(compose_train, group, option):
+    overrides = [f"{group}={option}"]
+    cfg = compose_train(overrides, output_dir="/tmp/x")
+    assert cfg[group].name == option or cfg[group].get("task") in option
+    try:
+        validate(cfg)
+    except ConfigError as err:  # only scheme/solver pairing may be refused, with a one-line reason
+        assert "minimised by" in str(err) and "\n" not in str(err)
+
+
+def test_every_experiment_of_train_validates(compose_train):
+    from lifted_cli.cli import experiments
+
+    names = [n for n, c in experiments().items() if c == "train"]
+    assert set(names) | {n for n, c in experiments().items() if c == "invert"} == set(options("experiment"))
+    for name in names:
+        validate(compose_train([f"experiment={name}"], output_dir="/tmp/x"))
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["dataset.sigma=-1"], "dataset.sigma=-1"),
+        (["dataset=mnist_inpaint", "dataset.keep_ratio=1.5"], "keep_ratio=1.5"),
+        (["batch_size=0"], "batch_size=0"),
+        (["epochs=-2"], "epochs=-2"),
+        (["dataset=mnist_deblur", "dataset.kernel_size=4"], "kernel_size=4"),
+        (["device=tpu"], "device=tpu"),
+        (["arch.activation=swish"], "swish"),
+        (["arch.hidden=[]"], "arch.hidden"),
+        (["+epochss=3"], "epochss"),
+        (["+dataset.sigmaa=3"], "dataset.sigmaa"),
+        (["data_sources=[local,ftp]"], "data_sources"),
+        (["arch=conv_autoencoder", "arch.kernel=3"], "arch.kernel=3"),
+        (["arch=conv_autoencoder", "arch.channels=[4,4,4]"], "arch.channels"),
+        (["arch=conv_autoencoder", "arch.code=0"], "arch.code=0"),
+        (["dataset.sigma=nan"], "dataset.sigma=nan"),
+        (["solver=adam"], "scheme=bregman is minimised by solver=isgm|bcd"),
+        (["solver.tau=-1"], "solver.tau=-1"),
+        (["scheme=mac", "scheme.mu_growth=0.5"], "scheme.mu_growth=0.5"),
+        (["command=invert"], "command=invert"),
+    ],
+)
+def test_bad_values_rejected_with_one_line(compose_train, overrides, fragment):
+    cfg = compose_train(overrides, output_dir="/tmp/x")
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
