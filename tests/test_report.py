@@ -59,3 +59,44 @@ def test_report_bad_input(tmp_path):
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a folder" in proc.stderr
     proc = subprocess.run([*LIFTED, "report", str(tmp_path)], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "no run folder" in proc.stderr
+
+
+@pytest.mark.slow
+def test_report_baseline_pivot_and_best(sweep):
+    work, folder = sweep
+    out = work / "rep2"
+    proc = subprocess.run([*LIFTED, "report", str(folder), "--out", str(out), "--baseline", "scheme=backprop",
+                           "--pivot", "seed,scheme", "--best", "scheme"], cwd=work, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2 and "--pivot seed,scheme" in proc.stderr  # seed is averaged over, not swept
+    proc = subprocess.run([*LIFTED, "report", str(folder), "--out", str(out), "--baseline", "scheme=backprop",
+                           "--best", "scheme"], cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["scheme"]: r for r in csv.DictReader(open(out / "report.csv"))}
+    assert rows["backprop"]["ΔPSNR to scheme=backprop"] == "+0.00" and rows["backprop"]["time ratio to scheme=backprop"] == "1.00"
+    import json
+
+    psnr = {s: sum(json.loads((folder / j / "metrics.json").read_text())["test"]["psnr"]["mean"] for j in jobs) / 2
+            for s, jobs in (("backprop", ("0", "1")), ("bregman", ("2", "3")))}
+    assert rows["bregman"]["ΔPSNR to scheme=backprop"] == f"{psnr['bregman'] - psnr['backprop']:+.2f}"
+    md = (out / "report.md").read_text()
+    winner = max(psnr, key=psnr.get)
+    assert "Best scheme" in md and f"| {winner} |" in md.split("Best scheme")[1]
+
+
+class _FakeRun:
+    def __init__(self, psnr):
+        self.psnr = psnr
+
+    def value(self, name):
+        return self.psnr
+
+
+def test_pivot_puts_one_swept_key_down_and_one_across():
+    from lifted_cli.commands.report import pivot_lines
+
+    groups = {("train", "mlp", "backprop"): [_FakeRun(20.0), _FakeRun(22.0)], ("train", "mlp", "bregman"): [_FakeRun(20.5)],
+              ("train", "resnet", "backprop"): [_FakeRun(21.25)]}
+    lines = pivot_lines(["arch", "scheme"], groups, "arch", "scheme")
+    assert "| arch | backprop | bregman |" in lines
+    assert "| mlp | 21.00 | 20.50 |" in lines and "| resnet | 21.25 |  |" in lines

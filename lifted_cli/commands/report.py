@@ -14,7 +14,10 @@ are listed separately and never mixed into a group. Writes into the report folde
   ``history.csv`` (mean over seeds);
 * ``<command>_samples.png``: the ``samples.png`` of one run per group, one above the other, labelled;
 
-and prints the table.
+and prints the tables. Options add derived tables for benchmarks: ``--baseline KEY=VALUE`` (each group's
+PSNR difference and time ratio to the group with KEY=VALUE and the same other settings), ``--pivot
+ROW,COL`` (mean PSNR with one swept key down and one across) and ``--best KEY`` (for every setting of
+the other swept keys, the value of KEY with the best mean PSNR).
 """
 
 from __future__ import annotations
@@ -75,6 +78,8 @@ class Run:
             return (block or {}).get(key, {}).get("mean", math.nan)
         if key == "s_per_epoch":
             return m.get("seconds_per_epoch", math.nan)
+        if key == "rel_error":
+            return (block or {}).get("rel_error", {}).get("mean", math.nan)
         return m.get(key, math.nan)
 
 
@@ -111,8 +116,10 @@ def group_runs(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
 
 
 METRICS = {"train": [("psnr", "test PSNR (dB)", 2), ("ssim", "test SSIM", 4), ("s_per_epoch", "s/epoch", 2)],
-           "invert": [("psnr", "recovered PSNR (dB)", 2), ("ssim", "recovered SSIM", 4), ("residual", "residual", 4),
-                      ("seconds", "seconds", 1)]}
+           "invert": [("psnr", "recovered PSNR (dB)", 2), ("ssim", "recovered SSIM", 4), ("rel_error", "rel. error", 4),
+                      ("residual", "residual", 4), ("seconds", "seconds", 1)]}
+#: the time of a run, for the ratios of --baseline
+TIME = {"train": "s_per_epoch", "invert": "seconds"}
 
 
 def table_rows(swept: list[str], groups: dict[tuple, list[Run]]) -> list[dict]:
@@ -126,6 +133,73 @@ def table_rows(swept: list[str], groups: dict[tuple, list[Run]]) -> list[dict]:
                 row[label] = _fmt([r.value(name) for r in members], digits)
         rows.append(row)
     return rows
+
+
+def _mean(members: list[Run], name: str) -> float:
+    return _mean_std([r.value(name) for r in members])[0]
+
+
+def baseline_for(swept: list[str], groups: dict[tuple, list[Run]], key: tuple, base: tuple[str, str]) -> tuple | None:
+    """The group with ``base`` (KEY, VALUE) whose other settings agree with ``key`` wherever the baseline
+    group has one (a baseline run that never set an option matches every value of it)."""
+    i = swept.index(base[0])
+    for other in groups:
+        if other[0] != key[0] or other[1 + i] != base[1]:
+            continue
+        if all(b == "" or b == v for j, (b, v) in enumerate(zip(other[1:], key[1:])) if j != i):
+            return other
+    return None
+
+
+def add_baseline(rows: list[dict], swept: list[str], groups: dict[tuple, list[Run]], base: tuple[str, str]) -> None:
+    """ΔPSNR and time ratio (and, for invert, Δ relative error) of each group to its baseline group."""
+    name = f"{base[0]}={base[1]}"
+    for row, (key, members) in zip(rows, groups.items()):
+        ref = baseline_for(swept, groups, key, base)
+        if ref is None:
+            continue
+        command = key[0]
+        row[f"ΔPSNR to {name}"] = f"{_mean(members, 'psnr') - _mean(groups[ref], 'psnr'):+.2f}"
+        row[f"time ratio to {name}"] = f"{_mean(members, TIME[command]) / _mean(groups[ref], TIME[command]):.2f}"
+        if command == "invert":
+            row[f"Δ rel. error to {name}"] = f"{_mean(members, 'rel_error') - _mean(groups[ref], 'rel_error'):+.4f}"
+
+
+def pivot_lines(swept: list[str], groups: dict[tuple, list[Run]], row_key: str, col_key: str) -> list[str]:
+    """Mean PSNR with ``row_key`` down and ``col_key`` across, one table per setting of the other keys."""
+    i, j = swept.index(row_key), swept.index(col_key)
+    rest = [k for n, k in enumerate(swept) if n not in (i, j)]
+    tables: dict[tuple, dict] = defaultdict(dict)
+    for key, members in groups.items():
+        vals = key[1:]
+        tables[tuple(v for n, v in enumerate(vals) if n not in (i, j))][vals[i], vals[j]] = _mean(members, "psnr")
+    lines = []
+    for other, cells in tables.items():
+        rows = list(dict.fromkeys(r for r, _ in cells))
+        cols = list(dict.fromkeys(c for _, c in cells))
+        title = " ".join(f"{k}={v}" for k, v in zip(rest, other))
+        lines += ["", f"Mean PSNR (dB), {row_key} x {col_key}{': ' + title if title else ''}", "",
+                  f"| {row_key} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {r} | " + " | ".join(f"{cells[r, c]:.2f}" if (r, c) in cells else "" for c in cols) + " |" for r in rows]
+    return lines
+
+
+def best_lines(swept: list[str], groups: dict[tuple, list[Run]], key: str, command: str) -> list[str]:
+    """For each setting of the other swept keys, the value of ``key`` whose group has the best mean PSNR."""
+    i = swept.index(key)
+    rest = [k for n, k in enumerate(swept) if n != i]
+    best: dict[tuple, tuple] = {}
+    for gk, members in groups.items():
+        other = tuple(v for n, v in enumerate(gk[1:]) if n != i)
+        if other not in best or _mean(members, "psnr") > _mean(groups[best[other]], "psnr"):
+            best[other] = gk
+    cols = [label for _, label, _ in METRICS[command]]
+    lines = ["", f"Best {key} per setting of {', '.join(rest) or 'the runs'} (highest mean PSNR):", "",
+             "| " + " | ".join([*rest, key, *cols]) + " |", "|" + "---|" * (len(rest) + 1 + len(cols))]
+    for other, gk in best.items():
+        vals = [_fmt([r.value(n) for r in groups[gk]], d) for n, _, d in METRICS[command]]
+        lines.append("| " + " | ".join([*other, gk[1 + i], *vals]) + " |")
+    return lines
 
 
 def no_learning_rows(runs: list[Run]) -> list[dict]:
@@ -254,8 +328,10 @@ def samples_grid(out: Path, swept: list[str], groups: dict[tuple, list[Run]], na
     return name
 
 
-def write_report(runs: list[Run], out: Path, sources: list[Path]) -> str:
-    """Write the report folder (one table per command present) and return the Markdown text."""
+def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tuple[str, str] | None = None,
+                 pivot: tuple[str, str] | None = None, best: str | None = None) -> str:
+    """Write the report folder (one table per command present, and the derived tables asked for) and
+    return the Markdown text."""
     from ..runs import write_csv
 
     out.mkdir(parents=True, exist_ok=True)
@@ -270,11 +346,17 @@ def write_report(runs: list[Run], out: Path, sources: list[Path]) -> str:
             continue
         swept, groups = group_runs(members)
         rows = table_rows(swept, groups)
+        if baseline is not None and baseline[0] in swept:
+            add_baseline(rows, swept, groups, baseline)
         csv_rows += rows
         cols = list(dict.fromkeys(k for r in rows for k in r))
         lines += [f"## lifted {command}: {sum(r['runs'] for r in rows)} finished runs, swept: {', '.join(swept) or '(none)'}",
                   "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+        if pivot is not None and set(pivot) <= set(swept):
+            lines += pivot_lines(swept, groups, *pivot)
+        if best is not None and best in swept:
+            lines += best_lines(swept, groups, best, command)
         if command == "train":
             nl = no_learning_rows(members)
             if nl:
@@ -311,6 +393,13 @@ def main(argv: list[str]) -> int:
     ap.add_argument("folders", nargs="+", type=Path, help="run folders, or folders holding run folders")
     ap.add_argument("--out", type=Path, default=None,
                     help="report folder (default: results/report/<date>/<time>)")
+    ap.add_argument("--baseline", metavar="KEY=VALUE", default=None,
+                    help="add each group's PSNR difference and time ratio to the group with KEY=VALUE "
+                         "(e.g. scheme=backprop, delta=0)")
+    ap.add_argument("--pivot", metavar="ROW,COL", default=None, help="add a table of mean PSNR, ROW down, COL across "
+                                                                     "(two swept keys, e.g. arch,scheme)")
+    ap.add_argument("--best", metavar="KEY", default=None,
+                    help="add, for every setting of the other swept keys, the value of KEY with the best mean PSNR")
     args = ap.parse_args(argv)
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
@@ -321,7 +410,21 @@ def main(argv: list[str]) -> int:
         print(f"lifted report: error: no run folder (with .hydra/config.yaml) below {', '.join(map(str, args.folders))}",
               file=sys.stderr)
         return 2
+    swept = {k for command in ("train", "invert") for k in group_runs([r for r in runs if r.command == command])[0]}
+    baseline = tuple(args.baseline.split("=", 1)) if args.baseline else None
+    pivot = tuple(args.pivot.split(",")) if args.pivot else None
+    problems = []
+    if baseline is not None and (len(baseline) != 2 or baseline[0] not in swept):
+        problems.append(f"--baseline {args.baseline}: need KEY=VALUE with KEY a swept key")
+    if pivot is not None and (len(pivot) != 2 or not set(pivot) <= swept or pivot[0] == pivot[1]):
+        problems.append(f"--pivot {args.pivot}: need ROW,COL, two different swept keys")
+    if args.best is not None and args.best not in swept:
+        problems.append(f"--best {args.best}: not a swept key")
+    if problems:
+        print(f"lifted report: error: {'; '.join(problems)}; swept keys: {', '.join(sorted(swept)) or '(none)'}",
+              file=sys.stderr)
+        return 2
     out = args.out or Path("results/report") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
-    print(write_report(runs, out, args.folders), end="")
+    print(write_report(runs, out, args.folders, baseline, pivot, args.best), end="")
     print(f"lifted report: written to {out}")
     return 0
