@@ -1,4 +1,5 @@
-"""Image-quality metrics: per-image PSNR and SSIM with scikit-image, summarised as mean, std, count.
+"""Image-quality metrics (docs/method.md, section 7.3): per-image PSNR and SSIM with scikit-image,
+summarised as mean, std, count.
 
 Images are clamped to [0, 1] and compared with ``data_range=1.0``. The mean of per-image values is
 reported, never a PSNR of the pooled batch.

@@ -45,6 +45,6 @@ def test_fenchel_is_twice_bregman_for_relu_and_rejects_other_activations():
     assert torch.allclose(PENALTIES["fenchel"]().value(act, z, a), 2 * BregmanPenalty().value(act, z, a))
     closed = 2 * (0.5 * z**2 + 0.5 * torch.relu(a) ** 2 - z * a).sum(1)  # Gu et al., official factor 2
     assert torch.allclose(PENALTIES["fenchel"]().value(act, z, a), closed)
-    with pytest.raises(ValueError, match="relu, identity"):
+    with pytest.raises(ValueError, match="relu and identity"):
         PENALTIES["fenchel"]().check(make_activation("tanh"))
 

@@ -1,4 +1,4 @@
-"""Degradation operators (the imaging tasks): y = A x + sigma * n, n ~ N(0, I).
+"""Degradation operators (the imaging tasks; docs/method.md, section 7.2): y = A x + sigma * n, n ~ N(0, I).
 
 Every operator is linear with ``A`` and ``A_adjoint`` (deepinv's naming) acting on batches of shape
 (B, C, H, W); the image size is preserved. Randomness (noise, inpainting masks) comes only from an

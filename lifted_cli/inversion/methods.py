@@ -3,7 +3,7 @@ regulariser and the ``invert`` config, and offers ``step()``, ``u`` (the current
 ``objective()`` (per image) and ``settings()`` (what determined its iterates, for metrics.json).
 
 * ``lifted_bregman``: the lifted Bregman model (``problem.LiftedInversion``);
-* ``backprop``: Adam on 1/2 ||N(u) - f_delta||^2 + alpha J(u) per image (summed over images)
+* ``backprop`` (docs/method.md, section 6.8): Adam on 1/2 ||N(u) - f_delta||^2 + alpha J(u) per image (summed over images)
   through autograd; total variation smoothed by ``tv_smoothing``; an indicator J and the box by
   projection after every step.
 """

@@ -1,4 +1,5 @@
-"""Regularisers J(u) of the inversion (option ``regularizer``), images as rows u of (B, side*side).
+"""Regularisers J(u) of the inversion (option ``regularizer``; docs/method.md, section 6.4), images as
+rows u of (B, side*side).
 
 A regulariser is an object with ``value(u)`` (J per image) and ``prox(v, t)`` (the prox of t J), as
 deepinv's priors have ``fn`` and ``prox``. Total variation has no closed-form prox: it is written

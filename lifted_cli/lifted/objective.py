@@ -278,7 +278,8 @@ class LiftedProblem:
 
     @torch.no_grad()
     def implicit_weight_step(self, st: LiftedState, l: int, anchor, tau: float, at_anchor: bool = False) -> None:
-        """Majorised implicit step on a dense layer l: minimise over W = [W_l, b_l] the model
+        """Majorised implicit step on a dense layer l (docs/method.md, section 5.5): minimise over
+        W = [W_l, b_l] the model
 
             (1/s) sum_i [<g_i, (W' - W) x_i> + kappa/2 ||(W' - W) x_i||^2] + 1/(2 tau) ||W' - W^k||^2,
 

@@ -116,10 +116,9 @@ class FenchelPenalty(BregmanPenalty):
         super().__init__(factor=2.0)
 
     def check(self, act):
-        try:
-            super().check(act)
-        except ValueError as err:
-            raise ValueError(f"Fenchel lifted networks: {err}; use scheme=bregman for other proximal activations") from None
+        if act.name not in self.activations:
+            raise ValueError(f"Fenchel lifted networks cover {' and '.join(self.activations)} layers only, not {act.spec()}; "
+                             "use scheme=bregman for other proximal activations")
 
 
 class QuadraticPenalty(LayerPenalty):

@@ -1,4 +1,5 @@
-"""Training schemes (config group ``scheme``): the objective that one mini-batch update decreases.
+"""Training schemes (config group ``scheme``): the objective that one mini-batch update decreases
+(docs/method.md, section 4.4).
 
 A scheme is a choice of objective (penalty terms); a solver (``solvers.py``) is the way it is
 minimised. Every scheme declares the interface it offers (``form``):
@@ -49,6 +50,19 @@ def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
+class Scheme:
+    """The defaults of the scheme interface: nothing changes between epochs and there is no state."""
+
+    def begin_epoch(self, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 # ------------------------------------------------------------------------------------- backprop
 @dataclass
 class BackpropSchemeConfig(Schema):
@@ -61,7 +75,7 @@ class BackpropSchemeConfig(Schema):
 
 
 @SCHEMES.register("backprop", BackpropSchemeConfig, form="gradient")
-class BackpropScheme:
+class BackpropScheme(Scheme):
     """Back-propagation baseline: the gradient of (1/|S|) sum_i 1/2 ||N(y_i) - x_i||^2 (+ alpha ||u_l||_1)
     through autograd."""
 
@@ -81,15 +95,6 @@ class BackpropScheme:
         loss = data + sparsity_term(states, self.cfg.sparsity_layer, self.cfg.sparsity)
         loss.backward()
         return {"loss": float(loss.detach())}
-
-    def begin_epoch(self, epoch: int) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def hyperparameters(self) -> dict:
         return {"scheme": _plain(self.cfg)}
@@ -155,7 +160,7 @@ def layer_weights(cfg, depth: int, base: float) -> list[float]:
     return [float(base) * float(w) for w in cfg.layer_weights]
 
 
-class LiftedScheme:
+class LiftedScheme(Scheme):
     """A lifted scheme: the lifted objective of ``objective.LiftedProblem`` with the layer penalty
     ``penalty``, every layer weighted by ``penalty_weight`` (times ``layer_weights``)."""
 
@@ -167,15 +172,6 @@ class LiftedScheme:
 
     def base_weight(self) -> float:
         return self.cfg.penalty_weight
-
-    def begin_epoch(self, epoch: int) -> None:
-        pass
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
     def hyperparameters(self) -> dict:
         return {"scheme": _plain(self.cfg), "layer_weights": self.problem.lambdas, "output": self.problem.output}
@@ -240,7 +236,7 @@ class ContrastiveSchemeConfig(LiftedSchemeConfig):
 
 
 @SCHEMES.register("contrastive", ContrastiveSchemeConfig, form="gradient")
-class ContrastiveScheme:
+class ContrastiveScheme(Scheme):
     """Lifted contrastive learning (Zach & Estellers 2019) on the lifted Bregman energy E(X; W):
 
         J_beta(W) = (1/beta) [ min_X {beta loss(K u_L, t) + E(X; W)} - min_X E(X; W) ].
@@ -273,9 +269,6 @@ class ContrastiveScheme:
             for q, gn, gf in zip(p.block_params(l), nudged, free[l - 1]):
                 q.grad = (gn - gf) / self.beta
         return {"loss": st.forward_loss, "objective": p.objective(st) / self.beta, "gap": p.hidden_gap(st)}
-
-    def begin_epoch(self, epoch: int) -> None:
-        pass
 
     def state_dict(self) -> dict:
         return {"xs": self.xs.state_dict()}

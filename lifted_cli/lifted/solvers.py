@@ -271,7 +271,7 @@ class LiftedSolver:
 
     @torch.no_grad()
     def backtracking_step_size(self, st: LiftedState, l: int, grads, anchor=None) -> float:
-        """Largest gamma in {c gamma_prev, c gamma_prev/2, ...} (c = 2 after a search that accepted
+        """(docs/method.md, section 5.8) Largest gamma in {c gamma_prev, c gamma_prev/2, ...} (c = 2 after a search that accepted
         its first trial, else 1) with the Armijo condition
         f(theta - gamma g) <= f(theta) - gamma/2 ||g||^2 on the block energy f (plus the ISGM anchor
         1/(2 tau) ||theta - theta^k||^2 when given; ``grads`` must include its gradient). The
@@ -359,7 +359,8 @@ class LiftedSolver:
 
 @SOLVERS.register("isgm", ISGMConfig, form="lifted")
 class ISGM(LiftedSolver):
-    """Implicit stochastic gradient (Toulis & Airoldi; the chapter's main method): per mini-batch,
+    """Implicit stochastic gradient (Toulis & Airoldi; the chapter's main method; docs/method.md,
+    sections 5.4-5.7): per mini-batch,
     approximately solve
 
         argmin_{W, X} E_S(W, X) + sum_l 1/(2 tau) ||W_l - W_l^k||^2

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Every scheme on every architecture: MNIST denoising (sigma 0.3), each scheme with its default solver
+# and every other setting at its default, as one `lifted train -m` sweep; the combinations the
+# mathematics does not allow (fenchel on proxnet and unrolled_pnn) are named and skipped. The report:
+# the test PSNR of each (arch, scheme) as a table, and each scheme's difference to back-propagation.
+#
+#   scripts/benchmark_schemes.sh           # full MNIST, 5 epochs (about 140 minutes on a 2-core CPU)
+#   scripts/benchmark_schemes.sh --quick   # 2,000 / 500 images, 1 epoch (a few minutes)
+#
+# Extra arguments go to `lifted train` (e.g. device=cuda, hydra/launcher=joblib hydra.launcher.n_jobs=4).
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+if [ "$MODE" = quick ]; then SIZES=(train_size=2000 test_size=500 epochs=1); OUT=results/benchmarks/schemes_x_archs_quick
+else SIZES=(epochs=5); OUT=results/benchmarks/schemes_x_archs; fi
+RUNS="results/benchmark-runs/schemes-$MODE-$STAMP"
+SECONDS=0
+sweep train -m scheme=backprop,bregman,mac,fenchel,contrastive arch=mlp,resnet,proxnet,unrolled_pnn \
+  "${SIZES[@]}" progress=false "$@" "hydra.sweep.dir=$RUNS"
+report "$OUT" "$RUNS" --pivot arch,scheme --baseline scheme=backprop
+echo "benchmark_schemes.sh ($MODE): ${SECONDS} s wall time; report in $OUT/report.md" | tee "$OUT/wall_time.txt"
