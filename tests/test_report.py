@@ -100,3 +100,16 @@ def test_pivot_puts_one_swept_key_down_and_one_across():
     lines = pivot_lines(["arch", "scheme"], groups, "arch", "scheme")
     assert "| arch | backprop | bregman |" in lines
     assert "| mlp | 21.00 | 20.50 |" in lines and "| resnet | 21.25 |  |" in lines
+
+
+def test_baseline_is_the_group_agreeing_on_the_most_settings():
+    from lifted_cli.commands.report import baseline_for
+
+    swept = ["delta", "method", "output"]
+    groups = {("invert", "0", "lifted", ""): [], ("invert", "0", "lifted", "clamped"): [], ("invert", "0.1", "lifted", "clamped"): [],
+              ("invert", "0.1", "lifted", ""): [], ("train", "0", "lifted", ""): []}
+    assert baseline_for(swept, groups, ("invert", "0.1", "lifted", "clamped"), ("delta", "0")) == ("invert", "0", "lifted", "clamped")
+    assert baseline_for(swept, groups, ("invert", "0.1", "lifted", ""), ("delta", "0")) == ("invert", "0", "lifted", "")
+    swept = ["scheme", "solver.momentum"]
+    groups = {("train", "backprop", ""): [], ("train", "bregman", "0"): []}
+    assert baseline_for(swept, groups, ("train", "bregman", "0"), ("scheme", "backprop")) == ("train", "backprop", "")

@@ -140,15 +140,21 @@ def _mean(members: list[Run], name: str) -> float:
 
 
 def baseline_for(swept: list[str], groups: dict[tuple, list[Run]], key: tuple, base: tuple[str, str]) -> tuple | None:
-    """The group with ``base`` (KEY, VALUE) whose other settings agree with ``key`` wherever the baseline
-    group has one (a baseline run that never set an option matches every value of it)."""
+    """The group with ``base`` (KEY, VALUE) whose other settings agree with ``key``: the one that agrees
+    on the most of them, where a setting the baseline group never set matches any value (a
+    back-propagation run has no ``solver.momentum``)."""
     i = swept.index(base[0])
+    best, best_score = None, -1
     for other in groups:
         if other[0] != key[0] or other[1 + i] != base[1]:
             continue
-        if all(b == "" or b == v for j, (b, v) in enumerate(zip(other[1:], key[1:])) if j != i):
-            return other
-    return None
+        pairs = [(b, v) for j, (b, v) in enumerate(zip(other[1:], key[1:])) if j != i]
+        if any(b not in ("", v) for b, v in pairs):
+            continue
+        score = sum(b == v for b, v in pairs)
+        if score > best_score:
+            best, best_score = other, score
+    return best
 
 
 def add_baseline(rows: list[dict], swept: list[str], groups: dict[tuple, list[Run]], base: tuple[str, str]) -> None:
