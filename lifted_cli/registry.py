@@ -75,19 +75,35 @@ class Schema:
         pass
 
 
+def check_finite_floats(node, prefix: str = "") -> None:
+    """Every float of a config node (nested nodes and lists included) is finite: NaN and inf are
+    refused wherever a number is expected, whatever the option's own range check says."""
+    if node._is_none() or node._is_missing():
+        return
+    items = node.items_ex(resolve=False) if OmegaConf.is_dict(node) else enumerate(node)
+    for key, value in items:
+        name = f"{prefix}{key}" if OmegaConf.is_dict(node) else f"{prefix}[{key}]"
+        if OmegaConf.is_config(value):
+            check_finite_floats(value, f"{name}." if OmegaConf.is_dict(value) else name)
+        elif isinstance(value, float) and not math.isfinite(value):
+            fail(name, value, "must be a finite number")
+
+
 def typed(node, schema, prefix: str = ""):
-    """``node`` merged into ``schema``: a ConfigError for keys the schema does not define and for
-    values of the wrong type, else the merged DictConfig (typed and still read-only-free)."""
+    """``node`` merged into ``schema``: a ConfigError for keys the schema does not define, for values
+    of the wrong type and for non-finite floats, else the merged DictConfig."""
     known = OmegaConf.structured(schema)
     allowed = set(known.keys())  # `key in known` is False for MISSING values
     for key in node.keys():
         if key not in allowed:
             fail(f"{prefix}{key}", node[key], f"unknown key; allowed keys here: {', '.join(sorted(known))}")
     try:
-        return OmegaConf.merge(known, node)
+        merged = OmegaConf.merge(known, node)
     except Exception as err:  # omegaconf.ValidationError and friends
         key = getattr(err, "full_key", "") or ""
         raise ConfigError(f"{prefix}{key}: {str(err).splitlines()[0]}") from None
+    check_finite_floats(merged, prefix)
+    return merged
 
 
 @dataclass

@@ -82,6 +82,15 @@ def save_torch(path, obj) -> None:
     _atomic(path, lambda f: torch.save(obj, f), mode="wb")
 
 
+def write_text(path, text: str) -> None:
+    _atomic(path, lambda f: f.write(text))
+
+
+def save_figure(path, fig, **kwargs) -> None:
+    """A matplotlib figure as PNG."""
+    _atomic(path, lambda f: fig.savefig(f, format="png", **kwargs), mode="wb")
+
+
 def save_image(path, image) -> None:
     """``image``: PIL image, written as PNG."""
     _atomic(path, lambda f: image.save(f, format="PNG"), mode="wb")
@@ -167,7 +176,12 @@ def load_tensor(path: str, what: str) -> torch.Tensor:
         raise InputError(f"{what}={path} cannot be read ({type(err).__name__})") from None
     if not torch.is_tensor(t):
         raise InputError(f"{what}={path} holds a {type(t).__name__}, not a tensor")
-    return t.to(torch.float32).reshape(t.shape[0], -1)
+    if t.dim() == 0 or t.numel() == 0:
+        raise InputError(f"{what}={path} holds a tensor of shape {tuple(t.shape)}; need (N, values) with N >= 1 rows")
+    t = t.to(torch.float32).reshape(t.shape[0], -1)
+    if not torch.isfinite(t).all():
+        raise InputError(f"{what}={path} holds non-finite values (NaN or inf)")
+    return t
 
 
 # ------------------------------------------------------------------------------------- pictures
@@ -237,6 +251,18 @@ class RunConfig(Schema):
         check_device(self.device)
         check_data_sources(self.data_sources)
         check(self.num_samples >= 0, "num_samples", self.num_samples, "must be >= 0")
+
+
+def require_mnist(cfg) -> str:
+    """MNIST for a run (``data_root``, ``data_sources``): missing data refuses the run before any work
+    (exit status 2), where ``lifted data`` itself fails while working (1)."""
+    from .data import ensure_mnist
+    from .errors import DataError
+
+    try:
+        return ensure_mnist(cfg.data_root, tuple(cfg.data_sources))
+    except DataError as err:
+        raise InputError(str(err)) from None
 
 
 def check_data_sources(sources) -> None:

@@ -103,7 +103,7 @@ def test_resume_cli_equals_uninterrupted(tmp_path, fake_mnist):
     assert full["test"] == part["test"] and full["train"] == part["train"]
     assert len(list(csv.DictReader((tmp_path / "part" / "history.csv").open()))) == 3
     proc = run(["train", "resume=part", "seed=7"], tmp_path, check=False)
-    assert proc.returncode == 1 and "seed differs" in proc.stderr
+    assert proc.returncode == 2 and "seed differs" in proc.stderr
 
 
 @pytest.mark.slow
@@ -148,3 +148,97 @@ def test_train_in_process_through_the_same_entry_point(tmp_path, fake_mnist, mon
     assert main(["train", f"data_root={fake_mnist}", *TINY, "epochs=1", "progress=false", "hydra.run.dir=a"]) == 0
     assert json.loads((tmp_path / "a" / "metrics.json").read_text())["status"] == "finished"
     assert main(["train", "batch_size=0", "hydra.run.dir=b"]) == 2 and not (tmp_path / "b").exists()
+
+
+def _bad(command, *args, fragment=None):
+    return pytest.param([command, *args], fragment or args[-1].split("=")[0], id=f"{command}:{' '.join(args)}"[:60])
+
+
+#: refused inputs: each ends with exit status 2, one line on stderr naming the value, and no file written
+BAD_INPUTS = [
+    _bad("train", "epochs=0"), _bad("train", "epochs=abc"), _bad("train", "batch_size=-1"), _bad("train", "eval_every=0"),
+    _bad("train", "train_size=0"), _bad("train", "test_size=-5"), _bad("train", "seed=x"), _bad("train", "device=tpu"),
+    _bad("train", "device=cuda:9"), _bad("train", "dataset=foo", fragment="dataset/foo"),
+    _bad("train", "dataset.sigma=-1"), _bad("train", "dataset.sigma=nan"), _bad("train", "dataset.sigma=inf"),
+    _bad("train", "dataset=mnist_deblur", "dataset.blur_width=nan"), _bad("train", "dataset=mnist_deblur", "dataset.kernel_size=4"),
+    _bad("train", "dataset=mnist_inpaint", "dataset.keep_ratio=0"), _bad("train", "arch=foo", fragment="arch/foo"),
+    _bad("train", "arch.hidden=[]"), _bad("train", "arch.activation=swish"),
+    _bad("train", "arch.activation=soft_threshold:inf", fragment="soft_threshold:inf"),
+    _bad("train", "arch.output_activation=clamp:1:0", fragment="clamp:1:0"), _bad("train", "scheme=nope", fragment="scheme/nope"),
+    _bad("train", "solver=adam", fragment="minimised by solver=isgm|bcd"), _bad("train", "solver.tau=0"),
+    _bad("train", "solver.tau_decay=2"), _bad("train", "solver.momentum=1"), _bad("train", "solver.step_safety=nan"),
+    _bad("train", "scheme=mac", "scheme.mu_growth=0.5"), _bad("train", "scheme.penalty_weight=-1"),
+    _bad("train", "scheme.output=tied"), _bad("train", "+epochss=3", fragment="epochss"),
+    _bad("train", "+dataset.sigmaa=1", fragment="dataset.sigmaa"), _bad("train", "data_sources=[ftp]", fragment="data_sources"),
+    _bad("train", "num_samples=-1"), _bad("train", "experiment=perceptron_inversion", fragment="experiment of `lifted invert`"),
+    _bad("train", "resume=does/not/exist", fragment="resume=does/not/exist"), _bad("train", "hydra/launcher=nope", fragment="hydra/launcher"),
+    _bad("train", "scheme=fenchel", "arch=proxnet", fragment="Fenchel"),
+    _bad("train", "arch=sequential", "arch.widths=[784,10]", "arch.activations=[identity]", fragment="maps 28x28 images"),
+    _bad("invert", "network=foo"), _bad("invert", "progress=false", fragment="checkpoint=None"),
+    _bad("invert", "checkpoint=x", "method=newton"), _bad("invert", "checkpoint=x", "regularizer=tv2"),
+    _bad("invert", "checkpoint=x", "alpha=-1"), _bad("invert", "checkpoint=x", "alpha=nan"), _bad("invert", "checkpoint=x", "delta=-0.1"),
+    _bad("invert", "checkpoint=x", "noise=loud"), _bad("invert", "checkpoint=x", "output=tied"),
+    _bad("invert", "checkpoint=x", "iterations=0"), _bad("invert", "checkpoint=x", "step_safety=2"),
+    _bad("invert", "checkpoint=x", "momentum=1"), _bad("invert", "checkpoint=x", "primal_step=0"),
+    _bad("invert", "network=random_perceptron", "perceptron.out_dim=0"),
+    _bad("invert", "network=random_perceptron", "perceptron.bias=nan"),
+    _bad("invert", "checkpoint=nope.pt", fragment="does not exist"),
+    _bad("invert", "experiment=sparse_dae", fragment="experiment of `lifted train`"),
+    _bad("invert", "network=random_perceptron", "upto=layer3"),
+    _bad("data", "data_sources=[ftp]", fragment="data_sources"), _bad("data", "verify=maybe", fragment="verify"),
+    _bad("report", "nope", fragment="not a folder"), _bad("report", ".", "--best", "alpha", fragment="--best alpha"),
+]
+
+
+@pytest.mark.parametrize("args,fragment", BAD_INPUTS)
+def test_bad_inputs_are_refused_in_one_line_with_status_2_and_no_file(tmp_path, fake_mnist, monkeypatch, capsys, args,
+                                                                      fragment):
+    from lifted_cli.cli import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    if args[0] == "report" and args[1] == ".":  # a folder with one finished-looking run and nothing swept
+        (work / "run" / ".hydra").mkdir(parents=True)
+        (work / "run" / ".hydra" / "config.yaml").write_text("command: train\nseed: 0\n")
+    before = sorted(p for p in work.rglob("*"))
+    extra = [f"data_root={fake_mnist}"] if args[0] in ("train", "invert") else []
+    code = main([*args, *extra])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2, err
+    assert len(err) == 1 and err[0].startswith(f"lifted {args[0]}: error:") and fragment in err[0], err
+    assert [p for p in work.rglob("*") if p.is_file() and p not in before] == []
+
+
+def test_a_run_folder_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys):
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("notes")
+    assert main(["train", "hydra.run.dir=taken"]) == 2
+    assert "hydra.run.dir=taken: is a file" in capsys.readouterr().err
+    assert (tmp_path / "taken").read_text() == "notes"
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_prints_the_resume_line_and_exits_130(tmp_path, fake_mnist):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "lifted_cli", "train", f"data_root={fake_mnist}", "train_size=64", "test_size=8",
+                             "epochs=100000", "batch_size=8", "arch.hidden=[16]", "progress=false", "num_samples=0",
+                             "hydra.run.dir=run"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    for line in proc.stdout:  # wait until training has begun
+        if "epoch 1/" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "resume=" in out + err
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and not (tmp_path / "run" / "metrics.json").exists()

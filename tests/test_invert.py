@@ -115,3 +115,31 @@ def test_every_experiment_of_invert_validates(compose_invert):
     for name in names:
         validate(compose_invert([f"experiment={name}", "checkpoint=x"], output_dir="/tmp/x"))
 
+
+
+@pytest.mark.parametrize("tensor,fragment", [(torch.tensor(3.0), "shape ()"), (torch.zeros(0, 784), "shape (0, 784)"),
+                                             (torch.full((2, 16), float("nan")), "non-finite")])
+def test_outputs_files_that_cannot_be_inverted_are_refused(tmp_path, tensor, fragment):
+    torch.save(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.ReLU()).state_dict(), tmp_path / "net.pt")
+    torch.save(tensor, tmp_path / "f.pt")
+    r = lifted("invert", f"checkpoint={tmp_path / 'net.pt'}", "arch=sequential", "arch.widths=[16,16]", "arch.activations=[relu]",
+               f"outputs={tmp_path / 'f.pt'}", "hydra.run.dir=out", cwd=tmp_path)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_no_progress_bar_text_when_the_output_is_not_a_terminal(tmp_path, fake_mnist):
+    r = lifted("invert", "network=random_perceptron", "perceptron.out_dim=32", "perceptron.image_size=8", "num_images=2",
+               "iterations=20", f"data_root={fake_mnist}", "hydra.run.dir=out", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "it/s" not in r.stderr and "invert:" not in r.stderr.replace("lifted invert:", "")
+
+
+@pytest.mark.slow
+def test_missing_data_refuses_the_run_with_status_2(tmp_path):
+    r = lifted("invert", "network=random_perceptron", f"data_root={tmp_path / 'empty'}", "data_sources=[local]",
+               "hydra.run.dir=out", cwd=tmp_path)
+    assert r.returncode == 2 and "MNIST not available" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -113,3 +113,27 @@ def test_baseline_is_the_group_agreeing_on_the_most_settings():
     swept = ["scheme", "solver.momentum"]
     groups = {("train", "backprop", ""): [], ("train", "bregman", "0"): []}
     assert baseline_for(swept, groups, ("train", "bregman", "0"), ("scheme", "backprop")) == ("train", "backprop", "")
+
+
+@pytest.mark.slow
+def test_a_corrupt_run_is_listed_as_unreadable_and_the_report_completes(sweep, tmp_path):
+    work, folder = sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    (copy / "0" / "metrics.json").write_text("{not json")
+    (copy / "1" / ".hydra" / "config.yaml").write_text("a: [unclosed")
+    (copy / "2" / "history.csv").write_bytes(b"\x00\x01garbage,\n1,2,3\n")
+    (copy / "3" / "samples.png").write_bytes(b"not a png")
+    out = tmp_path / "rep"
+    proc = subprocess.run([*LIFTED, "report", str(copy), "--out", str(out)], cwd=work, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    md = (out / "report.md").read_text()
+    assert f"{copy / '1'}: unreadable" in md and str(copy / "0") in md
+    assert "lifted train: 2 finished runs" in md  # runs 2 and 3 (bregman, seeds 0 and 1) are still grouped
+    assert not [p for p in out.iterdir() if p.suffix == ".tmp" or p.name.startswith(".")]
+
+
+def test_report_out_must_not_be_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    proc = subprocess.run([*LIFTED, "report", str(tmp_path), "--out", str(tmp_path / "f")], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "is a file" in proc.stderr and proc.stderr.count("\n") == 1

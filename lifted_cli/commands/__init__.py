@@ -97,6 +97,12 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     return [job for batch in batches for job in batch]
 
 
+def check_folder(key: str, path, output_subdir) -> None:
+    """The folder a run writes into is not a file (``output_subdir`` null: the run writes no folder)."""
+    if output_subdir is not None and Path(str(path)).exists() and not Path(str(path)).is_dir():
+        raise ConfigError(f"{key}={path}: is a file; give a folder for the run's results")
+
+
 class Validation(Callback):
     """Validates runs before Hydra writes their folders, and reports failed sweep jobs in one line."""
 
@@ -105,6 +111,7 @@ class Validation(Callback):
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         try:
+            check_folder("hydra.run.dir", config.hydra.run.dir, config.hydra.output_subdir)
             command_module(config_name).validate(task_config(config))
         except LiftedError as err:
             raise Stop(err) from None
@@ -112,6 +119,10 @@ class Validation(Callback):
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
+        try:
+            check_folder("hydra.sweep.dir", config.hydra.sweep.dir, config.hydra.output_subdir)
+        except LiftedError as err:
+            raise Stop(err) from None
         jobs = sweep_jobs(config)
         if jobs is None:
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,14 +25,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..data import ensure_mnist, load_mnist
+from ..data import load_mnist
 from ..errors import ConfigError, InputError
 from ..inversion import INVERSION_METHODS, REGULARIZERS, build_regularizer
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, UnifiedNet, build_network
 from ..nets.architectures import MLP
 from ..registry import Schema, check, check_choice, check_interval, check_nonnegative, check_positive, fail, typed
-from ..runs import (RunConfig, divergence, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
+from ..runs import (RunConfig, divergence, require_mnist, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
                     save_torch, select_device, write_csv, write_json)
 from . import run_task
 
@@ -234,7 +235,7 @@ def make_data(cfg, net: UnifiedNet, side: int, device) -> tuple[torch.Tensor | N
             if truth.shape != (f_delta.shape[0], side * side):
                 raise InputError(f"truth={cfg.truth} has shape {tuple(truth.shape)}; need ({f_delta.shape[0]}, {side * side})")
         return truth, None, f_delta
-    ensure_mnist(cfg.data_root, tuple(cfg.data_sources))
+    require_mnist(cfg)
     x = load_mnist(cfg.data_root, train=False, size=cfg.num_images)
     if side != 28:
         x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1)
@@ -297,7 +298,7 @@ def invert(cfg: DictConfig) -> dict:
         history.append(row)
 
     init = torch.full((f_delta.shape[0], net.blocks[0].in_dim), float(cfg.init), dtype=f_delta.dtype, device=device)
-    bar = tqdm(total=cfg.iterations, desc="invert", disable=not cfg.progress, leave=False)
+    bar = tqdm(total=cfg.iterations, desc="invert", disable=not (cfg.progress and sys.stderr.isatty()), leave=False)
     t0 = time.perf_counter()
     try:
         method = INVERSION_METHODS.get(cfg.method).builder(net, f_delta, reg, cfg, init)

@@ -34,6 +34,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..runs import save_figure, save_image, write_csv, write_text
+
 IGNORED_KEYS = {"seed", "progress", "data_root", "device", "num_samples", "resume", "checkpoint"}
 
 
@@ -83,11 +85,25 @@ class Run:
         return m.get(key, math.nan)
 
 
-def find_runs(folders: list[Path]) -> list[Run]:
+class UnreadableRun:
+    """A run folder whose record cannot be read (corrupt config or metrics): listed, never grouped."""
+
+    finished = False
+    command = None
+
+    def __init__(self, folder: Path, err: Exception):
+        self.folder = folder
+        self.status = f"unreadable ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+
+
+def find_runs(folders: list[Path]) -> list:
     runs = []
     for root in folders:
         for cfg in sorted(root.rglob(".hydra/config.yaml")):
-            runs.append(Run(cfg.parent.parent))
+            try:
+                runs.append(Run(cfg.parent.parent))
+            except (OSError, ValueError, yaml.YAMLError, AttributeError, TypeError) as err:
+                runs.append(UnreadableRun(cfg.parent.parent, err))
     return runs
 
 
@@ -259,18 +275,20 @@ def plot_sweeps(out: Path, swept: list[str], groups: dict[tuple, list[Run]], pre
         ax.legend(fontsize=7)
         fig.tight_layout()
         name = f"psnr_vs_{key.replace('/', '_')}.png"
-        fig.savefig(out / f"{prefix}{name}", dpi=120)
+        save_figure(out / f"{prefix}{name}", fig, dpi=120)
         plt.close(fig)
         written.append(name)
     return written
 
 
 def _history(run: Run) -> list[dict]:
+    """The rows of a run's history.csv as numbers; none when the file is missing or unreadable."""
     path = run.folder / "history.csv"
-    if not path.is_file():
+    try:
+        with open(path, newline="") as f:
+            return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+    except (OSError, ValueError, TypeError, csv.Error):
         return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def plot_curves(out: Path, swept: list[str], groups: dict[tuple, list[Run]]) -> str | None:
@@ -291,8 +309,8 @@ def plot_curves(out: Path, swept: list[str], groups: dict[tuple, list[Run]]) -> 
         n = min(len(h) for h in hists)
         epochs = [int(h["epoch"]) for h in hists[0][:n]] if "epoch" in hists[0][0] else list(range(1, n + 1))
         for ax, col in zip(axes, ("test_psnr", "objective")):
-            col_used = col if col in hists[0][0] and hists[0][0][col] not in ("", None) else "loss"
-            ys = np.array([[float(h[i].get(col_used) or "nan") for i in range(n)] for h in hists])
+            col_used = col if col in hists[0][0] else "loss"
+            ys = np.array([[h[i].get(col_used, math.nan) for i in range(n)] for h in hists])
             with np.errstate(all="ignore"):
                 mean = np.nanmean(ys, axis=0) if np.isfinite(ys).any() else ys[0]
             mask = np.isfinite(mean)
@@ -305,7 +323,7 @@ def plot_curves(out: Path, swept: list[str], groups: dict[tuple, list[Run]]) -> 
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=120)
+    save_figure(out / "curves.png", fig, dpi=120)
     plt.close(fig)
     return "curves.png"
 
@@ -317,7 +335,10 @@ def samples_grid(out: Path, swept: list[str], groups: dict[tuple, list[Run]], na
     for key, members in groups.items():
         for r in members:
             if (r.folder / "samples.png").is_file():
-                tiles.append((_label(swept, key), Image.open(r.folder / "samples.png").convert("L")))
+                try:
+                    tiles.append((_label(swept, key), Image.open(r.folder / "samples.png").convert("L")))
+                except OSError:  # an unreadable picture: the group has none
+                    continue
                 break
     if not tiles:
         return None
@@ -330,7 +351,7 @@ def samples_grid(out: Path, swept: list[str], groups: dict[tuple, list[Run]], na
         draw.text((2, y + 2), label, fill=0)
         canvas.paste(tile, (0, y + 16))
         y += tile.height + 16
-    canvas.save(out / name)
+    save_image(out / name, canvas)
     return name
 
 
@@ -338,8 +359,6 @@ def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tupl
                  pivot: tuple[str, str] | None = None, best: str | None = None) -> str:
     """Write the report folder (one table per command present, and the derived tables asked for) and
     return the Markdown text."""
-    from ..runs import write_csv
-
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Report of {len(runs)} run folders", "",
              f"Sources: {', '.join(str(s) for s in sources)}; written {time.strftime('%Y-%m-%d %H:%M')}. "
@@ -387,7 +406,7 @@ def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tupl
     if pictures:
         lines += ["", "Pictures: " + ", ".join(f"[{p}]({p})" for p in pictures)]
     text = "\n".join(lines) + "\n"
-    (out / "report.md").write_text(text)
+    write_text(out / "report.md", text)
     return text
 
 
@@ -407,6 +426,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--best", metavar="KEY", default=None,
                     help="add, for every setting of the other swept keys, the value of KEY with the best mean PSNR")
     args = ap.parse_args(argv)
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        print(f"lifted report: error: --out {args.out}: is a file; give a folder for the report", file=sys.stderr)
+        return 2
     missing = [str(f) for f in args.folders if not f.is_dir()]
     if missing:
         print(f"lifted report: error: not a folder: {', '.join(missing)}", file=sys.stderr)

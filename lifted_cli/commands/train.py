@@ -23,13 +23,13 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..data import DEGRADATIONS, build_degradation, ensure_mnist, load_mnist
-from ..errors import ConfigError, RunError
+from ..data import DEGRADATIONS, build_degradation, load_mnist
+from ..errors import ConfigError
 from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
 from ..registry import check_choice, check_positive, typed
-from ..runs import (DeferredInterrupt, RunConfig, divergence, load_checkpoint, samples_image, save_image, save_torch,
+from ..runs import (DeferredInterrupt, RunConfig, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
 
@@ -147,7 +147,7 @@ def check_resume_config(cfg, saved: dict) -> None:
         if key in RESUMABLE_CHANGES:
             continue
         if now.get(key) != saved.get(key):
-            raise RunError(
+            raise ConfigError(
                 f"resume={cfg.resume}: {key} differs from the checkpoint ({saved.get(key)} vs {now.get(key)}); "
                 f"only {', '.join(RESUMABLE_CHANGES)} may change on resume"
             )
@@ -188,7 +188,7 @@ def train(cfg: DictConfig) -> dict:
     device = select_device(cfg.device)
     log.info("device: %s (torch %s)", device, torch.__version__)
 
-    source = ensure_mnist(cfg.data_root, tuple(cfg.data_sources))
+    source = require_mnist(cfg)
     log.info("MNIST from %s (%s)", source, cfg.data_root)
     degradation = build_degradation(cfg.dataset)
     x_test, y_test = make_test_set(cfg, degradation, device)
