@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from .commands import COMMANDS, Stop, command_module, one_line
 
@@ -29,22 +28,6 @@ LAUNCHER_PLUGINS = {"joblib": ("hydra_plugins.hydra_joblib_launcher", "parallel"
 
 class UsageError(Exception):
     pass
-
-
-def _resume_args(args: list[str]) -> list[str]:
-    """``resume=<folder>``: replay the run's own overrides and write into the same folder."""
-    import yaml
-
-    value = next(a.split("=", 1)[1] for a in args if a.startswith("resume="))
-    folder = Path(value)
-    if not (folder / "checkpoint.pt").is_file() or not (folder / ".hydra" / "overrides.yaml").is_file():
-        raise UsageError(f"resume={value}: not a run folder with checkpoint.pt and .hydra/overrides.yaml")
-    saved = yaml.safe_load((folder / ".hydra" / "overrides.yaml").read_text()) or []
-    saved = [o for o in saved if not o.startswith("resume=")]
-    given = {a.split("=", 1)[0] for a in args}
-    saved = [o for o in saved if o.split("=", 1)[0] not in given]
-    run_dir = str(folder.resolve()).replace("\\", "\\\\").replace("'", "\\'")
-    return saved + args + [f"hydra.run.dir='{run_dir}'"]
 
 
 def _check_launcher(args: list[str]) -> None:
@@ -83,6 +66,22 @@ def _explain(command: str, args: list[str], message: str) -> str:
     return message
 
 
+def _resume(folder: str, changes: list[str]) -> int:
+    """A resumption runs without Hydra: it is rebuilt from the checkpoint's data (commands.train.resume)."""
+    from .commands.train import report_done, resume
+    from .errors import LiftedError
+
+    try:
+        metrics = resume(folder, changes)
+    except LiftedError as err:
+        print(f"lifted train: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    report_done(metrics["run_dir"], metrics)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -99,9 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if command == "report":  # not a Hydra app: it takes folders, not overrides
         return command_module("report").main(args)
+    resuming = [a for a in args if a.startswith("resume=")]
     try:
-        if command == "train" and any(a.startswith("resume=") for a in args) and not ({"-m", "--multirun"} & set(args)):
-            args = _resume_args(args)
+        if resuming and command == "train" and not set(args) & {"-m", "--multirun", "--help", "-h", "--cfg", "-c"}:
+            return _resume(resuming[-1].split("=", 1)[1], [a for a in args if not a.startswith("resume=")])
+        if resuming:
+            raise UsageError(f"{resuming[-1]}: `lifted train resume=<run folder> [changes]` continues one run; "
+                             "it does not combine with -m or Hydra's flags")
         _check_launcher(args)
     except UsageError as err:
         print(f"lifted {command}: error: {err}", file=sys.stderr)

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 from omegaconf import MISSING
 
 from .data.mnist import DATA_SOURCES
-from .errors import DivergenceError, InputError
+from .errors import ConfigError, DivergenceError, InputError
 from .registry import Schema, check, fail
 
 
@@ -155,12 +156,12 @@ def network_from_checkpoint(path):
     (network, checkpoint)."""
     from omegaconf import OmegaConf
 
-    from .nets import build_network
+    from .nets import ARCHITECTURES, build_network
 
     ckpt, path = load_checkpoint(path)
     if not is_train_checkpoint(ckpt):
         raise InputError(f"{path} is not a lifted train checkpoint")
-    model = build_network(OmegaConf.create(ckpt["config"]["arch"]))
+    model = build_network(ARCHITECTURES.validate(OmegaConf.create(ckpt["config"]["arch"])))
     model.load_state_dict(ckpt["model"])
     return model, ckpt
 
@@ -197,11 +198,96 @@ def samples_image(rows: list[torch.Tensor], scale: int = 3):
 
 
 # ------------------------------------------------------------------------------ run-folder lifecycle
-def remove_unfinished(out: Path) -> None:
-    """Remove a run folder holding only what Hydra wrote before the run started (config, log)."""
-    out = Path(out)
-    if out.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in out.iterdir()):
-        shutil.rmtree(out, ignore_errors=True)
+class RunFolder:
+    """The lifecycle of a run folder: a run writes only into a folder that is new or empty (or the one
+    it resumes), holds an exclusive lock (``.lock``, ``fcntl.flock``) while it writes, and on a refusal
+    or failure removes only what it made: the folder itself when it created it, else the files Hydra
+    and the lock added. The lock file records whether the run created the folder."""
+
+    LOCK = ".lock"
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._fd = None
+
+    @staticmethod
+    def check_free(key: str, path) -> None:
+        """Refuse a folder that is a file or already holds files (another run's results, a user's notes)."""
+        path = Path(str(path))
+        if path.exists() and not path.is_dir():
+            fail(key, path, "is a file; give a folder for the run's results")
+        if path.is_dir() and any(path.iterdir()):
+            fail(key, path, "holds files already; continue a run with resume=<its folder>, or give a new or empty folder")
+
+    def claim(self) -> "RunFolder":
+        """Create the folder if needed and take its lock (ConfigError when another run holds it)."""
+        import fcntl
+
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise RunFolderBusy(f"run folder {self.path} is in use by another run (it holds the lock {self.path / self.LOCK})") from None
+        previous = os.read(fd, 4096)
+        if previous:  # a run killed without releasing: its record of who created the folder stands
+            created = json.loads(previous.decode() or "{}").get("created", False)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "created": created}).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """The run is done: drop the lock and its file."""
+        if self._fd is not None:
+            (self.path / self.LOCK).unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+    def remove_unfinished(self) -> None:
+        """Remove what a refused or failed run made before it wrote a result: its folder when it
+        created it and nothing else is inside, else only the Hydra record, the log and the lock."""
+        if not self.path.is_dir():
+            return
+        lock = self.path / self.LOCK
+        try:
+            created = json.loads(lock.read_text() or "{}").get("created", False) if lock.is_file() else True
+        except (OSError, ValueError):
+            created = False
+        ours = [p for p in self.path.iterdir() if p.name in (".hydra", self.LOCK) or p.suffix == ".log"]
+        if created and len(ours) == len(list(self.path.iterdir())):
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for p in ours:
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        self._fd = None
+
+    def sweep_temporaries(self) -> list[str]:
+        """Remove the temporary files of interrupted atomic writes (``.<name>.*.tmp``)."""
+        stale = [p for p in self.path.glob(".*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink()
+        return [p.name for p in stale]
+
+
+def configure_logging(logfile: Path) -> None:
+    """INFO to the console and to ``logfile`` (appended), in the format of Hydra's job logging
+    (``configs/hydra/job_logging/train.yaml``), for a run that Hydra does not start (a resumption)."""
+    import logging
+
+    fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(logfile, mode="a")):
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+
+
+class RunFolderBusy(ConfigError):
+    """Another run holds the folder's lock: nothing of the folder is this run's to remove."""
 
 
 def divergence(what: str, checkpoint: Path | None = None) -> DivergenceError:

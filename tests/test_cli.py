@@ -103,7 +103,7 @@ def test_resume_cli_equals_uninterrupted(tmp_path, fake_mnist):
     assert full["test"] == part["test"] and full["train"] == part["train"]
     assert len(list(csv.DictReader((tmp_path / "part" / "history.csv").open()))) == 3
     proc = run(["train", "resume=part", "seed=7"], tmp_path, check=False)
-    assert proc.returncode == 2 and "seed differs" in proc.stderr
+    assert proc.returncode == 2 and "seed=7 cannot change on resume" in proc.stderr
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from lifted_cli.errors import ConfigError, DivergenceError, InputError
-from lifted_cli.runs import (DeferredInterrupt, check_device, divergence, load_checkpoint, load_tensor, read_csv,
-                             remove_unfinished, select_device, write_csv, write_json, save_torch)
+from lifted_cli.runs import (DeferredInterrupt, RunFolder, check_device, divergence, load_checkpoint, load_tensor, read_csv,
+                             save_torch, select_device, write_csv, write_json)
 
 
 def test_atomic_writes_leave_no_temporary_file_and_keep_the_old_content_on_failure(tmp_path):
@@ -60,17 +60,37 @@ def test_divergence_names_a_checkpoint_only_when_there_is_one(tmp_path):
     assert str(tmp_path / "checkpoint.pt") in str(divergence("x diverged", tmp_path / "checkpoint.pt"))
 
 
-def test_remove_unfinished_removes_only_a_folder_of_hydra_files(tmp_path):
-    started = tmp_path / "started"
-    (started / ".hydra").mkdir(parents=True)
-    (started / "train.log").write_text("")
-    remove_unfinished(started)
-    assert not started.exists()
-    kept = tmp_path / "kept"
-    (kept / ".hydra").mkdir(parents=True)
-    (kept / "checkpoint.pt").write_bytes(b"")
-    remove_unfinished(kept)
-    assert (kept / "checkpoint.pt").exists()
+def test_a_run_folder_removes_only_what_its_run_made(tmp_path):
+    made = RunFolder(tmp_path / "made").claim()  # the run creates the folder: it goes entirely
+    (made.path / ".hydra").mkdir()
+    (made.path / "train.log").write_text("")
+    made.remove_unfinished()
+    assert not made.path.exists()
+    (tmp_path / "given").mkdir()  # an empty folder the user gave: it stays, empty
+    given = RunFolder(tmp_path / "given").claim()
+    (given.path / ".hydra").mkdir()
+    given.remove_unfinished()
+    assert given.path.is_dir() and not any(given.path.iterdir())
+    kept = RunFolder(tmp_path / "kept").claim()  # a result was written: only the run's record goes
+    (kept.path / "checkpoint.pt").write_bytes(b"")
+    kept.remove_unfinished()
+    assert [p.name for p in kept.path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_check_free_and_the_lock(tmp_path):
+    RunFolder.check_free("hydra.run.dir", tmp_path / "new")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        RunFolder.check_free("hydra.run.dir", tmp_path / "file")
+    with pytest.raises(ConfigError, match="holds files already"):
+        RunFolder.check_free("hydra.run.dir", tmp_path)
+    a = RunFolder(tmp_path / "run").claim()
+    with pytest.raises(ConfigError, match="in use"):
+        RunFolder(tmp_path / "run").claim()
+    a.release()
+    RunFolder(tmp_path / "run").claim().release()
+    (tmp_path / "run" / ".metrics.json.x1.tmp").write_text("")
+    assert RunFolder(tmp_path / "run").sweep_temporaries() == [".metrics.json.x1.tmp"]
 
 
 def test_a_first_interrupt_is_deferred_and_a_second_one_is_not():

@@ -177,3 +177,124 @@ def test_bad_values_rejected_with_one_line(compose_train, overrides, fragment):
         validate(cfg)
     assert fragment in str(err.value) and "\n" not in str(err.value)
 
+
+
+# ------------------------------------------------------------------------------- run folders
+def _tiny_run(folder, fake_mnist, *more):
+    from lifted_cli.cli import main
+
+    assert main(["train", f"data_root={fake_mnist}", "train_size=32", "test_size=8", "epochs=1", "batch_size=16",
+                 "arch.hidden=[8]", "progress=false", "num_samples=0", f"hydra.run.dir={folder}", *more]) == 0
+
+
+def _digest(folder: Path) -> dict:
+    import hashlib
+
+    return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_resume_replays_no_override_of_the_folder_and_runs_no_code(tmp_path, fake_mnist, monkeypatch, capsys):
+    """A received folder whose .hydra/overrides.yaml asks Hydra to open a file: resume rebuilds the run
+    from the checkpoint's data, so no file is created; a checkpoint config naming code is refused."""
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_run("runA", fake_mnist)
+    victim = tmp_path / "victim.txt"
+    evil = ["+hydra.callbacks.x._target_=builtins.open", f"+hydra.callbacks.x._args_=[{victim},w]"]
+    overrides = tmp_path / "runA" / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + "".join(f"- {o}\n" for o in evil))
+    assert main(["train", "resume=runA", "epochs=2"]) == 0
+    assert not victim.exists()
+    ckpt = torch.load(tmp_path / "runA" / "checkpoint.pt", weights_only=True)
+    ckpt["config"]["arch"]["_target_"] = "os.system"
+    torch.save(ckpt, tmp_path / "runA" / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "resume=runA", "epochs=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "arch._target_" in err and "unknown key" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["scheme=backprop", "seed=3", "+hydra.job.name=x", "epochs=abc"])
+def test_a_refused_resume_leaves_the_folder_byte_identical(tmp_path, fake_mnist, monkeypatch, capsys, change):
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_run("runA", fake_mnist)
+    before = _digest(tmp_path / "runA")
+    assert main(["train", "resume=runA", change]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert _digest(tmp_path / "runA") == before
+    assert main(["train", "resume=runA", "epochs=2"]) == 0  # the plain resume still works
+
+
+@pytest.mark.slow
+def test_an_interrupted_extension_is_not_reported_finished(tmp_path, fake_mnist, monkeypatch):
+    """A finished run extended with more epochs and interrupted: its metrics.json (of the old end) is
+    gone, so `lifted report` counts it unfinished; stale temporaries of a killed write are swept."""
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_run("runA", fake_mnist)
+    (tmp_path / "runA" / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    real_build = train_module.build
+
+    def build(cfg, device):
+        model, scheme, solver = real_build(cfg, device)
+        real_step = solver.step
+
+        def interrupted(y, x):
+            os.kill(os.getpid(), signal.SIGINT)
+            return real_step(y, x)
+
+        solver.step = interrupted
+        return model, scheme, solver
+
+    monkeypatch.setattr(train_module, "build", build)
+    assert main(["train", "resume=runA", "epochs=4"]) == 130
+    folder = tmp_path / "runA"
+    assert not (folder / "metrics.json").exists() and not list(folder.glob(".*.tmp")) and not (folder / ".lock").exists()
+    assert torch.load(folder / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    from lifted_cli.commands.report import find_runs
+
+    (run,) = find_runs([tmp_path])
+    assert not run.finished and run.status.startswith("unfinished")
+
+
+@pytest.mark.slow
+def test_an_occupied_folder_is_refused_and_a_busy_one_untouched(tmp_path, fake_mnist, monkeypatch, capsys):
+    from lifted_cli.cli import main
+    from lifted_cli.runs import RunFolder
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_run("done", fake_mnist)
+    before = _digest(tmp_path / "done")
+    assert main(["train", "hydra.run.dir=done"]) == 2 and "holds files already" in capsys.readouterr().err
+    assert _digest(tmp_path / "done") == before
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "ideas.log").write_text("mine")
+    assert main(["train", "hydra.run.dir=notes"]) == 2 and (notes / "ideas.log").read_text() == "mine"
+    busy = RunFolder(tmp_path / "busy").claim()  # another run holds the lock of this folder
+    try:
+        with pytest.raises(Exception, match="in use by another run"):
+            RunFolder(tmp_path / "busy").claim()
+    finally:
+        busy.release()
+    assert not (tmp_path / "busy" / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_run_removes_only_what_it_made(tmp_path, fake_mnist, monkeypatch):
+    """A combination refused when the components are built (after Hydra made the folder): a folder the
+    run created goes; a user's empty folder stays, emptied of the run's files."""
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    bad = ["scheme=fenchel", "arch=proxnet", f"data_root={fake_mnist}"]
+    assert main(["train", *bad, "hydra.run.dir=new"]) == 2 and not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    assert main(["train", *bad, "hydra.run.dir=mine"]) == 2
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())

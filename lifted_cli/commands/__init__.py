@@ -32,7 +32,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, LiftedError
-from ..runs import remove_unfinished
+from ..runs import RunFolder, RunFolderBusy
 
 COMMANDS = {
     "train": "train a network (scheme, architecture, dataset, solver chosen by overrides)",
@@ -97,30 +97,33 @@ def sweep_jobs(config: DictConfig) -> list[list[str]] | None:
     return [job for batch in batches for job in batch]
 
 
-def check_folder(key: str, path, output_subdir) -> None:
-    """The folder a run writes into is not a file (``output_subdir`` null: the run writes no folder)."""
-    if output_subdir is not None and Path(str(path)).exists() and not Path(str(path)).is_dir():
-        raise ConfigError(f"{key}={path}: is a file; give a folder for the run's results")
-
-
 class Validation(Callback):
     """Validates runs before Hydra writes their folders, and reports failed sweep jobs in one line."""
 
     def __init__(self) -> None:
         self.reported: set[int] = set()  # sweep jobs already named invalid before the sweep started
+        self.folder: RunFolder | None = None  # the single run's folder, locked from here to its end
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         try:
-            check_folder("hydra.run.dir", config.hydra.run.dir, config.hydra.output_subdir)
+            writes = config.hydra.output_subdir is not None  # `lifted data` writes no run folder
+            if writes:
+                RunFolder.check_free("hydra.run.dir", config.hydra.run.dir)
             command_module(config_name).validate(task_config(config))
+            if writes:
+                self.folder = RunFolder(config.hydra.run.dir).claim()
         except LiftedError as err:
             raise Stop(err) from None
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.folder is not None:
+            self.folder.release()
 
     def on_multirun_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
         try:
-            check_folder("hydra.sweep.dir", config.hydra.sweep.dir, config.hydra.output_subdir)
+            RunFolder.check_free("hydra.sweep.dir", config.hydra.sweep.dir)
         except LiftedError as err:
             raise Stop(err) from None
         jobs = sweep_jobs(config)
@@ -152,18 +155,25 @@ class Validation(Callback):
         err.reported = True
 
 
-def run_task(cfg: DictConfig, validate, work, folder: str | None = None):
-    """The body of a Hydra task function: a multirun job validates itself (a single run was
-    validated before its folder existed); a refused or failed run leaves no ``folder`` behind (a
-    resumed run passes none: it keeps its checkpoint). A failed sweep job raises its error, so
-    that the sweep goes on and ends with the first failure's exit status; a single run stops."""
+def run_task(cfg: DictConfig, validate, work):
+    """The body of a Hydra task function. A single run was validated, and its folder claimed, before
+    Hydra wrote anything; a multirun job claims its folder and validates itself (it may come from
+    another sweeper). A refused or failed run removes what it made (``RunFolder.remove_unfinished``).
+    A failed sweep job raises its error, so that the sweep goes on and ends with the first failure's
+    exit status; a single run stops."""
+    folder = RunFolder(cfg.output_dir) if "output_dir" in cfg else None
     try:
         if is_multirun():
+            if folder is not None:
+                folder.claim()
             validate(cfg)
-        return work(cfg)
+        result = work(cfg)
     except LiftedError as err:
-        if folder is not None:
-            remove_unfinished(Path(folder))
+        if folder is not None and not isinstance(err, RunFolderBusy):
+            folder.remove_unfinished()
         if is_multirun():
             raise
         raise Stop(err) from None
+    if folder is not None and is_multirun():
+        folder.release()
+    return result

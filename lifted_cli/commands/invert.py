@@ -157,7 +157,11 @@ def checkpoint_network(cfg) -> tuple[UnifiedNet, dict]:
     """A ``lifted train`` checkpoint (rebuilt from it alone) or a plain state_dict described by ``arch``."""
     ckpt, path = load_checkpoint(Path(cfg.checkpoint))
     if is_train_checkpoint(ckpt):
-        arch, state, source = OmegaConf.create(ckpt["config"]["arch"]), ckpt["model"], "lifted train checkpoint"
+        try:  # the checkpoint's data only: its arch node is checked like any config (no unknown key, no code)
+            arch = ARCHITECTURES.validate(OmegaConf.create(ckpt["config"]["arch"]))
+        except (ConfigError, KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{path}: its network description is not usable ({err})") from None
+        state, source = ckpt["model"], "lifted train checkpoint"
     elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         if cfg.arch is None:
             raise InputError(f"{path} is a plain state_dict: describe the network with arch=sequential "
@@ -342,7 +346,7 @@ def invert(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path="pkg://lifted_cli.configs", config_name="invert")
 def app(cfg: DictConfig) -> float | None:
-    metrics = run_task(cfg, validate, invert, folder=cfg.output_dir)
+    metrics = run_task(cfg, validate, invert)
     rec = metrics.get("recovered")
     quality = f"recovered PSNR {rec['psnr']['mean']:.2f} dB, SSIM {rec['ssim']['mean']:.4f}, " if rec else ""
     print(f"lifted invert: done in {cfg.output_dir}: {quality}relative residual {metrics['residual']:.4g}, "

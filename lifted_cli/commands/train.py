@@ -24,7 +24,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ..data import DEGRADATIONS, build_degradation, load_mnist
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
@@ -294,10 +294,63 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="pkg://lifted_cli.configs", config_name="train")
-def app(cfg: DictConfig) -> float:
-    metrics = run_task(cfg, validate, train, folder=None if cfg.resume else cfg.output_dir)
+def resume(folder: str, changes: list[str]) -> dict:
+    """``lifted train resume=<folder> [changes]``: continue a run from the data of its checkpoint.
+
+    The run is rebuilt from the checkpoint's own resolved config (loaded with ``weights_only=True``);
+    nothing of the folder's ``.hydra`` record is replayed, so a received folder cannot name code. Only
+    ``RESUMABLE_CHANGES`` may be given; the config is validated like any run's (an unknown key, such
+    as ``_target_`` or ``hydra``, is refused). Nothing in the folder changes until the resumption is
+    accepted; then the folder is locked, its ``metrics.json`` (which described the previous end) and
+    stale temporaries are removed, its ``.hydra`` record is updated, and training continues."""
+    from ..runs import RunFolder, configure_logging, write_text
+
+    path = Path(folder)
+    try:
+        ckpt, _ = load_checkpoint(path / "checkpoint.pt")
+    except InputError as err:
+        raise ConfigError(f"resume={folder}: {err}") from None
+    saved = ckpt.get("config") if isinstance(ckpt, dict) else None
+    if not isinstance(saved, dict) or "scheme" not in ckpt:
+        raise ConfigError(f"resume={folder}: its checkpoint.pt is not a checkpoint of this version of lifted train")
+    allowed = [k for k in RESUMABLE_CHANGES if k not in ("resume", "output_dir")]
+    for change in changes:
+        key = change.split("=", 1)[0]
+        if key not in allowed:
+            raise ConfigError(f"resume={folder}: {change} cannot change on resume; only {', '.join(allowed)} may "
+                              "(the run is rebuilt from its checkpoint)")
+    try:
+        given = OmegaConf.from_dotlist(changes)
+    except Exception as err:
+        raise ConfigError(f"resume={folder}: {' '.join(changes)}: {str(err).splitlines()[0]}") from None
+    cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in saved.items() if k != "output_dir"}), given)
+    cfg.resume, cfg.output_dir = str(path), str(path)
+    validate(cfg)
+    check_resume_config(cfg, saved)
+    run = RunFolder(path).claim()
+    try:
+        (path / "metrics.json").unlink(missing_ok=True)  # it described the end of the previous run
+        run.sweep_temporaries()
+        record = path / ".hydra"
+        write_text(record / "config.yaml", OmegaConf.to_yaml(cfg))
+        overrides = [o for o in OmegaConf.to_container(OmegaConf.load(record / "overrides.yaml"))
+                     if o.split("=", 1)[0] not in given] if (record / "overrides.yaml").is_file() else []
+        write_text(record / "overrides.yaml", OmegaConf.to_yaml(overrides + changes))
+        configure_logging(path / "train.log")
+        metrics = train(cfg)
+    finally:
+        run.release()
+    return metrics
+
+
+def report_done(output_dir, metrics: dict) -> float:
+    """The closing line of a run on stdout; returns its test PSNR."""
     t, n = metrics["test"], metrics["no_learning"]
-    print(f"lifted train: done in {cfg.output_dir}: test PSNR {t['psnr']['mean']:.2f} dB, SSIM {t['ssim']['mean']:.4f} "
+    print(f"lifted train: done in {output_dir}: test PSNR {t['psnr']['mean']:.2f} dB, SSIM {t['ssim']['mean']:.4f} "
           f"(degraded input: {n['psnr']['mean']:.2f} dB, {n['ssim']['mean']:.4f})")
     return t["psnr"]["mean"]
+
+
+@hydra.main(version_base="1.3", config_path="pkg://lifted_cli.configs", config_name="train")
+def app(cfg: DictConfig) -> float:
+    return report_done(cfg.output_dir, run_task(cfg, validate, train))
