@@ -219,11 +219,12 @@ class RunFolder:
         if path.is_dir() and any(path.iterdir()):
             fail(key, path, "holds files already; continue a run with resume=<its folder>, or give a new or empty folder")
 
-    def claim(self) -> "RunFolder":
-        """Create the folder if needed and take its lock (ConfigError when another run holds it)."""
+    def claim(self, created: bool | None = None) -> "RunFolder":
+        """Create the folder if needed and take its lock (ConfigError when another run holds it).
+        ``created``: whether this run made the folder (default: it did not exist before)."""
         import fcntl
 
-        created = not self.path.exists()
+        created = not self.path.exists() if created is None else created
         self.path.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:

@@ -164,8 +164,8 @@ def run_task(cfg: DictConfig, validate, work):
     folder = RunFolder(cfg.output_dir) if "output_dir" in cfg else None
     try:
         if is_multirun():
-            if folder is not None:
-                folder.claim()
+            if folder is not None:  # made by Hydra for this job, inside a sweep folder that was new or empty
+                folder.claim(created=True)
             validate(cfg)
         result = work(cfg)
     except LiftedError as err:
