@@ -160,4 +160,9 @@ class Registry:
         return merged
 
     def build(self, node, *args, **kwargs):
-        return self.entry(node).builder(node, *args, **kwargs)
+        """The component of ``node``, built from the node completed with its schema's defaults (a YAML
+        or an older checkpoint may leave keys out)."""
+        entry = self.entry(node)
+        if entry.schema is not None:
+            node = OmegaConf.merge(OmegaConf.structured(entry.schema), node)
+        return entry.builder(node, *args, **kwargs)

@@ -41,10 +41,18 @@ def test_the_same_seed_builds_the_same_weights():
     ({"name": "conv_autoencoder", "channels": [4, 4, 4]}, "arch.channels"),
     ({"name": "conv_autoencoder", "code": 0}, "arch.code=0"),
     ({"name": "sequential", "widths": [784, 9, 784], "activations": ["relu"]}, "arch.activations"),
-    ({"name": "mlp", "depth": 3}, "arch.depth"),
+    ({"name": "mlp", "depth": 0}, "arch.depth=0"),
+    ({"name": "mlp", "width": 3, "depth": 2, "layer_activations": ["relu"]}, "arch.layer_activations"),
     ({"name": "transformer"}, "arch.name=transformer"),
 ])
 def test_bad_values_are_refused_with_one_line(cfg, fragment):
     with pytest.raises(ConfigError) as err:
         ARCHITECTURES.validate(OmegaConf.create(cfg))
     assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_mlp_depth_and_width_give_equal_hidden_layers():
+    node = ARCHITECTURES.validate(OmegaConf.create({"name": "mlp", "depth": 5, "width": 7, "hidden": [3]}))
+    model = ARCHITECTURES.build(node)
+    assert [b.out_dim for b in model.blocks] == [7, 7, 7, 7, 7, 784] and model.blocks[0].in_dim == 784
+    assert [b.act.name for b in model.blocks] == ["relu"] * 5 + ["identity"]

@@ -79,11 +79,12 @@ def test_test_set_identical_across_schemes_and_seeds(compose_train, fake_mnist):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scheme,arch", [("backprop", "mlp"), ("bregman", "mlp"), ("mac", "resnet"),
-                                         ("contrastive", "proxnet"), ("bregman", "unrolled_pnn")])
-def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_train, monkeypatch, scheme, arch):
+@pytest.mark.parametrize("scheme,arch,extra", [("backprop", "mlp", []), ("bregman", "mlp", []), ("mac", "resnet", []),
+                                               ("contrastive", "proxnet", []), ("bregman", "unrolled_pnn", []),
+                                               ("bregman", "mlp", ["solver.warm_start=persistent"])])
+def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_train, monkeypatch, scheme, arch, extra):
     ov = [f"scheme={scheme}", f"data_root={fake_mnist}", "train_size=64", "test_size=8", "epochs=2", "batch_size=8",
-          *TRAIN_ARCHS[arch], "progress=false", "num_samples=2"]
+          *TRAIN_ARCHS[arch], "progress=false", "num_samples=2", *extra]
     full = train(compose_train(ov, output_dir=tmp_path / "full"))
 
     calls = {"n": 0}
@@ -93,11 +94,11 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_
         model, scheme, solver = real_build(cfg, device)
         real_step = solver.step
 
-        def flaky(y, x):
+        def flaky(y, x, idx=None):
             calls["n"] += 1
             if calls["n"] == 11:
                 os.kill(os.getpid(), signal.SIGINT)
-            return real_step(y, x)
+            return real_step(y, x, idx)
 
         solver.step = flaky
         return model, scheme, solver
@@ -245,9 +246,9 @@ def test_an_interrupted_extension_is_not_reported_finished(tmp_path, fake_mnist,
         model, scheme, solver = real_build(cfg, device)
         real_step = solver.step
 
-        def interrupted(y, x):
+        def interrupted(y, x, idx=None):
             os.kill(os.getpid(), signal.SIGINT)
-            return real_step(y, x)
+            return real_step(y, x, idx)
 
         solver.step = interrupted
         return model, scheme, solver

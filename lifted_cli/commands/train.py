@@ -198,6 +198,9 @@ def train(cfg: DictConfig) -> dict:
 
     torch.manual_seed(cfg.seed)
     model, scheme, solver = build(cfg, device)
+    aux_bytes = solver.prepare(n_train)
+    if aux_bytes:
+        log.info("persistent auxiliary variables: %.3f GB on %s (%d samples)", aux_bytes / 1e9, device, n_train)
     gen_perm = torch.Generator().manual_seed(cfg.seed)
     gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     at = restore(cfg, model, scheme, solver, gen_perm, gen_noise, device) if cfg.resume else Progress()
@@ -227,15 +230,16 @@ def train(cfg: DictConfig) -> dict:
                     noise_state = gen_noise.get_state()
                     if stop.requested:
                         raise KeyboardInterrupt
-                    x = x_train[at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)]
-                    stats = solver.step(degradation.measure(x, gen_noise), x)
+                    idx = at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
+                    x = x_train[idx]
+                    stats = solver.step(degradation.measure(x, gen_noise), x, idx)
                     if not all(math.isfinite(v) for v in stats.values()):
                         raise divergence(f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats})",
                                          out / "checkpoint.pt")
                     for k, v in stats.items():
                         sums[k] = sums.get(k, 0.0) + v
                     bar.update(1)
-                    bar.set_postfix(loss=f"{stats['loss']:.4g}")
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("loss", "objective")})
                 else:
                     b = batches
             except KeyboardInterrupt:
@@ -263,10 +267,10 @@ def train(cfg: DictConfig) -> dict:
             log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
     finally:
         stop.restore()
-    return finish(cfg, out, model, scheme, solver, device, at.history, x_test, y_test, n_train)
+    return finish(cfg, out, model, scheme, solver, device, at.history, x_test, y_test, n_train, aux_bytes)
 
 
-def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_test, n_train) -> dict:
+def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_test, n_train, aux_bytes: int = 0) -> dict:
     """The final evaluation: metrics.json (with the no-learning row) and samples.png."""
     psnr_in, ssim_in = per_image_metrics(y_test, x_test)
     trained = [r["seconds"] for r in history]
@@ -286,6 +290,7 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "test_images": int(x_test.shape[0]),
         "metric_implementation": IMPLEMENTATION,
         "hyperparameters": {**scheme.hyperparameters(), "solver": solver.hyperparameters()},
+        "aux_memory_gb": aux_bytes / 1e9,
     }
     if cfg.num_samples > 0:
         k = min(cfg.num_samples, x_test.shape[0])

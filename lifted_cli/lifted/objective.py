@@ -120,9 +120,10 @@ class LiftedProblem:
                 st.u[l] = value
 
     @torch.no_grad()
-    def refresh(self, st: LiftedState, first: int = 1) -> None:
-        """Recompute the cached pre-activations a_l, l >= ``first``, for the current U, W."""
-        for l in range(first, self.L + 1):
+    def refresh(self, st: LiftedState, first: int = 1, last: int | None = None) -> None:
+        """Recompute the cached pre-activations a_l, ``first`` <= l <= ``last`` (default L), for the
+        current U, W."""
+        for l in range(first, (self.L if last is None else last) + 1):
             st.a[l] = self.blocks[l - 1].pre(st.u[l - 1], st.y)
 
     def residual(self, st: LiftedState, l: int) -> torch.Tensor:

@@ -41,7 +41,12 @@ from .objective import LiftedProblem, LiftedState
 #: the solvers by name; ``info["form"]``: the scheme interface each one minimises
 SOLVERS = Registry("solver")
 
-LAYER_ORDERS = ("gauss_seidel", "jacobi")
+#: where a mini-batch's auxiliary variables start: a forward pass, or the values they had when the
+#: same samples were last seen (set once by a forward pass, kept for every training sample)
+WARM_STARTS = ("forward", "persistent")
+
+#: X-sweep orders: top-down one variable after another; all at once; odd layers at once, then even ones
+LAYER_ORDERS = ("gauss_seidel", "jacobi", "red_black")
 
 
 def check_momentum(key: str, value) -> None:
@@ -86,7 +91,11 @@ class GradientSolver:
         self.scheme = scheme
         self.optimizer = optimizer
 
-    def step(self, y: torch.Tensor, x: torch.Tensor) -> dict:
+    def prepare(self, n_samples: int) -> int:
+        """Nothing is kept per training sample: 0 bytes."""
+        return 0
+
+    def step(self, y: torch.Tensor, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         stats = self.scheme.gradient(y, x)
         self.optimizer.step()
@@ -198,9 +207,17 @@ class AuxiliaryUpdater:
         if self.order == "gauss_seidel":
             for kind, l in variables:
                 p.set_var(st, kind, l, update(kind, l))
-        else:
+        elif self.order == "jacobi":
             for (kind, l), v in [(var, update(*var)) for var in variables]:
                 p.set_var(st, kind, l, v)
+        else:  # red_black: odd and even layers share no term, so each half is a Jacobi step on separate blocks
+            for parity in (1, 0):
+                group = [var for var in variables if var[1] % 2 == parity]
+                if parity == 0:  # the even layers' inputs (odd states) have moved
+                    for l in sorted({l for _, l in group}):
+                        p.refresh(st, first=l, last=l)
+                for (kind, l), v in [(var, update(*var)) for var in group]:
+                    p.set_var(st, kind, l, v)
 
     def state_dict(self) -> dict:
         return {"vectors": {f"{w}:{l}": v for (w, l), v in self.vectors.items()}}
@@ -224,6 +241,8 @@ class LiftedSolverConfig(Schema):
     step_safety: float = 0.9
     power_iters: int = 2
     x_step: Optional[float] = None
+    warm_start: str = "forward"
+    aux_memory_gb: float = 4.0
 
     def validate(self):
         for key in ("n_inner", "x_sweeps", "power_iters"):
@@ -231,6 +250,8 @@ class LiftedSolverConfig(Schema):
         check_interval("step_safety", self.step_safety, 0.0, 1.0, closed_low=False, closed_high=True)
         check_choice("layer_order", self.layer_order, LAYER_ORDERS)
         check_positive("x_step", self.x_step, allow_none=True)
+        check_choice("warm_start", self.warm_start, WARM_STARTS)
+        check_positive("aux_memory_gb", self.aux_memory_gb)
 
 
 @dataclass
@@ -265,6 +286,62 @@ class LiftedSolver:
         self.optimizer = self._make_optimizer(groups)
         self.gamma = [1.0] * problem.L  # last accepted backtracking step per block
         self.grow = [True] * problem.L  # the last search accepted its first trial: try a longer step
+        self.aux: dict | None = None  # persistent warm start: every training sample's free variables
+        self.seen: torch.Tensor | None = None
+
+    def prepare(self, n_samples: int) -> int:
+        """With ``warm_start=persistent``, room for the free auxiliary variables of ``n_samples``
+        training samples on the training device; returns its size in bytes. ConfigError (one line) when
+        it exceeds ``aux_memory_gb``."""
+        if self.cfg.warm_start != "persistent":
+            return 0
+        p = self.problem
+        ref = p.block_params(1)[0]
+        dims = {var: (p.blocks[var[1] - 1].out_dim if var[0] == "u" or not p.blocks[var[1] - 1].has_state
+                      else p.blocks[var[1] - 1].z_dim) for var in p.variables()}
+        size = n_samples * sum(dims.values()) * ref.element_size()
+        if size > self.cfg.aux_memory_gb * 1e9:
+            from ..registry import fail
+
+            fail("solver.aux_memory_gb", self.cfg.aux_memory_gb,
+                 f"the persistent auxiliaries of {n_samples} samples need {size / 1e9:.2f} GB; raise it, train on fewer "
+                 "images (train_size) or use solver.warm_start=forward")
+        self.aux = {var: torch.zeros(n_samples, d, dtype=ref.dtype, device=ref.device) for var, d in dims.items()}
+        self.seen = torch.zeros(n_samples, dtype=torch.bool, device=ref.device)
+        return size
+
+    @torch.no_grad()
+    def _warm_start(self, y: torch.Tensor, x: torch.Tensor, idx: torch.Tensor | None) -> LiftedState:
+        """The batch's auxiliary variables: a forward pass, with the stored values of the samples
+        already seen in place of it under ``warm_start=persistent``."""
+        p = self.problem
+        if self.aux is None or idx is None:
+            return p.init_state(y, x)
+        seen = self.seen[idx]
+        if bool(seen.all()):  # no forward pass: the state starts from the stored variables
+            u = [p.model.input_state(y)] + [None] * p.L
+            st = LiftedState(y=y, target=x, u=u, z=[None] * (p.L + 1), a=[None] * (p.L + 1), forward_loss=float("nan"))
+            if p.output == "clamped":
+                st.u[p.L] = x.clone()
+                if not p.blocks[-1].has_state:
+                    st.z[p.L] = st.u[p.L]
+        else:
+            st = p.init_state(y, x)
+        for (kind, l), store in self.aux.items():
+            value = store[idx]
+            if not bool(seen.all()):
+                current = st.u[l] if kind == "u" else st.z[l]
+                value = torch.where(seen[:, None], value, current)
+            p.set_var(st, kind, l, value)
+        p.refresh(st)
+        return st
+
+    def _store(self, st: LiftedState, idx: torch.Tensor | None) -> None:
+        if self.aux is None or idx is None:
+            return
+        for (kind, l), store in self.aux.items():
+            store[idx] = st.u[l] if kind == "u" else st.z[l]
+        self.seen[idx] = True
 
     def _make_optimizer(self, groups):
         return torch.optim.SGD(groups, lr=1.0)
@@ -317,10 +394,11 @@ class LiftedSolver:
 
     # ---------------------------------------------------------------------------- one batch
     @torch.no_grad()
-    def step(self, y: torch.Tensor, x: torch.Tensor) -> dict:
-        """One mini-batch from degraded inputs ``y`` to clean targets ``x`` (both (B, 1, 28, 28))."""
+    def step(self, y: torch.Tensor, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict:
+        """One mini-batch from degraded inputs ``y`` to clean targets ``x`` (both (B, 1, 28, 28));
+        ``idx``: the samples' indices in the training set (for the persistent warm start)."""
         p = self.problem
-        st = p.init_state(y.reshape(y.shape[0], -1), x.reshape(x.shape[0], -1))
+        st = self._warm_start(y.reshape(y.shape[0], -1), x.reshape(x.shape[0], -1), idx)
         self.begin_batch()
         for k in range(self.cfg.n_inner):
             self.xs.invalidate()
@@ -336,6 +414,9 @@ class LiftedSolver:
                 objective, gap = p.objective(st), p.hidden_gap(st)
             self.w_step(st)
             p.model.project()
+        self._store(st, idx)
+        if self.aux is not None:  # no forward pass, so no forward loss: the objective is the statistic
+            return {"objective": objective, "gap": gap}
         return {"loss": st.forward_loss, "objective": objective, "gap": gap}
 
     def begin_batch(self) -> None:
@@ -345,13 +426,23 @@ class LiftedSolver:
         pass
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "xs": self.xs.state_dict(), "gamma": list(self.gamma), "grow": list(self.grow)}
+        state = {"optimizer": self.optimizer.state_dict(), "xs": self.xs.state_dict(), "gamma": list(self.gamma),
+                 "grow": list(self.grow)}
+        if self.aux is not None:
+            state["aux"] = {f"{kind}:{l}": t for (kind, l), t in self.aux.items()}
+            state["seen"] = self.seen
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.xs.load_state_dict(state["xs"])
         self.gamma = list(state["gamma"])
         self.grow = list(state["grow"])
+        if self.aux is not None and "aux" in state:
+            for key, t in state["aux"].items():
+                kind, l = key.split(":")
+                self.aux[(kind, int(l))].copy_(t)
+            self.seen.copy_(state["seen"])
 
     def hyperparameters(self) -> dict:
         return OmegaConf.to_container(self.cfg, resolve=True)

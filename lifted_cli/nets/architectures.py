@@ -58,20 +58,30 @@ def MLP(widths: list[int], activations: list[str]) -> UnifiedNet:
 class MLPConfig(Schema):
     name: str = "mlp"
     hidden: List[int] = field(default_factory=lambda: [512, 512])
+    depth: Optional[int] = None
+    width: int = 512
     activation: str = "relu"
     layer_activations: Optional[List[str]] = None
     output_activation: str = "identity"
 
+    def widths(self) -> list[int]:
+        """The hidden widths: ``depth`` layers of ``width`` when ``depth`` is set, else ``hidden``."""
+        return [self.width] * self.depth if self.depth is not None else list(self.hidden)
+
     def activations(self) -> list[str]:
         """Per-layer activation specs: the hidden layers, then the output layer."""
-        hidden = list(self.layer_activations) if self.layer_activations is not None else [self.activation] * len(self.hidden)
+        n = len(MLPConfig.widths(self))
+        hidden = list(self.layer_activations) if self.layer_activations is not None else [self.activation] * n
         return hidden + [self.output_activation]
 
     def validate(self):
         check(len(self.hidden) > 0 and min(self.hidden) > 0, "hidden", self.hidden, "need at least one hidden width, all > 0")
+        check_positive("depth", self.depth, allow_none=True)
+        check_positive("width", self.width)
+        n = len(self.widths())
         if self.layer_activations is not None:
-            check(len(self.layer_activations) == len(self.hidden), "layer_activations", self.layer_activations,
-                  f"need one per hidden layer ({len(self.hidden)})")
+            check(len(self.layer_activations) == n, "layer_activations", self.layer_activations,
+                  f"need one per hidden layer ({n})")
             check_activations("layer_activations", self.layer_activations)
         check_activations("activation", [self.activation])
         check_activations("output_activation", [self.output_activation])
@@ -79,7 +89,7 @@ class MLPConfig(Schema):
 
 @ARCHITECTURES.register("mlp", MLPConfig)
 def build_mlp(cfg) -> UnifiedNet:
-    return MLP([IMAGE_DIM, *cfg.hidden, IMAGE_DIM], MLPConfig.activations(cfg))
+    return MLP([IMAGE_DIM, *MLPConfig.widths(cfg), IMAGE_DIM], MLPConfig.activations(cfg))
 
 
 # ----------------------------------------------------------------------------------------- resnet
