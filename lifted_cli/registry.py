@@ -132,6 +132,9 @@ class Registry:
 
         return decorate
 
+    def unregister(self, name: str) -> None:
+        self._entries.pop(name, None)
+
     def names(self) -> list[str]:
         return list(self._entries)
 

@@ -201,14 +201,24 @@ def samples_image(rows: list[torch.Tensor], scale: int = 3):
 class RunFolder:
     """The lifecycle of a run folder: a run writes only into a folder that is new or empty (or the one
     it resumes), holds an exclusive lock (``.lock``, ``fcntl.flock``) while it writes, and on a refusal
-    or failure removes only what it made: the folder itself when it created it, else the files Hydra
-    and the lock added. The lock file records whether the run created the folder."""
+    or failure removes only what it made: the folder itself when it created it and wrote no result
+    into it, else only the lock once a result exists. The lock file records whether the run created
+    the folder. The folders this process holds are kept in ``_held`` (like its open files), so that the
+    code that ends a run releases the lock that its start took."""
 
     LOCK = ".lock"
+    #: the files of a run (and of their interrupted atomic writes: ``.<name>.*.tmp``)
+    RESULTS = ("checkpoint.pt", "metrics.json", "history.csv", "samples.png", "recovered.pt")
+    _held: dict = {}
 
     def __init__(self, path):
         self.path = Path(path)
         self._fd = None
+
+    @classmethod
+    def holding(cls, path) -> "RunFolder":
+        """The folder as this process holds it (claimed), else a new, unclaimed handle."""
+        return cls._held.get(Path(path).resolve(), cls(path))
 
     @staticmethod
     def check_free(key: str, path) -> None:
@@ -232,59 +242,80 @@ class RunFolder:
         except OSError:
             os.close(fd)
             raise RunFolderBusy(f"run folder {self.path} is in use by another run (it holds the lock {self.path / self.LOCK})") from None
-        previous = os.read(fd, 4096)
-        if previous:  # a run killed without releasing: its record of who created the folder stands
-            created = json.loads(previous.decode() or "{}").get("created", False)
+        try:  # a run killed without releasing: its record of who created the folder stands
+            previous = json.loads(os.read(fd, 4096).decode() or "{}")
+            created = bool(previous.get("created", created)) if isinstance(previous, dict) else False
+        except (ValueError, UnicodeDecodeError):  # not a record of ours: the folder is not ours either
+            created = False
         os.lseek(fd, 0, os.SEEK_SET)
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "created": created}).encode())
         self._fd = fd
+        RunFolder._held[self.path.resolve()] = self
         return self
 
     def release(self) -> None:
-        """The run is done: drop the lock and its file."""
+        """The run is over (finished, failed or interrupted): drop the lock and its file."""
         if self._fd is not None:
             (self.path / self.LOCK).unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
+            RunFolder._held.pop(self.path.resolve(), None)
+
+    def _created(self) -> bool:
+        try:
+            record = json.loads((self.path / self.LOCK).read_text() or "{}")
+            return bool(record.get("created", False)) if isinstance(record, dict) else False
+        except (OSError, ValueError):
+            return False  # no record: nothing says this run made the folder
 
     def remove_unfinished(self) -> None:
-        """Remove what a refused or failed run made before it wrote a result: its folder when it
-        created it and nothing else is inside, else only the Hydra record, the log and the lock."""
+        """After a refusal or a failure: a folder this run created and wrote no result into goes; one
+        it did not create loses only what Hydra and the lock added; one that holds a result (the last
+        good checkpoint of a diverged run) keeps everything, for resume and ``lifted report``."""
         if not self.path.is_dir():
             return
-        lock = self.path / self.LOCK
-        try:
-            created = json.loads(lock.read_text() or "{}").get("created", False) if lock.is_file() else True
-        except (OSError, ValueError):
-            created = False
-        ours = [p for p in self.path.iterdir() if p.name in (".hydra", self.LOCK) or p.suffix == ".log"]
-        if created and len(ours) == len(list(self.path.iterdir())):
+        entries = list(self.path.iterdir())
+        ours = [p for p in entries if p.name in (".hydra", self.LOCK) or p.suffix == ".log"]
+        if len(ours) < len(entries):
+            return
+        if self._created():
             shutil.rmtree(self.path, ignore_errors=True)
             return
         for p in ours:
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        self._fd = None
+            if p.name != self.LOCK:  # the lock goes with release()
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def sweep_temporaries(self) -> list[str]:
-        """Remove the temporary files of interrupted atomic writes (``.<name>.*.tmp``)."""
-        stale = [p for p in self.path.glob(".*.tmp") if p.is_file()]
+        """Remove the temporary files that interrupted atomic writes of a run's files left behind."""
+        stale = [p for name in self.RESULTS for p in self.path.glob(f".{name}.*.tmp") if p.is_file()]
         for p in stale:
             p.unlink()
         return [p.name for p in stale]
 
 
-def configure_logging(logfile: Path) -> None:
-    """INFO to the console and to ``logfile`` (appended), in the format of Hydra's job logging
-    (``configs/hydra/job_logging/train.yaml``), for a run that Hydra does not start (a resumption)."""
+def configure_logging(logfile: Path | None = None) -> list:
+    """INFO to the console, or (``logfile``) appended to a file, in the format of Hydra's job logging
+    (``configs/hydra/job_logging/train.yaml``), for a run that Hydra does not start (a resumption).
+    Returns the handlers, for ``end_logging``."""
     import logging
 
     fmt = logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] %(message)s")
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(sys.stdout), logging.FileHandler(logfile, mode="a")):
+    handlers = [logging.StreamHandler(sys.stdout) if logfile is None else logging.FileHandler(logfile, mode="a")]
+    for handler in handlers:
         handler.setFormatter(fmt)
         root.addHandler(handler)
+    return handlers
+
+
+def end_logging(handlers: list) -> None:
+    import logging
+
+    for handler in handlers:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
 
 
 class RunFolderBusy(ConfigError):

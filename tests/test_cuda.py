@@ -89,3 +89,15 @@ def test_invert_command_on_cuda(tmp_path, fake_mnist, method):
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
     assert m["device"].startswith("cuda") and math.isfinite(m["recovered"]["psnr"]["mean"])
+
+
+@pytest.mark.parametrize("extra", [["solver.warm_start=persistent"], ["solver.layer_order=red_black"],
+                                   ["solver.warm_start=persistent", "solver=bcd"]])
+def test_persistent_and_red_black_runs_on_cuda_resume_on_cpu(tmp_path, fake_mnist, compose_train, extra):
+    """The stored auxiliary variables live on the GPU, travel in the checkpoint and continue on the CPU."""
+    ov = _tiny(fake_mnist, "bregman", "mlp", "cuda", epochs=1) + extra
+    first = train(compose_train(ov, output_dir=tmp_path / "run"))
+    assert first["device"].startswith("cuda") and math.isfinite(first["test"]["psnr"]["mean"])
+    resumed = train(compose_train([*_tiny(fake_mnist, "bregman", "mlp", "cpu", epochs=2), *extra, f"resume={tmp_path / 'run'}"],
+                                  output_dir=tmp_path / "run"))
+    assert resumed["device"] == "cpu" and math.isfinite(resumed["test"]["psnr"]["mean"])

@@ -50,7 +50,6 @@ def test_register_validate_build():
 
 
 # --------------------------------------------------------------- three components of this file
-@ACTIVATIONS.register("shifted_relu", params=("shift",))
 class ShiftedReLU(ProxActivation):
     """sigma(z) = max(z, s) = prox of the indicator of [s, inf): Phi*(z) = z max(z,s) - max(z,s)^2/2."""
 
@@ -105,7 +104,6 @@ class HalfBregmanConfig(BregmanSchemeConfig):
     name: str = "half_bregman"
 
 
-@SCHEMES.register("half_bregman", HalfBregmanConfig, form="lifted")
 def build_half_bregman(cfg, model):
     return LiftedScheme(cfg, model, HalfBregman())
 
@@ -120,16 +118,27 @@ class TwoLayerConfig(Schema):
         check_positive("width", self.width)
 
 
-@ARCHITECTURES.register("two_layer", TwoLayerConfig)
 def build_two_layer(cfg):
     return UnifiedNet([DenseBlock(IMAGE_DIM, cfg.width, make_activation(cfg.activation)),
                        DenseBlock(cfg.width, IMAGE_DIM, make_activation("identity"))])
 
 
-cs = ConfigStore.instance()
-cs.store(group="arch", name="two_layer", node=TwoLayerConfig)
-cs.store(group="scheme", name="half_bregman",
-         node={"defaults": [{"/solver@_global_.solver": "isgm"}, "_self_"], **OmegaConf.to_container(OmegaConf.structured(HalfBregmanConfig))})
+@pytest.fixture(scope="module", autouse=True)
+def components_of_this_file():
+    """Registered for the tests of this file only, then taken out again (registries and ConfigStore)."""
+    ACTIVATIONS.register("shifted_relu", params=("shift",))(ShiftedReLU)
+    SCHEMES.register("half_bregman", HalfBregmanConfig, form="lifted")(build_half_bregman)
+    ARCHITECTURES.register("two_layer", TwoLayerConfig)(build_two_layer)
+    cs = ConfigStore.instance()
+    cs.store(group="arch", name="two_layer", node=TwoLayerConfig)
+    cs.store(group="scheme", name="half_bregman",
+             node={"defaults": [{"/solver@_global_.solver": "isgm"}, "_self_"],
+                   **OmegaConf.to_container(OmegaConf.structured(HalfBregmanConfig))})
+    yield
+    for registry, name in ((ACTIVATIONS, "shifted_relu"), (SCHEMES, "half_bregman"), (ARCHITECTURES, "two_layer")):
+        registry.unregister(name)
+    cs.repo["arch"].pop("two_layer.yaml", None)
+    cs.repo["scheme"].pop("half_bregman.yaml", None)
 
 
 def test_components_defined_here_train_through_the_entry_point_of_lifted_train(tmp_path, fake_mnist, monkeypatch):

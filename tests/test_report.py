@@ -137,3 +137,22 @@ def test_report_out_must_not_be_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     proc = subprocess.run([*LIFTED, "report", str(tmp_path), "--out", str(tmp_path / "f")], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "is a file" in proc.stderr and proc.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("metrics", ['{"status": "finished", "test": {"psnr": 5}}', '{"status": "finished", "test": "x"}',
+                                     '{"status": "finished", "test": {"psnr": {"mean": "abc"}, "ssim": {"mean": 1}}}',
+                                     '["finished"]'])
+def test_records_of_the_wrong_shape_are_listed_unreadable(tmp_path, metrics):
+    from lifted_cli.commands.report import find_runs
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    (tmp_path / "run" / ".hydra" / "config.yaml").write_text("command: train\nseed: 0\n")
+    (tmp_path / "run" / "metrics.json").write_text(metrics)
+    (run,) = find_runs([tmp_path])
+    assert not run.finished and run.status.startswith("unreadable")
+
+
+def test_bad_report_arguments_are_one_line(tmp_path):
+    from lifted_cli.commands.report import main
+
+    assert main(["--bogus", str(tmp_path)]) == 2

@@ -70,11 +70,14 @@ def test_a_run_folder_removes_only_what_its_run_made(tmp_path):
     given = RunFolder(tmp_path / "given").claim()
     (given.path / ".hydra").mkdir()
     given.remove_unfinished()
+    given.release()
     assert given.path.is_dir() and not any(given.path.iterdir())
-    kept = RunFolder(tmp_path / "kept").claim()  # a result was written: only the run's record goes
+    kept = RunFolder(tmp_path / "kept").claim()  # a result was written (a diverged run's last good
+    (kept.path / ".hydra").mkdir()  # checkpoint): everything stays for resume and report, but the lock
     (kept.path / "checkpoint.pt").write_bytes(b"")
     kept.remove_unfinished()
-    assert [p.name for p in kept.path.iterdir()] == ["checkpoint.pt"]
+    kept.release()
+    assert sorted(p.name for p in kept.path.iterdir()) == [".hydra", "checkpoint.pt"]
 
 
 def test_check_free_and_the_lock(tmp_path):
@@ -90,7 +93,9 @@ def test_check_free_and_the_lock(tmp_path):
     a.release()
     RunFolder(tmp_path / "run").claim().release()
     (tmp_path / "run" / ".metrics.json.x1.tmp").write_text("")
+    (tmp_path / "run" / ".notes.txt.tmp").write_text("not ours")
     assert RunFolder(tmp_path / "run").sweep_temporaries() == [".metrics.json.x1.tmp"]
+    assert (tmp_path / "run" / ".notes.txt.tmp").exists()
 
 
 def test_a_first_interrupt_is_deferred_and_a_second_one_is_not():

@@ -299,3 +299,79 @@ def test_a_failing_run_removes_only_what_it_made(tmp_path, fake_mnist, monkeypat
     (tmp_path / "mine").mkdir()
     assert main(["train", *bad, "hydra.run.dir=mine"]) == 2
     assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+
+
+@pytest.mark.slow
+def test_folder_rules_hold_without_hydra_records_too(tmp_path, fake_mnist, monkeypatch, capsys):
+    """hydra.output_subdir=null does not switch the rules off: a finished folder is still refused, and a
+    user's folder survives a run refused for missing data."""
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_run("runA", fake_mnist)
+    before = _digest(tmp_path / "runA")
+    assert main(["train", "hydra.run.dir=runA", "hydra.output_subdir=null", "seed=5"]) == 2
+    assert _digest(tmp_path / "runA") == before
+    (tmp_path / "lab").mkdir()
+    assert main(["train", f"data_root={tmp_path / 'none'}", "data_sources=[local]", "hydra.run.dir=lab/run",
+                 "hydra.output_subdir=null"]) == 2
+    assert (tmp_path / "lab").is_dir() and not (tmp_path / "lab" / "run").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("changes,fragment", [(["data_root=/proc/nope"], "MNIST not available"),
+                                              (["epochs=0"], "epochs=0"), (["data_root=${nope}"], "interpolation"),
+                                              (["epochs=${oc.env:NOPE}"], "interpolation")])
+def test_a_resume_refused_late_still_leaves_the_folder_byte_identical(tmp_path, fake_mnist, monkeypatch, capsys,
+                                                                       changes, fragment):
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_run("runA", fake_mnist, "epochs=2")
+    before = _digest(tmp_path / "runA")
+    capsys.readouterr()
+    assert main(["train", "resume=runA", *changes]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert _digest(tmp_path / "runA") == before
+    assert main(["train", "resume=runA", "epochs=1"]) == 2  # fewer epochs than trained: refused
+
+
+@pytest.mark.slow
+def test_a_diverged_run_keeps_its_record_checkpoint_and_log(tmp_path, fake_mnist, monkeypatch):
+    from lifted_cli.cli import main
+    from lifted_cli.commands.report import find_runs
+
+    monkeypatch.chdir(tmp_path)
+    real_build = train_module.build
+
+    def build(cfg, device):  # the second epoch blows up after the first was checkpointed
+        model, scheme, solver = real_build(cfg, device)
+        real_step, calls = solver.step, {"n": 0}
+
+        def step(y, x, idx=None):
+            calls["n"] += 1
+            stats = real_step(y, x, idx)
+            return {**stats, "loss": float("nan")} if calls["n"] > 2 else stats
+
+        solver.step = step
+        return model, scheme, solver
+
+    monkeypatch.setattr(train_module, "build", build)
+    assert main(["train", f"data_root={fake_mnist}", "train_size=32", "batch_size=16", "epochs=3", "test_size=8",
+                 "arch.hidden=[8]", "progress=false", "num_samples=0", "hydra.run.dir=run"]) == 1
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == [".hydra", "checkpoint.pt", "history.csv", "train.log"], names
+    (run,) = find_runs([tmp_path])
+    assert run.status.startswith("unfinished")
+    monkeypatch.setattr(train_module, "build", real_build)
+    assert main(["train", "resume=run"]) == 0  # the lock was released: the same process resumes
+
+
+def test_resume_is_not_an_override_of_a_new_run(tmp_path, monkeypatch, capsys):
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "++resume=somewhere"]) == 2
+    assert "resume=somewhere: continue a run with `lifted train resume=" in capsys.readouterr().err
+    assert main(["train", "-m", "resume=somewhere"]) == 2

@@ -106,7 +106,7 @@ class Validation(Callback):
 
     def on_run_start(self, config: DictConfig, config_name: str | None = None, **kwargs: Any) -> None:
         try:
-            writes = config.hydra.output_subdir is not None  # `lifted data` writes no run folder
+            writes = "output_dir" in config  # `lifted data` writes no run folder
             if writes:
                 RunFolder.check_free("hydra.run.dir", config.hydra.run.dir)
             command_module(config_name).validate(task_config(config))
@@ -114,6 +114,8 @@ class Validation(Callback):
                 self.folder = RunFolder(config.hydra.run.dir).claim()
         except LiftedError as err:
             raise Stop(err) from None
+        except Exception as err:  # e.g. an interpolation that does not resolve: Hydra would only warn
+            raise Stop(ConfigError(one_line(err))) from None
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.folder is not None:
@@ -124,6 +126,10 @@ class Validation(Callback):
 
         try:
             RunFolder.check_free("hydra.sweep.dir", config.hydra.sweep.dir)
+            subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+            if "hydra.job.num" not in str(subdir):
+                raise ConfigError(f"hydra.sweep.subdir={subdir}: every job needs a folder of its own; "
+                                  "keep ${{hydra.job.num}} in it")
         except LiftedError as err:
             raise Stop(err) from None
         jobs = sweep_jobs(config)
@@ -139,9 +145,10 @@ class Validation(Callback):
                 raise Stop(ConfigError(f"job {i} ({shown}): {one_line(err)}; no job was started")) from None
             try:
                 module.prevalidate(task_config(job_cfg))
-            except LiftedError as err:  # an invalid job: skipped, the others run
+            except Exception as err:  # an invalid job (or one whose values do not resolve): skipped, the others run
                 self.reported.add(i)
-                print(f"lifted {config_name}: error: job {i} ({shown}) will not run: {err}", file=sys.stderr)
+                reason = err if isinstance(err, LiftedError) else one_line(err)
+                print(f"lifted {config_name}: error: job {i} ({shown}) will not run: {reason}", file=sys.stderr)
         if jobs and len(self.reported) == len(jobs):
             raise Stop(ConfigError("no valid job in this sweep"))
 
@@ -158,22 +165,22 @@ class Validation(Callback):
 def run_task(cfg: DictConfig, validate, work):
     """The body of a Hydra task function. A single run was validated, and its folder claimed, before
     Hydra wrote anything; a multirun job claims its folder and validates itself (it may come from
-    another sweeper). A refused or failed run removes what it made (``RunFolder.remove_unfinished``).
-    A failed sweep job raises its error, so that the sweep goes on and ends with the first failure's
-    exit status; a single run stops."""
-    folder = RunFolder(cfg.output_dir) if "output_dir" in cfg else None
+    another sweeper). A refused or failed run removes what it made (``RunFolder.remove_unfinished``),
+    and the lock goes whatever happens (finished, failed, interrupted). A failed sweep job raises its
+    error, so that the sweep goes on and ends with the first failure's exit status; a single run stops."""
+    folder = RunFolder.holding(cfg.output_dir) if "output_dir" in cfg else None
     try:
         if is_multirun():
             if folder is not None:  # made by Hydra for this job, inside a sweep folder that was new or empty
                 folder.claim(created=True)
             validate(cfg)
-        result = work(cfg)
+        return work(cfg)
     except LiftedError as err:
         if folder is not None and not isinstance(err, RunFolderBusy):
             folder.remove_unfinished()
         if is_multirun():
             raise
         raise Stop(err) from None
-    if folder is not None and is_multirun():
-        folder.release()
-    return result
+    finally:
+        if folder is not None:
+            folder.release()

@@ -61,7 +61,14 @@ class Run:
         m = folder / "metrics.json"
         self.metrics = json.loads(m.read_text()) if m.is_file() else None
         self.finished = bool(self.metrics and self.metrics.get("status") == "finished")
-        if self.finished:
+        if self.finished:  # a record of the right shape, or the run is unreadable
+            for key, _, _ in METRICS[self.command]:
+                float(self.value(key))
+            if self.command == "train" and "no_learning" in self.metrics:
+                float(self.metrics["no_learning"]["psnr"]["mean"])
+                float(self.metrics["no_learning"]["ssim"]["mean"])
+            if not isinstance(self.config.get("dataset", {}), dict):
+                raise TypeError("config.yaml: dataset is not a config node")
             self.status = "finished"
         elif (folder / "checkpoint.pt").is_file():
             self.status = "unfinished (checkpoint, no metrics: interrupted, diverged or running)"
@@ -102,7 +109,7 @@ def find_runs(folders: list[Path]) -> list:
         for cfg in sorted(root.rglob(".hydra/config.yaml")):
             try:
                 runs.append(Run(cfg.parent.parent))
-            except (OSError, ValueError, yaml.YAMLError, AttributeError, TypeError) as err:
+            except (OSError, ValueError, yaml.YAMLError, AttributeError, TypeError, KeyError) as err:
                 runs.append(UnreadableRun(cfg.parent.parent, err))
     return runs
 
@@ -410,8 +417,27 @@ def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tupl
     return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line on stderr and exit status 2 for bad arguments (no usage block)."""
+
+    def error(self, message):
+        raise _BadArguments(message)
+
+
+class _BadArguments(Exception):
+    pass
+
+
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="lifted report", description=__doc__.split("\n\n")[0],
+    try:
+        return _main(argv)
+    except _BadArguments as err:
+        print(f"lifted report: error: {err}; see lifted report --help", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str]) -> int:
+    ap = _Parser(prog="lifted report", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Files written: report.md, report.csv, <command>_psnr_vs_<key>.png, curves.png, "
                                         "<command>_samples.png (see the README).")

@@ -24,11 +24,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
 from ..data import DEGRADATIONS, build_degradation, load_mnist
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, LiftedError
 from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
-from ..registry import check_choice, check_positive, typed
+from ..registry import check_choice, check_positive, fail, typed
 from ..runs import (DeferredInterrupt, RunConfig, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
@@ -69,9 +69,12 @@ class TrainConfig(RunConfig):
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Types, ranges and unknown keys of every option, and the scheme/solver pair."""
+def validate(cfg: DictConfig, resuming: bool = False) -> None:
+    """Types, ranges and unknown keys of every option, and the scheme/solver pair. ``resume`` is set
+    by ``lifted train resume=<folder>`` alone (``resume``), never as an override of a new run."""
     TrainConfig.validate(typed(cfg, TrainConfig))
+    if not resuming and cfg.resume is not None:
+        fail("resume", cfg.resume, "continue a run with `lifted train resume=<its folder> [changes]` (not with + or ++)")
     for group, registry in GROUPS.items():
         registry.validate(cfg[group])
     check_solver(cfg.scheme, cfg.solver)
@@ -160,19 +163,30 @@ def rng_state(gen_perm, gen_noise) -> dict:
     return state
 
 
-def restore(cfg, model, scheme, solver, gen_perm, gen_noise, device) -> Progress:
-    """The state of the run folder ``cfg.resume``, loaded into the components and generators."""
-    ckpt, _ = load_checkpoint(Path(cfg.resume) / "checkpoint.pt")
+def restore(cfg, ckpt: dict, model, scheme, solver, gen_perm, gen_noise, device) -> Progress:
+    """The state of the checkpoint ``ckpt`` of the run folder ``cfg.resume``, loaded into the components
+    and generators; InputError (one line) for a checkpoint that does not fit the run."""
     check_resume_config(cfg, ckpt["config"])
-    model.load_state_dict(ckpt["model"])
-    scheme.load_state_dict(ckpt["scheme"])
-    solver.load_state_dict(ckpt["solver"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    gen_perm.set_state(ckpt["rng"]["perm"])
-    if device.type == ckpt.get("device_type", "cpu"):
-        gen_noise.set_state(ckpt["rng"]["noise"])
+    if cfg.epochs < ckpt.get("epoch", 0):
+        raise ConfigError(f"resume={cfg.resume}: epochs={cfg.epochs} is below the {ckpt['epoch']} epochs already trained")
+    try:
+        model.load_state_dict(ckpt["model"])
+        scheme.load_state_dict(ckpt["scheme"])
+        solver.load_state_dict(ckpt["solver"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        gen_perm.set_state(ckpt["rng"]["perm"])
+        if device.type == ckpt.get("device_type", "cpu"):
+            gen_noise.set_state(ckpt["rng"]["noise"])
+        progress = Progress(ckpt["epoch"], ckpt["batch"], ckpt.get("perm"), ckpt.get("partial", {}), list(ckpt["history"]))
+    except (KeyError, RuntimeError, TypeError, ValueError) as err:
+        detail = str(err).splitlines()[0][:200] if str(err) else ""
+        raise InputError(f"resume={cfg.resume}: its checkpoint does not fit this run ({type(err).__name__}: {detail})") from None
     log.info("resuming %s at epoch %d, batch %d", cfg.resume, ckpt["epoch"] + 1, ckpt["batch"])
-    return Progress(ckpt["epoch"], ckpt["batch"], ckpt.get("perm"), ckpt.get("partial", {}), list(ckpt["history"]))
+    return progress
+
+
+class DeferredStop(KeyboardInterrupt):
+    """The first Ctrl-C, honoured at a batch boundary: the state is whole, so it is checkpointed."""
 
 
 def finite_model(model) -> bool:
@@ -180,9 +194,11 @@ def finite_model(model) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ train
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dict:
     """Train the configured network; returns the final metrics (also written to metrics.json).
-    ``cfg`` is a validated ``train`` config (``validate``)."""
+    ``cfg`` is a validated ``train`` config (``validate``). With ``cfg.resume``, the run continues from
+    ``checkpoint`` (loaded from the folder when not given); ``on_ready()`` is called once everything is
+    loaded and restored, before the first batch (a resumption touches its folder only then)."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
@@ -203,10 +219,15 @@ def train(cfg: DictConfig) -> dict:
         log.info("persistent auxiliary variables: %.3f GB on %s (%d samples)", aux_bytes / 1e9, device, n_train)
     gen_perm = torch.Generator().manual_seed(cfg.seed)
     gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    at = restore(cfg, model, scheme, solver, gen_perm, gen_noise, device) if cfg.resume else Progress()
+    at = Progress()
+    if cfg.resume:
+        ckpt = checkpoint if checkpoint is not None else load_checkpoint(Path(cfg.resume) / "checkpoint.pt")[0]
+        at = restore(cfg, ckpt, model, scheme, solver, gen_perm, gen_noise, device)
+    if on_ready is not None:
+        on_ready()
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
-    def checkpoint(epoch, batch, perm, partial):
+    def save_checkpoint(epoch, batch, perm, partial):
         save_torch(out / "checkpoint.pt", {
             "model": model.state_dict(), "config": resolved, "epoch": epoch, "batch": batch, "perm": perm,
             "partial": partial, "scheme": scheme.state_dict(), "solver": solver.state_dict(),
@@ -229,7 +250,7 @@ def train(cfg: DictConfig) -> dict:
                 for b in range(at.batch, batches):
                     noise_state = gen_noise.get_state()
                     if stop.requested:
-                        raise KeyboardInterrupt
+                        raise DeferredStop
                     idx = at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
                     x = x_train[idx]
                     stats = solver.step(degradation.measure(x, gen_noise), x, idx)
@@ -242,12 +263,12 @@ def train(cfg: DictConfig) -> dict:
                     bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("loss", "objective")})
                 else:
                     b = batches
-            except KeyboardInterrupt:
+            except DeferredStop:
                 bar.close()
                 seconds += time.perf_counter() - t0
                 if b < batches:  # batch b had not been applied: replay it from its noise state
                     gen_noise.set_state(noise_state)
-                checkpoint(epoch, b, at.perm, {"sums": sums, "seconds": seconds})
+                save_checkpoint(epoch, b, at.perm, {"sums": sums, "seconds": seconds})
                 log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, out)
                 raise
             bar.close()
@@ -262,7 +283,7 @@ def train(cfg: DictConfig) -> dict:
                 raise divergence(f"training diverged in epoch {epoch + 1} (non-finite weights)", out / "checkpoint.pt")
             at.history.append(row)
             at.perm, at.partial, at.batch = None, {}, 0
-            checkpoint(epoch + 1, 0, None, {})
+            save_checkpoint(epoch + 1, 0, None, {})
             write_csv(out / "history.csv", at.history)
             log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
     finally:
@@ -308,7 +329,7 @@ def resume(folder: str, changes: list[str]) -> dict:
     as ``_target_`` or ``hydra``, is refused). Nothing in the folder changes until the resumption is
     accepted; then the folder is locked, its ``metrics.json`` (which described the previous end) and
     stale temporaries are removed, its ``.hydra`` record is updated, and training continues."""
-    from ..runs import RunFolder, configure_logging, write_text
+    from ..runs import RunFolder, configure_logging, end_logging, write_text
 
     path = Path(folder)
     try:
@@ -320,32 +341,47 @@ def resume(folder: str, changes: list[str]) -> dict:
         raise ConfigError(f"resume={folder}: its checkpoint.pt is not a checkpoint of this version of lifted train")
     allowed = [k for k in RESUMABLE_CHANGES if k not in ("resume", "output_dir")]
     for change in changes:
-        key = change.split("=", 1)[0]
+        key, _, value = change.partition("=")
         if key not in allowed:
             raise ConfigError(f"resume={folder}: {change} cannot change on resume; only {', '.join(allowed)} may "
                               "(the run is rebuilt from its checkpoint)")
+        if "${" in value:
+            raise ConfigError(f"resume={folder}: {change}: give a plain value (no interpolation) on resume")
     try:
         given = OmegaConf.from_dotlist(changes)
-    except Exception as err:
-        raise ConfigError(f"resume={folder}: {' '.join(changes)}: {str(err).splitlines()[0]}") from None
-    cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in saved.items() if k != "output_dir"}), given)
-    cfg.resume, cfg.output_dir = str(path), str(path)
-    validate(cfg)
-    check_resume_config(cfg, saved)
-    run = RunFolder(path).claim()
+        cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in saved.items() if k != "output_dir"}), given)
+        cfg.resume, cfg.output_dir = str(path), str(path)
+        validate(cfg, resuming=True)
+    except LiftedError:
+        raise
+    except Exception as err:  # values that do not parse or resolve
+        raise ConfigError(f"resume={folder}: {str(err).splitlines()[0]}") from None
+    record = path / ".hydra"
     try:
+        kept = OmegaConf.to_container(OmegaConf.load(record / "overrides.yaml")) if (record / "overrides.yaml").is_file() else []
+        kept = [str(o) for o in kept if str(o).split("=", 1)[0] not in given]
+    except Exception:  # an unreadable record is rewritten from the config alone
+        kept = []
+    run = RunFolder(path)
+
+    previous = logging.getLogger().handlers[:]  # e.g. an earlier Hydra run's file in this process
+    logging.getLogger().handlers = []
+    handlers = configure_logging()
+
+    def on_ready():  # everything loaded and restored: now the folder may change
+        run.claim()
         (path / "metrics.json").unlink(missing_ok=True)  # it described the end of the previous run
         run.sweep_temporaries()
-        record = path / ".hydra"
         write_text(record / "config.yaml", OmegaConf.to_yaml(cfg))
-        overrides = [o for o in OmegaConf.to_container(OmegaConf.load(record / "overrides.yaml"))
-                     if o.split("=", 1)[0] not in given] if (record / "overrides.yaml").is_file() else []
-        write_text(record / "overrides.yaml", OmegaConf.to_yaml(overrides + changes))
-        configure_logging(path / "train.log")
-        metrics = train(cfg)
+        write_text(record / "overrides.yaml", OmegaConf.to_yaml(kept + changes))
+        handlers.extend(configure_logging(path / "train.log"))
+
+    try:
+        return train(cfg, checkpoint=ckpt, on_ready=on_ready)
     finally:
         run.release()
-    return metrics
+        end_logging(handlers)
+        logging.getLogger().handlers = previous
 
 
 def report_done(output_dir, metrics: dict) -> float:
