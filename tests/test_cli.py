@@ -21,6 +21,7 @@ def test_top_level_help(tmp_path):
     assert "train" in out and "data" in out
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_train_help_and_cfg(tmp_path):
     out = run(["train", "--help"], tmp_path).stdout
     assert "dataset: mnist_deblur, mnist_denoise, mnist_inpaint" in out
@@ -60,6 +61,7 @@ def test_bad_input_one_line_no_folder(tmp_path, fake_mnist, monkeypatch, capsys,
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob(".hydra"))
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_scheme_solver_pairs(tmp_path):
     out = run(["train", "--cfg", "job", "scheme=backprop"], tmp_path).stdout
     assert "name: adam" in out
@@ -67,12 +69,14 @@ def test_scheme_solver_pairs(tmp_path):
     assert proc.returncode == 2 and "scheme=bregman is minimised by solver=isgm|bcd" in proc.stderr
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_experiment_sparse_dae_composes_for_both_schemes(tmp_path):
     for scheme in ("bregman", "backprop"):
         out = run(["train", "--cfg", "job", "experiment=sparse_dae", f"scheme={scheme}"], tmp_path).stdout
         assert "sparsity_layer: 3" in out and "train_size: 1000" in out and f"name: {scheme}" in out
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_bad_value_in_multirun_leaves_no_finished_folder(tmp_path, fake_mnist):
     proc = run(["train", "-m", f"data_root={fake_mnist}", "batch_size=0"], tmp_path, check=False)
     assert proc.returncode != 0 and "batch_size=0" in proc.stderr
@@ -80,6 +84,7 @@ def test_bad_value_in_multirun_leaves_no_finished_folder(tmp_path, fake_mnist):
     assert not any((tmp_path / "results").rglob(".hydra"))
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_wrong_resume_folder(tmp_path, fake_mnist):
     (tmp_path / "empty").mkdir()
     proc = run(["train", "resume=empty"], tmp_path, check=False)
@@ -119,6 +124,7 @@ def test_multirun_runs_valid_combinations_and_names_invalid_ones(tmp_path, fake_
     assert json.loads((sweep / "1" / "metrics.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_invert_help_lists_options(tmp_path):
     out = run(["invert", "--help"], tmp_path).stdout
     assert "lifted invert" in out and "regularizer" in out and "experiment" in out
@@ -135,6 +141,7 @@ def test_joblib_multirun_of_two_tiny_jobs(tmp_path, fake_mnist):
 
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_unknown_command(tmp_path):
     proc = run(["trian"], tmp_path, check=False)
     assert proc.returncode == 2 and "unknown command 'trian'" in proc.stderr

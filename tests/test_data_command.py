@@ -23,6 +23,7 @@ def test_fake_files_are_found_locally_and_fail_verification(tmp_path):
         fetch(cfg)
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_the_command_exits_1_with_one_line_when_data_cannot_be_had(tmp_path):
     proc = run_lifted(["data", f"data_root={tmp_path}", "data_sources=[local]"], tmp_path, check=False)
     assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1 and "MNIST not available" in proc.stderr

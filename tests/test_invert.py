@@ -117,6 +117,7 @@ def test_every_experiment_of_invert_validates(compose_invert):
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tensor,fragment", [(torch.tensor(3.0), "shape ()"), (torch.zeros(0, 784), "shape (0, 784)"),
                                              (torch.full((2, 16), float("nan")), "non-finite")])
 def test_outputs_files_that_cannot_be_inverted_are_refused(tmp_path, tensor, fragment):

@@ -54,6 +54,7 @@ def test_report_groups_by_swept_overrides_with_mean_std(sweep):
         assert (out / name).is_file()
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_report_bad_input(tmp_path):
     proc = subprocess.run([*LIFTED, "report", str(tmp_path / "nope")], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "not a folder" in proc.stderr
@@ -133,6 +134,7 @@ def test_a_corrupt_run_is_listed_as_unreadable_and_the_report_completes(sweep, t
     assert not [p for p in out.iterdir() if p.suffix == ".tmp" or p.name.startswith(".")]
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_report_out_must_not_be_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     proc = subprocess.run([*LIFTED, "report", str(tmp_path), "--out", str(tmp_path / "f")], cwd=tmp_path, capture_output=True, text=True)
