@@ -194,101 +194,138 @@ def finite_model(model) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ train
-def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dict:
-    """Train the configured network; returns the final metrics (also written to metrics.json).
-    ``cfg`` is a validated ``train`` config (``validate``). With ``cfg.resume``, the run continues from
-    ``checkpoint`` (loaded from the folder when not given); ``on_ready()`` is called once everything is
-    loaded and restored, before the first batch (a resumption touches its folder only then)."""
+@dataclass
+class Session:
+    """Everything a training run works with: its config, folder, data, components, random streams and
+    progress. ``train`` is: set up, restore, ``epoch`` after epoch, ``finish``."""
+
+    cfg: DictConfig
+    out: Path
+    device: torch.device
+    degradation: Any
+    x_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    model: Any
+    scheme: Any
+    solver: Any
+    gen_perm: torch.Generator
+    gen_noise: torch.Generator
+    at: Progress = field(default_factory=Progress)
+
+    @property
+    def batches(self) -> int:
+        return math.ceil(self.x_train.shape[0] / self.cfg.batch_size)
+
+    def save_checkpoint(self, epoch: int, batch: int, perm, partial: dict) -> None:
+        save_torch(self.out / "checkpoint.pt", {
+            "model": self.model.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True), "epoch": epoch,
+            "batch": batch, "perm": perm, "partial": partial, "scheme": self.scheme.state_dict(),
+            "solver": self.solver.state_dict(), "rng": rng_state(self.gen_perm, self.gen_noise),
+            "device_type": self.device.type, "history": self.at.history,
+        })
+
+    def epoch(self, epoch: int, stop: DeferredInterrupt, show: bool) -> None:
+        """One epoch from where the run stands: its batches, then the evaluation, the checkpoint and
+        the history row. A deferred Ctrl-C checkpoints the epoch's position and re-raises."""
+        cfg, at = self.cfg, self.at
+        if at.perm is None:
+            at.perm = torch.randperm(self.x_train.shape[0], generator=self.gen_perm)
+        self.scheme.begin_epoch(epoch)
+        self.solver.begin_epoch(epoch)
+        sums, seconds = dict(at.partial.get("sums", {})), at.partial.get("seconds", 0.0)
+        t0 = time.perf_counter()
+        bar = tqdm(total=self.batches, initial=at.batch, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
+        b = at.batch
+        try:
+            for b in range(at.batch, self.batches):
+                noise_state = self.gen_noise.get_state()
+                if stop.requested:
+                    raise DeferredStop
+                idx = at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(self.device)
+                x = self.x_train[idx]
+                stats = self.solver.step(self.degradation.measure(x, self.gen_noise), x, idx)
+                if not all(math.isfinite(v) for v in stats.values()):
+                    raise divergence(f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats})",
+                                     self.out / "checkpoint.pt")
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("loss", "objective")})
+            else:
+                b = self.batches
+        except DeferredStop:
+            bar.close()
+            seconds += time.perf_counter() - t0
+            if b < self.batches:  # batch b had not been applied: replay it from its noise state
+                self.gen_noise.set_state(noise_state)
+            self.save_checkpoint(epoch, b, at.perm, {"sums": sums, "seconds": seconds})
+            log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, self.out)
+            raise
+        bar.close()
+        seconds += time.perf_counter() - t0
+        self.end_epoch(epoch, {"epoch": epoch + 1, "seconds": seconds, **{k: v / self.batches for k, v in sums.items()}})
+
+    def end_epoch(self, epoch: int, row: dict) -> None:
+        """Evaluate (every ``eval_every`` epochs and at the end), check the weights, checkpoint, log."""
+        cfg, at = self.cfg, self.at
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            ev = evaluate(self.model, self.x_test, self.y_test)
+            row.update(test_psnr=ev["psnr"]["mean"], test_ssim=ev["ssim"]["mean"])
+        else:
+            row.update(test_psnr=math.nan, test_ssim=math.nan)
+        if not finite_model(self.model):  # checked once per epoch: a bad batch shows in the next batch's loss
+            raise divergence(f"training diverged in epoch {epoch + 1} (non-finite weights)", self.out / "checkpoint.pt")
+        at.history.append(row)
+        at.perm, at.partial, at.batch = None, {}, 0
+        self.save_checkpoint(epoch + 1, 0, None, {})
+        write_csv(self.out / "history.csv", at.history)
+        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+
+
+def setup(cfg: DictConfig) -> tuple[Session, int]:
+    """Data, degradation, components (seeded) and random streams of a run; the bytes of its
+    persistent auxiliary variables."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
     log.info("device: %s (torch %s)", device, torch.__version__)
-
     source = require_mnist(cfg)
     log.info("MNIST from %s (%s)", source, cfg.data_root)
     degradation = build_degradation(cfg.dataset)
     x_test, y_test = make_test_set(cfg, degradation, device)
     x_train = load_mnist(cfg.data_root, train=True, size=cfg.train_size).to(device)
-    n_train = x_train.shape[0]
-    batches = math.ceil(n_train / cfg.batch_size)
-
     torch.manual_seed(cfg.seed)
     model, scheme, solver = build(cfg, device)
-    aux_bytes = solver.prepare(n_train)
+    aux_bytes = solver.prepare(x_train.shape[0])
     if aux_bytes:
-        log.info("persistent auxiliary variables: %.3f GB on %s (%d samples)", aux_bytes / 1e9, device, n_train)
+        log.info("persistent auxiliary variables: %.3f GB on %s (%d samples)", aux_bytes / 1e9, device, x_train.shape[0])
     gen_perm = torch.Generator().manual_seed(cfg.seed)
     gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    at = Progress()
+    return Session(cfg, out, device, degradation, x_train, x_test, y_test, model, scheme, solver, gen_perm, gen_noise), aux_bytes
+
+
+def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dict:
+    """Train the configured network; returns the final metrics (also written to metrics.json).
+    ``cfg`` is a validated ``train`` config (``validate``). With ``cfg.resume``, the run continues from
+    ``checkpoint`` (loaded from the folder when not given); ``on_ready()`` is called once everything is
+    loaded and restored, before the first batch (a resumption touches its folder only then)."""
+    run, aux_bytes = setup(cfg)
     if cfg.resume:
         ckpt = checkpoint if checkpoint is not None else load_checkpoint(Path(cfg.resume) / "checkpoint.pt")[0]
-        at = restore(cfg, ckpt, model, scheme, solver, gen_perm, gen_noise, device)
+        run.at = restore(cfg, ckpt, run.model, run.scheme, run.solver, run.gen_perm, run.gen_noise, run.device)
     if on_ready is not None:
         on_ready()
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-
-    def save_checkpoint(epoch, batch, perm, partial):
-        save_torch(out / "checkpoint.pt", {
-            "model": model.state_dict(), "config": resolved, "epoch": epoch, "batch": batch, "perm": perm,
-            "partial": partial, "scheme": scheme.state_dict(), "solver": solver.state_dict(),
-            "rng": rng_state(gen_perm, gen_noise), "device_type": device.type, "history": at.history,
-        })
-
     stop = DeferredInterrupt()
     show = bool(cfg.progress) and sys.stderr.isatty()
     try:
-        for epoch in tqdm(range(at.epoch, cfg.epochs), desc="epochs", disable=not show, initial=at.epoch, total=cfg.epochs):
-            if at.perm is None:
-                at.perm = torch.randperm(n_train, generator=gen_perm)
-            scheme.begin_epoch(epoch)
-            solver.begin_epoch(epoch)
-            sums, seconds = dict(at.partial.get("sums", {})), at.partial.get("seconds", 0.0)
-            t0 = time.perf_counter()
-            bar = tqdm(total=batches, initial=at.batch, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
-            b = at.batch
-            try:
-                for b in range(at.batch, batches):
-                    noise_state = gen_noise.get_state()
-                    if stop.requested:
-                        raise DeferredStop
-                    idx = at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(device)
-                    x = x_train[idx]
-                    stats = solver.step(degradation.measure(x, gen_noise), x, idx)
-                    if not all(math.isfinite(v) for v in stats.values()):
-                        raise divergence(f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats})",
-                                         out / "checkpoint.pt")
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + v
-                    bar.update(1)
-                    bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("loss", "objective")})
-                else:
-                    b = batches
-            except DeferredStop:
-                bar.close()
-                seconds += time.perf_counter() - t0
-                if b < batches:  # batch b had not been applied: replay it from its noise state
-                    gen_noise.set_state(noise_state)
-                save_checkpoint(epoch, b, at.perm, {"sums": sums, "seconds": seconds})
-                log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, out)
-                raise
-            bar.close()
-            seconds += time.perf_counter() - t0
-            row = {"epoch": epoch + 1, "seconds": seconds, **{k: v / batches for k, v in sums.items()}}
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                ev = evaluate(model, x_test, y_test)
-                row.update(test_psnr=ev["psnr"]["mean"], test_ssim=ev["ssim"]["mean"])
-            else:
-                row.update(test_psnr=math.nan, test_ssim=math.nan)
-            if not finite_model(model):  # checked once per epoch: a bad batch shows in the next batch's loss
-                raise divergence(f"training diverged in epoch {epoch + 1} (non-finite weights)", out / "checkpoint.pt")
-            at.history.append(row)
-            at.perm, at.partial, at.batch = None, {}, 0
-            save_checkpoint(epoch + 1, 0, None, {})
-            write_csv(out / "history.csv", at.history)
-            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        for epoch in tqdm(range(run.at.epoch, cfg.epochs), desc="epochs", disable=not show, initial=run.at.epoch,
+                          total=cfg.epochs):
+            run.epoch(epoch, stop, show)
     finally:
         stop.restore()
-    return finish(cfg, out, model, scheme, solver, device, at.history, x_test, y_test, n_train, aux_bytes)
+    return finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test, run.y_test,
+                  run.x_train.shape[0], aux_bytes)
 
 
 def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_test, n_train, aux_bytes: int = 0) -> dict:
