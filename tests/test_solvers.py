@@ -163,7 +163,7 @@ def test_isgm_momentum_extrapolates_the_anchor():
         W_now = model.blocks[0].linear.weight.detach().clone()
         isgm.begin_batch()
         expected = W_now + beta * (W_now - W_prev)
-        assert torch.allclose(isgm.anchor[0][0], expected) and torch.allclose(model.blocks[0].linear.weight, expected)
+        assert torch.allclose(isgm.anchor[1][0], expected) and torch.allclose(model.blocks[0].linear.weight, expected)
 
 
 @pytest.mark.parametrize("arch", ["resnet", "unrolled_pnn"])

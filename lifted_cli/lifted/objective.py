@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from .penalties import LayerPenalty, l1_penalty, soft_threshold
+from .stacking import Stack, gather, stack_ranges
 
 
 @dataclass
@@ -91,6 +92,60 @@ class LiftedProblem:
             blk = self.blocks[k - 1]
             if not blk.has_state and type(penalty).prox_z is not LayerPenalty.prox_z and not blk.act.l1_composable:
                 raise ValueError(f"sparsity on layer {k} needs an activation with 0 in dPhi(0); {blk.act.spec()} has not")
+        self.stacks: list[Stack] = []
+        self.stack_of: dict[int, tuple[Stack, int]] = {}  # layer -> (its stack, its index there)
+        self._lambda_cache: dict = {}
+
+    # ----------------------------------------------------------------------------- stacking
+    def stackable(self) -> list[tuple[int, int]]:
+        """The runs of equal blocks that can be stepped together (docs/method.md, section 5.9): at
+        least two consecutive blocks of one signature, never the output layer (clamped, or tied to
+        the read-out) nor the layer of the sparsity term."""
+        return stack_ranges(self.blocks, excluded={self.L, self.sparsity_layer})
+
+    def stack(self, ranges) -> None:
+        """Store the parameters of each run (first, last) as stacked tensors (the blocks' parameters
+        become views of them) and step those blocks together from now on."""
+        for first, last in ranges:
+            st = Stack(self.blocks[first - 1:last], first)
+            self.stacks.append(st)
+            for k in range(st.d):
+                self.stack_of[first + k] = (st, k)
+
+    def units(self) -> list:
+        """The blocks in layer order, each stack as one unit: ``Stack`` objects and layer numbers."""
+        out, l = [], 1
+        while l <= self.L:
+            if l in self.stack_of:
+                out.append(self.stack_of[l][0])
+                l = self.stack_of[l][0].last + 1
+            else:
+                out.append(l)
+                l += 1
+        return out
+
+    def unit_params(self, unit) -> list[torch.Tensor]:
+        """The tensors that hold a unit's parameters: a stack's storage, or a block's parameters."""
+        if isinstance(unit, Stack):
+            return [unit.storage[name] for name in unit.names]
+        return self.block_params(unit)
+
+    def layer_view(self, unit_tensors: dict, l: int) -> list[torch.Tensor]:
+        """Block l's share of a copy ``{unit: tensors like unit_params(unit)}`` of the parameters."""
+        if l in self.stack_of:
+            stack, k = self.stack_of[l]
+            return [t[k] for t in unit_tensors[stack.first]]
+        return unit_tensors[l]
+
+    def stack_lambdas(self, layers: list[int], ref: torch.Tensor) -> torch.Tensor:
+        """lambda_l of ``layers`` as a (K, 1, 1) tensor (cached while the weights are unchanged)."""
+        values = tuple(self.lambdas[l - 1] for l in layers)
+        key = (tuple(layers), ref.dtype, ref.device)
+        hit = self._lambda_cache.get(key)
+        if hit is None or hit[0] != values:
+            hit = (values, torch.tensor(values, dtype=ref.dtype, device=ref.device).view(-1, 1, 1))
+            self._lambda_cache[key] = hit
+        return hit[1]
 
     # ------------------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -123,8 +178,35 @@ class LiftedProblem:
     def refresh(self, st: LiftedState, first: int = 1, last: int | None = None) -> None:
         """Recompute the cached pre-activations a_l, ``first`` <= l <= ``last`` (default L), for the
         current U, W."""
-        for l in range(first, (self.L if last is None else last) + 1):
-            st.a[l] = self.blocks[l - 1].pre(st.u[l - 1], st.y)
+        last = self.L if last is None else last
+        l = first
+        while l <= last:
+            if l in self.stack_of:
+                stack, k = self.stack_of[l]
+                top = min(last, stack.last)
+                self.stack_refresh(st, stack, slice(k, top - stack.first + 1, 1))
+                l = top + 1
+            else:
+                st.a[l] = self.blocks[l - 1].pre(st.u[l - 1], st.y)
+                l += 1
+
+    def stack_refresh(self, st: LiftedState, stack: Stack, ks: slice) -> None:
+        layers = stack.layers(ks)
+        a = stack.call("pre", gather([st.u[l - 1] for l in layers]), ks=ks, shared=(st.y,))
+        for l, v in zip(layers, a.unbind(0)):
+            st.a[l] = v
+
+    def refresh_parity(self, st: LiftedState, layers: list[int], parity: int) -> None:
+        """Recompute a_l for ``layers`` (all of one parity): stacked layers in one call per stack."""
+        done = set()
+        for l in layers:
+            if l in self.stack_of:
+                stack = self.stack_of[l][0]
+                if stack.first not in done:
+                    done.add(stack.first)
+                    self.stack_refresh(st, stack, stack.select(parity))
+            else:
+                st.a[l] = self.blocks[l - 1].pre(st.u[l - 1], st.y)
 
     def residual(self, st: LiftedState, l: int) -> torch.Tensor:
         """r_l = u_l - S_l u_{l-1} - V_l z_l (state blocks)."""
@@ -137,8 +219,19 @@ class LiftedProblem:
     @torch.no_grad()
     def objective_per_sample(self, st: LiftedState) -> torch.Tensor:
         """E(theta, Z, U) of every sample (shape (s,)) at the cached pre-activations."""
-        value = sum(self.lambdas[l - 1] * self.penalty.value(self.acts[l - 1], st.z[l], st.a[l]) for l in range(1, self.L + 1))
-        for l in range(1, self.L + 1):
+        value = 0.0
+        for unit in self.units():
+            if isinstance(unit, Stack):
+                ks = unit.select()
+                layers = unit.layers(ks)
+                lam = self.stack_lambdas(layers, st.y)[:, :, 0]
+                z, a = gather([st.z[l] for l in layers]), gather([st.a[l] for l in layers])
+                value = value + (lam * self.penalty.value(unit.act, z, a)).sum(dim=0)
+                if unit.has_state:
+                    value = value + 0.5 * self.rho * self.stack_residual(st, unit, ks).pow(2).sum(dim=2).sum(dim=0)
+                continue
+            l = unit
+            value = value + self.lambdas[l - 1] * self.penalty.value(self.acts[l - 1], st.z[l], st.a[l])
             if self.blocks[l - 1].has_state:
                 value = value + 0.5 * self.rho * self.residual(st, l).pow(2).sum(dim=1)
         if self.output == "free":
@@ -156,10 +249,16 @@ class LiftedProblem:
         """Mean over samples of ||u_l - post_l(u_{l-1}, sigma_l(a_l))||: how far each layer
         equation is from holding, l = 1..L."""
         gaps = []
-        for l in range(1, self.L + 1):
-            blk = self.blocks[l - 1]
-            gaps.append(float((st.u[l] - blk.post(st.u[l - 1], blk.act(st.a[l]))).norm(dim=1).mean()))
-        return gaps
+        for unit in self.units():
+            if isinstance(unit, Stack):
+                layers = unit.layers(unit.select())
+                u_prev, a = gather([st.u[l - 1] for l in layers]), gather([st.a[l] for l in layers])
+                post = unit.call("post", u_prev, unit.act(a))
+                gaps.append((gather([st.u[l] for l in layers]) - post).norm(dim=2).mean(dim=1))
+            else:
+                blk = self.blocks[unit - 1]
+                gaps.append((st.u[unit] - blk.post(st.u[unit - 1], blk.act(st.a[unit]))).norm(dim=1).mean()[None])
+        return torch.cat(gaps).tolist()
 
     def hidden_gap(self, st: LiftedState) -> float:
         gaps = self.layer_gaps(st)
@@ -218,18 +317,145 @@ class LiftedProblem:
     def x_lipschitz(self, kind: str, l: int, norm_sq) -> float:
         """Lipschitz constant of ``x_gradient`` in (kind, l); ``norm_sq(which, l)`` returns the
         squared norm of W_l (``pre``), V_l (``post``) or the read-out (``readout``)."""
-        if l < self.L:
-            down = self.lambdas[l] * self.penalty.lip_a * norm_sq("pre", l + 1)
-            if self.blocks[l].has_state and self.blocks[l].skip:
-                down += self.rho
-        else:
-            down = self.loss_weight * (1.0 if self.model.readout_identity else norm_sq("readout", l))
+        down = self.down_lipschitz(l, norm_sq)
         if kind == "u":
             return self.rho + down
         own = self.lambdas[l - 1] * self.penalty.lip_z
         if self.blocks[l - 1].has_state:
             return own + self.rho * norm_sq("post", l)
         return own + down
+
+    def down_lipschitz(self, l: int, norm_sq) -> float:
+        """Lipschitz constant in u_l of the terms of block l+1 (or of the data loss when l = L)."""
+        if l == self.L:
+            return self.loss_weight * (1.0 if self.model.readout_identity else norm_sq("readout", l))
+        down = self.lambdas[l] * self.penalty.lip_a * norm_sq("pre", l + 1)
+        if self.blocks[l].has_state and self.blocks[l].skip:
+            down += self.rho
+        return down
+
+    # ------------------------------------------------------------------ stacked auxiliary steps
+    # The methods below are the per-layer ones above for the layers ``stack.layers(ks)`` of a stack
+    # at once: tensors carry the selected layers as their first dimension.
+    def _stacked(self, st: LiftedState, kind: str, layers: list[int]) -> torch.Tensor:
+        return gather([(st.u if kind == "u" else st.z if kind == "z" else st.a)[l] for l in layers])
+
+    def stack_residual(self, st: LiftedState, stack: Stack, ks: slice) -> torch.Tensor:
+        layers = stack.layers(ks)
+        prev = gather([st.u[l - 1] for l in layers])
+        return self._stacked(st, "u", layers) - stack.call("post", prev, self._stacked(st, "z", layers), ks=ks)
+
+    def stack_downstream(self, st: LiftedState, stack: Stack, ks: slice) -> torch.Tensor:
+        """``downstream_gradient`` of the selected layers: blocks l+1 inside the stack in one call,
+        the block after the stack by the per-layer method."""
+        layers = stack.layers(ks)
+        inner = [l for l in layers if l < stack.last]
+        parts = []
+        if inner:
+            kn = slice(ks.indices(stack.d)[0] + 1, stack.d, ks.indices(stack.d)[2])
+            nxt = [l + 1 for l in inner]
+            g_a = self.penalty.grad_a(stack.act, self._stacked(st, "z", nxt), self._stacked(st, "a", nxt))
+            g = self.stack_lambdas(nxt, st.y) * stack.call("pre_adjoint", g_a, ks=kn)
+            if stack.has_state and stack.skip:
+                g = g - self.rho * self.stack_residual(st, stack, kn)
+            parts.append(g)
+        if layers[-1] == stack.last:
+            parts.append(self.downstream_gradient(st, stack.last)[None])
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def stack_x_gradient(self, st: LiftedState, stack: Stack, kind: str, ks: slice) -> torch.Tensor:
+        if kind == "u":
+            return self.rho * self.stack_residual(st, stack, ks) + self.stack_downstream(st, stack, ks)
+        layers = stack.layers(ks)
+        g = self.stack_lambdas(layers, st.y) * self.penalty.grad_z(stack.act, self._stacked(st, "z", layers),
+                                                                   self._stacked(st, "a", layers))
+        if stack.has_state:
+            return g - self.rho * stack.call("post_adjoint", self.stack_residual(st, stack, ks), ks=ks)
+        return g + self.stack_downstream(st, stack, ks)
+
+    def stack_x_step(self, st: LiftedState, stack: Stack, kind: str, ks: slice, mu: torch.Tensor) -> torch.Tensor:
+        """One proximal-gradient step, step ``mu`` (K, 1, 1), on (kind, l) for the selected layers."""
+        layers = stack.layers(ks)
+        v = self._stacked(st, kind, layers) - mu * self.stack_x_gradient(st, stack, kind, ks)
+        if kind == "u":
+            return v
+        return self.penalty.prox_z(stack.act, v, mu * self.stack_lambdas(layers, st.y))
+
+    def stack_x_lipschitz(self, stack: Stack, kind: str, ks: slice, norms, norm_sq) -> torch.Tensor:
+        """``x_lipschitz`` of the selected layers (shape (K,)); ``norms(which)``: the stack's squared
+        norms (d,), ``norm_sq`` the per-layer estimate (for the block after the stack)."""
+        layers = stack.layers(ks)
+        start, _, step = ks.indices(stack.d)
+        ref = stack.storage[stack.names[0]]
+        inner = [l for l in layers if l < stack.last]
+        parts = []
+        if inner:
+            lam_next = self.stack_lambdas([l + 1 for l in inner], ref).flatten()
+            down = lam_next * self.penalty.lip_a * norms("pre")[start + 1::step]
+            parts.append(down + self.rho if stack.has_state and stack.skip else down)
+        if layers[-1] == stack.last:
+            parts.append(ref.new_tensor([self.down_lipschitz(stack.last, norm_sq)]))
+        down = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if kind == "u":
+            return self.rho + down
+        own = self.stack_lambdas(layers, ref).flatten() * self.penalty.lip_z
+        if stack.has_state:
+            return own + self.rho * norms("post")[start::step]
+        return own + down
+
+    # ----------------------------------------------------------------------- stacked weight steps
+    def stack_weight_gradients(self, st: LiftedState, stack: Stack) -> dict:
+        """``weight_gradients`` of every block of the stack, stacked by parameter name."""
+        layers = stack.layers(stack.select())
+        u_prev, z, u = (gather([st.u[l - 1] for l in layers]), self._stacked(st, "z", layers),
+                        self._stacked(st, "u", layers))
+        a = stack.call("pre", u_prev, shared=(st.y,))
+        g_a = self.stack_lambdas(layers, st.y) * self.penalty.grad_a(stack.act, z, a)
+        s, y, rho, has_state = st.y.shape[0], st.y, self.rho, stack.has_state
+
+        def surrogate(call, up, uk, zk, ga):
+            total = (ga * call("pre", up, y)).sum()
+            if has_state:
+                total = total + 0.5 * rho * (uk - call("post", up, zk)).pow(2).sum()
+            return total / s
+
+        return stack.grad(surrogate, u_prev, u, z, g_a)
+
+    def stack_block_energy(self, st: LiftedState, stack: Stack, params: dict | None = None) -> torch.Tensor:
+        """``block_energy`` of every block of the stack (shape (d,)) at the stacked ``params``
+        (default: the current ones)."""
+        layers = stack.layers(stack.select())
+        u_prev, z = gather([st.u[l - 1] for l in layers]), self._stacked(st, "z", layers)
+        a = stack.call("pre", u_prev, params=params, shared=(st.y,))
+        lam = self.stack_lambdas(layers, st.y).flatten()
+        value = lam * self.penalty.energy_a(stack.act, z, a).sum(dim=1)
+        if stack.has_state:
+            post = stack.call("post", u_prev, z, params=params)
+            value = value + 0.5 * self.rho * (self._stacked(st, "u", layers) - post).pow(2).sum(dim=(1, 2))
+        return value / st.y.shape[0]
+
+    def stack_majorizable(self, stack: Stack) -> bool:
+        return self.majorizable(stack.first)
+
+    @torch.no_grad()
+    def stack_implicit_weight_step(self, st: LiftedState, stack: Stack, anchor: list, tau: float,
+                                   at_anchor: bool = False) -> None:
+        """``implicit_weight_step`` on every block of a dense stack: batched products and one batched
+        Cholesky factorisation of the (d, s, s) matrices c_l I + X_l X_l^T."""
+        layers = stack.layers(stack.select())
+        x_prev = gather([st.u[l - 1] for l in layers])
+        d, s = x_prev.shape[0], x_prev.shape[1]
+        w_name, b_name = stack.affine_names
+        W, b = stack.storage[w_name], stack.storage[b_name]
+        W0, b0 = (anchor[stack.names.index(w_name)], anchor[stack.names.index(b_name)])
+        kappa = self.stack_lambdas(layers, x_prev) * self.penalty.lip_a
+        r = stack.act(self._stacked(st, "a", layers)) - self._stacked(st, "z", layers)
+        k = torch.baddbmm(x_prev.new_ones(d, s, s), x_prev, x_prev.transpose(1, 2))
+        k.diagonal(dim1=1, dim2=2).add_(s / (kappa.view(d, 1) * tau))
+        rhs = r if at_anchor else r - torch.baddbmm((b - b0)[:, None, :], x_prev, (W - W0).transpose(1, 2))
+        coef = torch.cholesky_solve(rhs, torch.linalg.cholesky(k))
+        W.copy_(W0 - coef.transpose(1, 2) @ x_prev)
+        b.copy_(b0 - coef.sum(dim=1))
 
     # -------------------------------------------------------------------------- weight steps
     def block_params(self, l: int) -> list[torch.nn.Parameter]:

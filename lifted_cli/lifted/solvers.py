@@ -37,6 +37,7 @@ from omegaconf import OmegaConf
 
 from ..registry import Registry, Schema, check_choice, check_interval, check_nonnegative, check_positive
 from .objective import LiftedProblem, LiftedState
+from .stacking import Stack, gather
 
 #: the solvers by name; ``info["form"]``: the scheme interface each one minimises
 SOLVERS = Registry("solver")
@@ -47,6 +48,10 @@ WARM_STARTS = ("forward", "persistent")
 
 #: X-sweep orders: top-down one variable after another; all at once; odd layers at once, then even ones
 LAYER_ORDERS = ("gauss_seidel", "jacobi", "red_black")
+
+#: ``solver.stacked``: equal consecutive blocks stepped together wherever possible | always (refused
+#: where impossible) | never (one block after another)
+STACKED = ("auto", "true", "false")
 
 
 def check_momentum(key: str, value) -> None:
@@ -179,6 +184,9 @@ class AuxiliaryUpdater:
         """||W_l||^2 (``pre``), ||V_l||^2 (``post``) or ||K||^2 (``readout``), estimated once per
         weight update (``invalidate``)."""
         key = (which, l)
+        if key not in self._norms and l in self.problem.stack_of and which != "readout":
+            stack, k = self.problem.stack_of[l]
+            self._norms[key] = float(self.stack_norm_sq(stack, which)[k])
         if key not in self._norms:
             blk = self.problem.blocks[l - 1]
             model = self.problem.model
@@ -186,6 +194,31 @@ class AuxiliaryUpdater:
                     "readout": (model.readout_linear, model.readout_adjoint)}[which]
             self._norms[key], self.vectors[key] = power_norm_sq(*maps, self.vectors[key], self.power_iters)
         return self._norms[key]
+
+    def stack_norm_sq(self, stack, which: str) -> torch.Tensor:
+        """The squared norms (d,) of ``which`` for every block of a stack: the power iterations of
+        ``norm_sq`` on all blocks at once."""
+        key = (which, stack)
+        if key not in self._norms:
+            layers = stack.layers(stack.select())
+            maps = {"pre": ("pre_linear", "pre_adjoint"), "post": ("post_linear", "post_adjoint")}[which]
+            v = gather([self.vectors[(which, l)] for l in layers])
+            for _ in range(self.power_iters):
+                w = stack.call(maps[1], stack.call(maps[0], v))
+                n = w.flatten(1).norm(dim=1).view(-1, 1, 1)
+                v = torch.where((n > 0) & torch.isfinite(n), w / n, v)
+            self._norms[key] = stack.call(maps[0], v).pow(2).flatten(1).sum(dim=1)
+            for l, vl in zip(layers, v.unbind(0)):
+                self.vectors[(which, l)] = vl
+        return self._norms[key]
+
+    def stack_step_size(self, stack, kind: str, ks: slice) -> torch.Tensor:
+        """``step_size`` of (kind, l) for the selected layers of a stack, shape (K, 1, 1)."""
+        ref = stack.storage[stack.names[0]]
+        if self.fixed_step is not None:
+            return ref.new_full((len(stack.layers(ks)), 1, 1), float(self.fixed_step))
+        lip = self.problem.stack_x_lipschitz(stack, kind, ks, lambda which: self.stack_norm_sq(stack, which), self.norm_sq)
+        return (self.safety / lip.clamp_min(1e-12)).view(-1, 1, 1)
 
     def step_size(self, kind: str, l: int) -> float:
         if self.fixed_step is not None:
@@ -203,21 +236,31 @@ class AuxiliaryUpdater:
             v = st.u[l] if kind == "u" else st.z[l]
             return p.x_prox(kind, l, v - mu * p.x_gradient(st, kind, l), mu)
 
+        def jacobi(group, parity=None):
+            """Every variable of ``group`` from the same state; stacked layers in one step per stack."""
+            new = [(var, update(*var)) for var in group if var[1] not in p.stack_of]
+            for stack in p.stacks:
+                ks = stack.select(parity)
+                if not stack.layers(ks):
+                    continue
+                for kind in ("u", "z") if stack.has_state else ("z",):
+                    values = p.stack_x_step(st, stack, kind, ks, self.stack_step_size(stack, kind, ks))
+                    new += [((kind, l), v) for l, v in zip(stack.layers(ks), values.unbind(0))]
+            for (kind, l), v in new:
+                p.set_var(st, kind, l, v)
+
         variables = p.variables()
         if self.order == "gauss_seidel":
             for kind, l in variables:
                 p.set_var(st, kind, l, update(kind, l))
         elif self.order == "jacobi":
-            for (kind, l), v in [(var, update(*var)) for var in variables]:
-                p.set_var(st, kind, l, v)
+            jacobi(variables)
         else:  # red_black: odd and even layers share no term, so each half is a Jacobi step on separate blocks
             for parity in (1, 0):
                 group = [var for var in variables if var[1] % 2 == parity]
                 if parity == 0:  # the even layers' inputs (odd states) have moved
-                    for l in sorted({l for _, l in group}):
-                        p.refresh(st, first=l, last=l)
-                for (kind, l), v in [(var, update(*var)) for var in group]:
-                    p.set_var(st, kind, l, v)
+                    p.refresh_parity(st, sorted({l for _, l in group}), parity)
+                jacobi(group, parity)
 
     def state_dict(self) -> dict:
         return {"vectors": {f"{w}:{l}": v for (w, l), v in self.vectors.items()}}
@@ -243,8 +286,10 @@ class LiftedSolverConfig(Schema):
     x_step: Optional[float] = None
     warm_start: str = "forward"
     aux_memory_gb: float = 4.0
+    stacked: str = "auto"
 
     def validate(self):
+        check_choice("stacked", str(self.stacked).lower(), STACKED)
         for key in ("n_inner", "x_sweeps", "power_iters"):
             check_positive(key, getattr(self, key))
         check_interval("step_safety", self.step_safety, 0.0, 1.0, closed_low=False, closed_high=True)
@@ -281,13 +326,40 @@ class LiftedSolver:
         self.problem = problem
         self.cfg = cfg
         self.tau = cfg.get("tau")
+        self._stack(str(cfg.stacked).lower())
         self.xs = AuxiliaryUpdater(problem, cfg.layer_order, cfg.step_safety, cfg.power_iters, cfg.x_step)
-        groups = [{"params": problem.block_params(l), "lr": 1.0} for l in range(1, problem.L + 1)]
+        self.units = problem.units()
+        self.group = {(u.first if isinstance(u, Stack) else u): i for i, u in enumerate(self.units)}
+        groups = [{"params": problem.unit_params(u)} for u in self.units]  # lr: the optimiser's own (cfg.lr for adam)
         self.optimizer = self._make_optimizer(groups)
         self.gamma = [1.0] * problem.L  # last accepted backtracking step per block
         self.grow = [True] * problem.L  # the last search accepted its first trial: try a longer step
         self.aux: dict | None = None  # persistent warm start: every training sample's free variables
         self.seen: torch.Tensor | None = None
+
+    def stacking_limit(self) -> str | None:
+        """Why this solver's updates cannot be stacked (None: they can)."""
+        if self.cfg.layer_order == "gauss_seidel":
+            return "layer_order=gauss_seidel updates one layer after another; stacking needs jacobi or red_black"
+        return None
+
+    def _stack(self, mode: str) -> None:
+        """Stack the runs of equal blocks (``solver.stacked``): ``auto`` wherever possible, ``true``
+        refused with one line where impossible, ``false`` never."""
+        if mode == "false":
+            return
+        p = self.problem
+        reason = self.stacking_limit()
+        ranges = p.stackable()
+        if reason is None and not ranges:
+            reason = "this network has no two consecutive equal blocks below the output layer"
+        if reason is not None:
+            if mode == "true":
+                from ..registry import fail
+
+                fail("solver.stacked", "true", reason + "; use solver.stacked=auto or false")
+            return
+        p.stack(ranges)
 
     def prepare(self, n_samples: int) -> int:
         """With ``warm_start=persistent``, room for the free auxiliary variables of ``n_samples``
@@ -382,11 +454,51 @@ class LiftedSolver:
         self.gamma[l - 1] = gamma
         return gamma
 
+    @torch.no_grad()
+    def stack_backtracking_step_size(self, st: LiftedState, stack: Stack, grads: dict, anchor: list | None = None):
+        """``backtracking_step_size`` for every block of a stack at once (shape (d,)): each block
+        keeps its own step, all blocks try their steps together, and a trial costs one batched
+        energy evaluation."""
+        p = self.problem
+        names, storage = stack.names, stack.storage
+        span = slice(stack.first - 1, stack.last)
+
+        def energy(params):
+            f = p.stack_block_energy(st, stack, params)
+            if anchor is not None:
+                f = f + sum((params[n] - q0).pow(2).flatten(1).sum(dim=1) for n, q0 in zip(names, anchor)) / (2 * self.tau)
+            return f
+
+        ref = storage[names[0]]
+        f0 = energy(storage)
+        gg = sum(grads[n].pow(2).flatten(1).sum(dim=1) for n in names)
+        grow = torch.tensor(self.grow[span], device=ref.device)
+        gamma = torch.tensor(self.gamma[span], dtype=ref.dtype, device=ref.device) * torch.where(grow, 2.0, 1.0).to(ref.dtype)
+        grow = torch.ones_like(grow)
+        slack = 10 * torch.finfo(ref.dtype).eps * (f0.abs() + 1.0)
+        done = gg <= 0
+        for _ in range(60):
+            if bool(done.all()):
+                break
+            trial = {n: storage[n] - gamma.view((-1,) + (1,) * (storage[n].dim() - 1)) * grads[n] for n in names}
+            done = done | (energy(trial) <= f0 - 0.5 * gamma * gg + slack)
+            gamma = torch.where(done, gamma, 0.5 * gamma)
+            grow = grow & done
+        self.gamma[span] = gamma.tolist()
+        self.grow[span] = grow.tolist()
+        return gamma
+
     def _apply(self, l: int, grads, lr: float | None) -> None:
         for q, g in zip(self.problem.block_params(l), grads):
             q.grad = g
         if lr is not None:
-            self.optimizer.param_groups[l - 1]["lr"] = lr
+            self.optimizer.param_groups[self.group[l]]["lr"] = lr
+
+    def _apply_stack(self, stack: Stack, grads: dict, lr: float | None) -> None:
+        for name in stack.names:
+            stack.storage[name].grad = grads[name]
+        if lr is not None:
+            self.optimizer.param_groups[self.group[stack.first]]["lr"] = lr
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
@@ -398,8 +510,8 @@ class LiftedSolver:
         """One mini-batch from degraded inputs ``y`` to clean targets ``x`` (both (B, 1, 28, 28));
         ``idx``: the samples' indices in the training set (for the persistent warm start)."""
         p = self.problem
+        self.begin_batch()  # first: the warm start's pre-activations are those of the batch's starting weights
         st = self._warm_start(y.reshape(y.shape[0], -1), x.reshape(x.shape[0], -1), idx)
-        self.begin_batch()
         for k in range(self.cfg.n_inner):
             self.xs.invalidate()
             if k > 0:  # the weights moved: every pre-activation is stale
@@ -460,7 +572,7 @@ class ISGM(LiftedSolver):
     (W^k, forward pass). W-step: the exact majorised implicit step on dense blocks
     (``w_metric=majorizer``), else W_l <- W_l - gamma_l [grad_W E_S + (W_l - W_l^k)/tau]."""
 
-    previous = None  # W^{k-1}, for the momentum extrapolation
+    previous = None  # W^{k-1}, for the momentum extrapolation ({unit: tensors like unit_params})
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "previous": self.previous}
@@ -469,61 +581,92 @@ class ISGM(LiftedSolver):
         super().load_state_dict(state)
         if state.get("previous") is not None:
             dev = self.problem.block_params(1)[0].device
-            self.previous = [[q.to(dev) for q in block] for block in state["previous"]]
+            self.previous = {key: [q.to(dev) for q in tensors] for key, tensors in state["previous"].items()}
 
     def begin_epoch(self, epoch: int) -> None:
         """tau_e = tau * tau_decay^e for epoch e = 0, 1, ... (smaller tau: more conservative steps)."""
         self.tau = self.cfg.tau * self.cfg.tau_decay**epoch
 
+    def _snapshot(self) -> dict:
+        return {(u.first if isinstance(u, Stack) else u): [q.detach().clone() for q in self.problem.unit_params(u)]
+                for u in self.units}
+
     @torch.no_grad()
     def begin_batch(self) -> None:
         """Anchor W^k of this implicit step. With ``momentum`` beta > 0 the anchor is extrapolated,
         W^k <- W^k + beta (W^k - W^{k-1}) (heavy-ball/Nesterov-style implicit SGD), then projected
-        onto the architecture's constraints; beta = 0 is plain ISGM."""
+        onto the architecture's constraints; beta = 0 is plain ISGM. A stack's blocks move in one
+        operation per parameter tensor."""
         p = self.problem
-        blocks = [p.block_params(l) for l in range(1, p.L + 1)]
         beta = self.cfg.momentum
         if beta > 0:
-            current = [[q.detach().clone() for q in block] for block in blocks]
+            current = self._snapshot()
             if self.previous is not None:
-                for block, prev in zip(blocks, self.previous):
-                    for q, q1 in zip(block, prev):
+                for u in self.units:
+                    prev = self.previous[u.first if isinstance(u, Stack) else u]
+                    for q, q1 in zip(p.unit_params(u), prev):
                         q.add_(q - q1, alpha=beta)
                 p.model.project()
             self.previous = current
-        self.anchor = [[q.detach().clone() for q in block] for block in blocks]
+        self.anchor = self._snapshot()
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
         p = self.problem
         inv_tau = 1.0 / self.tau
-        for l in range(1, p.L + 1):
+        for unit in self.units:
+            if isinstance(unit, Stack):
+                self._stack_w_step(st, unit, inv_tau)
+                continue
+            l = unit
+            anchor = self.anchor[l]
             if self.cfg.w_metric == "majorizer" and p.majorizable(l):
-                p.implicit_weight_step(st, l, self.anchor[l - 1], self.tau, at_anchor=self.inner == 0)
+                p.implicit_weight_step(st, l, anchor, self.tau, at_anchor=self.inner == 0)
                 continue
             grads = p.weight_gradients(st, l)
-            for g, q, q0 in zip(grads, p.block_params(l), self.anchor[l - 1]):
+            for g, q, q0 in zip(grads, p.block_params(l), anchor):
                 g.add_(q - q0, alpha=inv_tau)
-            lr = self.cfg.w_step if self.cfg.w_step is not None else self.backtracking_step_size(st, l, grads, self.anchor[l - 1])
+            lr = self.cfg.w_step if self.cfg.w_step is not None else self.backtracking_step_size(st, l, grads, anchor)
             self._apply(l, grads, lr)
         params = [q for group in self.optimizer.param_groups for q in group["params"]]
         if any(q.grad is not None for q in params):
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
+    def _stack_w_step(self, st: LiftedState, stack: Stack, inv_tau: float) -> None:
+        """The W-step of every block of a stack at once: the batched majorised step, or a gradient
+        step with each block's own backtracked length (the update of plain SGD, batched)."""
+        p = self.problem
+        anchor = self.anchor[stack.first]
+        if self.cfg.w_metric == "majorizer" and p.stack_majorizable(stack):
+            p.stack_implicit_weight_step(st, stack, anchor, self.tau, at_anchor=self.inner == 0)
+            return
+        grads = p.stack_weight_gradients(st, stack)
+        for name, q0 in zip(stack.names, anchor):
+            grads[name].add_(stack.storage[name] - q0, alpha=inv_tau)
+        if self.cfg.w_step is not None:
+            gamma = stack.storage[stack.names[0]].new_full((stack.d,), float(self.cfg.w_step))
+        else:
+            gamma = self.stack_backtracking_step_size(st, stack, grads, anchor)
+        for name in stack.names:
+            q = stack.storage[name]
+            q.sub_(gamma.view((-1,) + (1,) * (q.dim() - 1)) * grads[name])
+
 
 def _sgd_rule(momentum: bool, nesterov: bool = False):
     return lambda groups, cfg: torch.optim.SGD(groups, lr=1.0, momentum=cfg.momentum if momentum else 0.0, nesterov=nesterov)
 
 
-#: BCD weight updates: the torch optimiser over the block parameter groups, and whether the step
-#: length comes from ``lr`` or a backtracking line search (``line_search``: when ``lr`` is null)
+#: BCD weight updates: the torch optimiser over the block parameter groups; whether the step
+#: length comes from ``lr`` or a backtracking line search (``line_search``: when ``lr`` is null); and
+#: whether the optimiser keeps no state, so that each block's own searched step can be folded into
+#: its gradient when the blocks of a stack share one parameter tensor
 WEIGHT_UPDATES = {
-    "gd": (_sgd_rule(False), True),
-    "heavyball": (_sgd_rule(True), True),
-    "nesterov": (_sgd_rule(True, nesterov=True), True),
+    "gd": (_sgd_rule(False), True, True),
+    "heavyball": (_sgd_rule(True), True, False),
+    "nesterov": (_sgd_rule(True, nesterov=True), True, False),
     "adam": (lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr if cfg.lr is not None else 1e-3,
-                                                  betas=(cfg.beta1, cfg.beta2)), False),
+                                                  betas=(cfg.beta1, cfg.beta2)), False, False),
 }
 
 
@@ -552,13 +695,32 @@ class BCD(LiftedSolver):
     (momentum ``momentum``) or adam (learning rate ``lr``)."""
 
     def _make_optimizer(self, groups):
-        make, self.line_search = WEIGHT_UPDATES[self.cfg.weight_update]
+        make, self.line_search, _ = WEIGHT_UPDATES[self.cfg.weight_update]
         return make(groups, self.cfg)
+
+    def stacking_limit(self) -> str | None:
+        _, line_search, stateless = WEIGHT_UPDATES[self.cfg.weight_update]
+        if line_search and self.cfg.lr is None and not stateless:
+            return (f"weight_update={self.cfg.weight_update} with a line search (lr=null) gives every block its own "
+                    "step inside one momentum optimiser; stacking needs gd, adam or a fixed lr")
+        return super().stacking_limit()
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
         p = self.problem
-        for l in range(1, p.L + 1):
+        for unit in self.units:
+            if isinstance(unit, Stack):  # one gradient and one optimiser update for the whole stack
+                grads = p.stack_weight_gradients(st, unit)
+                lr = None
+                if self.line_search:
+                    lr = self.cfg.lr
+                    if lr is None:  # plain gd: each block's own step, folded into its gradient
+                        gamma = self.stack_backtracking_step_size(st, unit, grads)
+                        grads = {n: g * gamma.view((-1,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
+                        lr = 1.0
+                self._apply_stack(unit, grads, lr)
+                continue
+            l = unit
             grads = p.weight_gradients(st, l)
             lr = None
             if self.line_search:

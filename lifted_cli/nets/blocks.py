@@ -78,6 +78,11 @@ class Block(nn.Module):
         step of ``lifted.LiftedProblem``), else None."""
         return None
 
+    def stack_key(self) -> tuple:
+        """What, besides the class, the activation and the parameter shapes, fixes the function the
+        block computes of its parameters (blocks that agree can be stacked; ``lifted.stacking``)."""
+        return ()
+
 
 class DenseBlock(Block):
     """u_l = sigma(W u_{l-1} + b)."""
@@ -120,6 +125,9 @@ class ConvBlock(Block):
         self.in_dim, self.out_dim = c_in * side * side, c_out * out * out
         self.z_dim = self.out_dim
 
+    def stack_key(self):
+        return (self.transposed, self.stride, self.padding, self.shape_in, self.shape_out)
+
     def _conv(self, v, transposed):
         op = F.conv_transpose2d if transposed else F.conv2d
         return op(v, self.conv.weight, None, self.stride, self.padding)
@@ -148,6 +156,9 @@ class ResidualBlock(DenseBlock):
             self.V = nn.Parameter(torch.empty(width, width))
             nn.init.kaiming_uniform_(self.V, a=math.sqrt(5))
             self.V.data.mul_(0.1)  # near-identity blocks at initialisation
+
+    def stack_key(self):
+        return (self.tied,)
 
     def _v(self):
         return self.linear.weight.t() if self.tied else self.V
@@ -301,6 +312,9 @@ class UnrolledBlock(Block):
         self.op = op
         self.tau = tau
         self.in_dim = self.out_dim = self.z_dim = op.dim
+
+    def stack_key(self):
+        return (self.tau, type(self.op))
 
     def pre(self, u, y):
         return self.pre_linear(u) + self.tau * self.op(y)
