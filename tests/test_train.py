@@ -81,7 +81,11 @@ def test_test_set_identical_across_schemes_and_seeds(compose_train, fake_mnist):
 @pytest.mark.slow
 @pytest.mark.parametrize("scheme,arch,extra", [("backprop", "mlp", []), ("bregman", "mlp", []), ("mac", "resnet", []),
                                                ("contrastive", "proxnet", []), ("bregman", "unrolled_pnn", []),
-                                               ("bregman", "mlp", ["solver.warm_start=persistent"])])
+                                               ("bregman", "mlp", ["solver.warm_start=persistent"]),
+                                               ("bregman", "mlp", ["arch.depth=3", "arch.width=8", "solver.layer_order=red_black",
+                                                                   "solver.stacked=true", "solver.warm_start=persistent"]),
+                                               ("bregman", "resnet", ["arch.depth=3", "solver.layer_order=jacobi",
+                                                                      "solver.stacked=true", "solver.w_metric=scalar"])])
 def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_train, monkeypatch, scheme, arch, extra):
     ov = [f"scheme={scheme}", f"data_root={fake_mnist}", "train_size=64", "test_size=8", "epochs=2", "batch_size=8",
           *TRAIN_ARCHS[arch], "progress=false", "num_samples=2", *extra]

@@ -447,15 +447,20 @@ class LiftedProblem:
         d, s = x_prev.shape[0], x_prev.shape[1]
         w_name, b_name = stack.affine_names
         W, b = stack.storage[w_name], stack.storage[b_name]
-        W0, b0 = (anchor[stack.names.index(w_name)], anchor[stack.names.index(b_name)])
         kappa = self.stack_lambdas(layers, x_prev) * self.penalty.lip_a
         r = stack.act(self._stacked(st, "a", layers)) - self._stacked(st, "z", layers)
-        k = torch.baddbmm(x_prev.new_ones(d, s, s), x_prev, x_prev.transpose(1, 2))
-        k.diagonal(dim1=1, dim2=2).add_(s / (kappa.view(d, 1) * tau))
+        k = torch.bmm(x_prev, x_prev.transpose(1, 2))
+        k.add_(1.0).diagonal(dim1=1, dim2=2).add_(s / (kappa.view(d, 1) * tau))
+        if anchor is None:
+            coef = torch.cholesky_inverse(torch.linalg.cholesky(k)) @ r
+            W.baddbmm_(coef.transpose(1, 2), x_prev, alpha=-1.0)
+            b.sub_(coef.sum(dim=1))
+            return
+        W0, b0 = (anchor[stack.names.index(w_name)], anchor[stack.names.index(b_name)])
         rhs = r if at_anchor else r - torch.baddbmm((b - b0)[:, None, :], x_prev, (W - W0).transpose(1, 2))
-        coef = torch.cholesky_solve(rhs, torch.linalg.cholesky(k))
-        W.copy_(W0 - coef.transpose(1, 2) @ x_prev)
-        b.copy_(b0 - coef.sum(dim=1))
+        coef = torch.cholesky_inverse(torch.linalg.cholesky(k)) @ rhs
+        torch.baddbmm(W0, coef.transpose(1, 2), x_prev, alpha=-1.0, out=W)
+        torch.sub(b0, coef.sum(dim=1), out=b)
 
     # -------------------------------------------------------------------------- weight steps
     def block_params(self, l: int) -> list[torch.nn.Parameter]:
@@ -517,17 +522,23 @@ class LiftedProblem:
 
             W' = W^k - (R^T - D X^T) (c I + X X^T)^{-1} X,
 
-        an s x s Cholesky solve (s = batch size). ``at_anchor``: W = W^k, so D = 0."""
+        an s x s Cholesky factorisation (s = batch size). ``at_anchor``: W = W^k, so D = 0; ``anchor``
+        None: at the anchor, with no copy of it (the weights are updated in place)."""
         x_prev = st.u[l - 1]
         s = x_prev.shape[0]
         W, b = self.blocks[l - 1].affine()
-        W0, b0 = anchor[0], anchor[1]
         kappa = self.lambdas[l - 1] * self.penalty.lip_a
         r = self.acts[l - 1](st.a[l]) - st.z[l]
         c = s / (kappa * tau)
-        k = torch.addmm(torch.ones(s, s, device=x_prev.device, dtype=x_prev.dtype), x_prev, x_prev.t())
-        k.diagonal().add_(c)  # c I + X X^T
+        k = x_prev @ x_prev.t()
+        k.add_(1.0).diagonal().add_(c)  # c I + X X^T
+        if anchor is None:  # at the anchor, and no copy of it: update in place
+            coef = torch.cholesky_inverse(torch.linalg.cholesky(k)) @ r
+            W.addmm_(coef.t(), x_prev, alpha=-1.0)
+            b.sub_(coef.sum(dim=0))
+            return
+        W0, b0 = anchor[0], anchor[1]
         rhs = r if at_anchor else r - torch.addmm(b - b0, x_prev, (W - W0).t())  # R - X D^T
-        coef = torch.cholesky_solve(rhs, torch.linalg.cholesky(k))
-        W.copy_(W0 - coef.t() @ x_prev)
-        b.copy_(b0 - coef.sum(dim=0))
+        coef = torch.cholesky_inverse(torch.linalg.cholesky(k)) @ rhs  # c >= s/(kappa tau): well conditioned
+        torch.addmm(W0, coef.t(), x_prev, alpha=-1.0, out=W)
+        torch.sub(b0, coef.sum(dim=0), out=b)

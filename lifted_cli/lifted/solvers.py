@@ -30,6 +30,7 @@ without a hand-derived Lipschitz constant.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Optional
 
 import torch
@@ -324,8 +325,8 @@ class LiftedSolver:
     def __init__(self, cfg, scheme):
         problem = scheme.problem
         self.problem = problem
-        self.cfg = cfg
-        self.tau = cfg.get("tau")
+        self.cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))  # plain attributes: read every step
+        self.tau = getattr(self.cfg, "tau", None)
         self._stack(str(cfg.stacked).lower())
         self.xs = AuxiliaryUpdater(problem, cfg.layer_order, cfg.step_safety, cfg.power_iters, cfg.x_step)
         self.units = problem.units()
@@ -557,7 +558,7 @@ class LiftedSolver:
             self.seen.copy_(state["seen"])
 
     def hyperparameters(self) -> dict:
-        return OmegaConf.to_container(self.cfg, resolve=True)
+        return dict(vars(self.cfg))
 
 
 @SOLVERS.register("isgm", ISGMConfig, form="lifted")
@@ -573,6 +574,8 @@ class ISGM(LiftedSolver):
     (``w_metric=majorizer``), else W_l <- W_l - gamma_l [grad_W E_S + (W_l - W_l^k)/tau]."""
 
     previous = None  # W^{k-1}, for the momentum extrapolation ({unit: tensors like unit_params})
+    anchor = None  # W^k ({unit: tensors like unit_params}; empty when the W-steps need no copy)
+    needs_anchor = None
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "previous": self.previous}
@@ -591,24 +594,35 @@ class ISGM(LiftedSolver):
         return {(u.first if isinstance(u, Stack) else u): [q.detach().clone() for q in self.problem.unit_params(u)]
                 for u in self.units}
 
+    def _needs_anchor(self) -> bool:
+        """A copy of W^k is needed unless every W-step is the majorised step taken at the anchor
+        itself (one inner iteration), which then updates the weights in place."""
+        p = self.problem
+        majorised = self.cfg.w_metric == "majorizer" and all(
+            p.stack_majorizable(u) if isinstance(u, Stack) else p.majorizable(u) for u in self.units)
+        return not (majorised and self.cfg.n_inner == 1)
+
     @torch.no_grad()
     def begin_batch(self) -> None:
         """Anchor W^k of this implicit step. With ``momentum`` beta > 0 the anchor is extrapolated,
         W^k <- W^k + beta (W^k - W^{k-1}) (heavy-ball/Nesterov-style implicit SGD), then projected
         onto the architecture's constraints; beta = 0 is plain ISGM. A stack's blocks move in one
-        operation per parameter tensor."""
+        operation per parameter tensor; W^{k-1} is kept in buffers that are overwritten."""
         p = self.problem
         beta = self.cfg.momentum
         if beta > 0:
-            current = self._snapshot()
-            if self.previous is not None:
+            if self.previous is None:
+                self.previous = self._snapshot()
+            else:
                 for u in self.units:
-                    prev = self.previous[u.first if isinstance(u, Stack) else u]
-                    for q, q1 in zip(p.unit_params(u), prev):
-                        q.add_(q - q1, alpha=beta)
+                    for q, q1 in zip(p.unit_params(u), self.previous[u.first if isinstance(u, Stack) else u]):
+                        step = q - q1
+                        q1.copy_(q)
+                        q.add_(step, alpha=beta)
                 p.model.project()
-            self.previous = current
-        self.anchor = self._snapshot()
+        if self.needs_anchor is None:
+            self.needs_anchor = self._needs_anchor()
+        self.anchor = self._snapshot() if self.needs_anchor else {}
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
@@ -619,7 +633,7 @@ class ISGM(LiftedSolver):
                 self._stack_w_step(st, unit, inv_tau)
                 continue
             l = unit
-            anchor = self.anchor[l]
+            anchor = self.anchor.get(l)
             if self.cfg.w_metric == "majorizer" and p.majorizable(l):
                 p.implicit_weight_step(st, l, anchor, self.tau, at_anchor=self.inner == 0)
                 continue
@@ -637,7 +651,7 @@ class ISGM(LiftedSolver):
         """The W-step of every block of a stack at once: the batched majorised step, or a gradient
         step with each block's own backtracked length (the update of plain SGD, batched)."""
         p = self.problem
-        anchor = self.anchor[stack.first]
+        anchor = self.anchor.get(stack.first)
         if self.cfg.w_metric == "majorizer" and p.stack_majorizable(stack):
             p.stack_implicit_weight_step(st, stack, anchor, self.tau, at_anchor=self.inner == 0)
             return
