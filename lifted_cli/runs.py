@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -118,6 +119,50 @@ def job_number() -> int | None:
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         return int(HydraConfig.get().job.num)
     return None
+
+
+class StepClock:
+    """Wall time of each training step, waiting for the device's queued work first (CUDA runs
+    asynchronously), and the peak memory of the run: CUDA's maximum allocated bytes, or on the CPU
+    the process's resident set sampled after every step (``/proc/self/statm``; the peak RSS of the
+    process would include earlier jobs of a sweep run in the same process)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.seconds: list[float] = []
+        self.peak = 0
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def _sync(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def stop(self) -> None:
+        self._sync()
+        self.seconds.append(time.perf_counter() - self._t0)
+        self.peak = max(self.peak, self.memory())
+
+    def memory(self) -> int:
+        if self.cuda:
+            return int(torch.cuda.max_memory_allocated(self.device))
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):  # not Linux: the process's peak so far
+            import resource
+
+            return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+    def median_ms(self, since: int = 0) -> float:
+        """Median step time in ms over the steps from index ``since`` (nan when there are none)."""
+        values = self.seconds[since:]
+        return float(np.median(values)) * 1e3 if values else math.nan
 
 
 def select_device(spec: str) -> torch.device:

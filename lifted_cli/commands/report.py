@@ -138,7 +138,8 @@ def group_runs(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
     return swept, dict(sorted(groups.items()))
 
 
-METRICS = {"train": [("psnr", "test PSNR (dB)", 2), ("ssim", "test SSIM", 4), ("s_per_epoch", "s/epoch", 2)],
+METRICS = {"train": [("psnr", "test PSNR (dB)", 2), ("ssim", "test SSIM", 4), ("s_per_epoch", "s/epoch", 2),
+                     ("step_ms", "ms/step", 2), ("peak_memory_mb", "peak MB", 0)],
            "invert": [("psnr", "recovered PSNR (dB)", 2), ("ssim", "recovered SSIM", 4), ("rel_error", "rel. error", 4),
                       ("residual", "residual", 4), ("seconds", "seconds", 1)]}
 #: the time of a run, for the ratios of --baseline

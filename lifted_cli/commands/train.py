@@ -29,7 +29,7 @@ from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
 from ..registry import check_choice, check_positive, fail, typed
-from ..runs import (DeferredInterrupt, RunConfig, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
+from ..runs import (DeferredInterrupt, RunConfig, StepClock, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
 
@@ -212,6 +212,7 @@ class Session:
     gen_perm: torch.Generator
     gen_noise: torch.Generator
     at: Progress = field(default_factory=Progress)
+    clock: Optional[StepClock] = None  # step times and peak memory of this process's steps
 
     @property
     def batches(self) -> int:
@@ -234,6 +235,8 @@ class Session:
         self.scheme.begin_epoch(epoch)
         self.solver.begin_epoch(epoch)
         sums, seconds = dict(at.partial.get("sums", {})), at.partial.get("seconds", 0.0)
+        self.clock = self.clock or StepClock(self.device)
+        first_step = len(self.clock.seconds)
         t0 = time.perf_counter()
         bar = tqdm(total=self.batches, initial=at.batch, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
         b = at.batch
@@ -244,7 +247,10 @@ class Session:
                     raise DeferredStop
                 idx = at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(self.device)
                 x = self.x_train[idx]
-                stats = self.solver.step(self.degradation.measure(x, self.gen_noise), x, idx)
+                y = self.degradation.measure(x, self.gen_noise)
+                self.clock.start()
+                stats = self.solver.step(y, x, idx)
+                self.clock.stop()
                 if not all(math.isfinite(v) for v in stats.values()):
                     raise divergence(f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats})",
                                      self.out / "checkpoint.pt")
@@ -264,7 +270,8 @@ class Session:
             raise
         bar.close()
         seconds += time.perf_counter() - t0
-        self.end_epoch(epoch, {"epoch": epoch + 1, "seconds": seconds, **{k: v / self.batches for k, v in sums.items()}})
+        self.end_epoch(epoch, {"epoch": epoch + 1, "seconds": seconds, "step_ms": self.clock.median_ms(first_step),
+                               **{k: v / self.batches for k, v in sums.items()}})
 
     def end_epoch(self, epoch: int, row: dict) -> None:
         """Evaluate (every ``eval_every`` epochs and at the end), check the weights, checkpoint, log."""
@@ -325,10 +332,11 @@ def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dic
     finally:
         stop.restore()
     return finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test, run.y_test,
-                  run.x_train.shape[0], aux_bytes)
+                  run.x_train.shape[0], aux_bytes, run.clock)
 
 
-def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_test, n_train, aux_bytes: int = 0) -> dict:
+def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_test, n_train, aux_bytes: int = 0,
+           clock: Optional[StepClock] = None) -> dict:
     """The final evaluation: metrics.json (with the no-learning row) and samples.png."""
     psnr_in, ssim_in = per_image_metrics(y_test, x_test)
     trained = [r["seconds"] for r in history]
@@ -337,7 +345,8 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "run_dir": str(out),
         "test": evaluate(model, x_test, y_test),
         "no_learning": {"psnr": summarise(psnr_in), "ssim": summarise(ssim_in)},
-        "train": {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "test_psnr", "test_ssim")} if history else {},
+        "train": {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "step_ms", "test_psnr", "test_ssim")}
+        if history else {},
         "epochs": cfg.epochs,
         "seconds_per_epoch": float(np.mean(trained)) if trained else math.nan,
         "seconds_per_epoch_all": trained,
@@ -349,6 +358,11 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "metric_implementation": IMPLEMENTATION,
         "hyperparameters": {**scheme.hyperparameters(), "solver": solver.hyperparameters()},
         "aux_memory_gb": aux_bytes / 1e9,
+        # median wall time of a mini-batch step (CUDA-synchronised) and peak memory, over this process's steps
+        "step_ms": clock.median_ms() if clock else math.nan,
+        "steps_timed": len(clock.seconds) if clock else 0,
+        "peak_memory_mb": clock.peak / 2**20 if clock else math.nan,
+        "peak_memory_kind": ("cuda_max_allocated" if device.type == "cuda" else "rss_sampled") if clock else None,
     }
     if cfg.num_samples > 0:
         k = min(cfg.num_samples, x_test.shape[0])
