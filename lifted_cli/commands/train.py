@@ -358,6 +358,7 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "metric_implementation": IMPLEMENTATION,
         "hyperparameters": {**scheme.hyperparameters(), "solver": solver.hyperparameters()},
         "aux_memory_gb": aux_bytes / 1e9,
+        "stacks": [[st.first, st.last] for st in getattr(getattr(solver, "problem", None), "stacks", [])],
         # median wall time of a mini-batch step (CUDA-synchronised) and peak memory, over this process's steps
         "step_ms": clock.median_ms() if clock else math.nan,
         "steps_timed": len(clock.seconds) if clock else 0,
