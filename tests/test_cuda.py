@@ -101,3 +101,24 @@ def test_persistent_and_red_black_runs_on_cuda_resume_on_cpu(tmp_path, fake_mnis
     resumed = train(compose_train([*_tiny(fake_mnist, "bregman", "mlp", "cpu", epochs=2), *extra, f"resume={tmp_path / 'run'}"],
                                   output_dir=tmp_path / "run"))
     assert resumed["device"] == "cpu" and math.isfinite(resumed["test"]["psnr"]["mean"])
+
+
+#: overrides that give each architecture a run of equal blocks (with TRAIN_ARCHS)
+STACKING = {"mlp": ["arch.depth=3", "arch.width=16"], "resnet": ["arch.depth=3"], "proxnet": ["arch.depth=3"],
+            "unrolled_pnn": ["arch.depth=3"]}
+
+
+@pytest.mark.parametrize("warm_start", ["forward", "persistent"])
+@pytest.mark.parametrize("arch", list(STACKING))
+def test_stacked_runs_on_cuda_follow_the_per_layer_loop(tmp_path, fake_mnist, compose_train, arch, warm_start):
+    """Stacked blocks on the GPU (vmapped kernels, batched Cholesky, stored auxiliaries on the device)
+    end where the per-layer loop ends, and the run records CUDA's peak memory and its step time."""
+    runs = {}
+    for stacked in ("false", "true"):
+        ov = [*_tiny(fake_mnist, "bregman", arch, "cuda", epochs=1), *STACKING[arch], "solver.layer_order=red_black",
+              f"solver.warm_start={warm_start}", f"solver.stacked={stacked}"]
+        runs[stacked] = train(compose_train(ov, output_dir=tmp_path / stacked))
+    assert runs["true"]["stacks"] and not runs["false"]["stacks"]
+    assert runs["true"]["test"]["psnr"]["mean"] == pytest.approx(runs["false"]["test"]["psnr"]["mean"], abs=0.05)
+    assert runs["true"]["peak_memory_kind"] == "cuda_max_allocated" and runs["true"]["peak_memory_mb"] > 0
+    assert math.isfinite(runs["true"]["step_ms"]) and runs["true"]["steps_timed"] == 3

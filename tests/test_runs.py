@@ -1,6 +1,7 @@
 """runs.py: atomic writes, the one checkpoint loader, devices, the divergence error, the clean-up of
 unfinished folders, the deferred interrupt."""
 
+import math
 import os
 import signal
 
@@ -107,3 +108,16 @@ def test_a_first_interrupt_is_deferred_and_a_second_one_is_not():
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         stop.restore()
+
+
+def test_step_clock_times_steps_and_samples_the_peak_memory():
+    from lifted_cli.runs import StepClock
+
+    clock = StepClock(torch.device("cpu"))
+    assert math.isnan(clock.median_ms())
+    for _ in range(3):
+        clock.start()
+        big = torch.ones(2**20)  # 4 MiB touched: resident
+        clock.stop()
+    assert len(clock.seconds) == 3 and clock.median_ms() > 0 and clock.median_ms(since=2) == clock.seconds[2] * 1e3
+    assert clock.peak >= big.numel() * 4

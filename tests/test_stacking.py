@@ -1,6 +1,6 @@
 """lifted/stacking.py: equal consecutive blocks stepped together give the iterates of the per-layer
 loop (every architecture that stacks, both solvers, both parallel layer orders, both warm starts);
-where stacking is impossible ``solver.stacked=true`` is refused in one line (docs/method.md, 5.9)."""
+where stacking is impossible ``solver.stacked=true`` is refused in one line (docs/method.md, 5.10)."""
 
 import pytest
 import torch

@@ -46,8 +46,11 @@ def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist, scheme):
         assert m[row]["psnr"]["count"] == 12 and set(m[row]["ssim"]) == {"mean", "std", "count"}
     assert m["torch_version"] == torch.__version__ and "skimage" in m["metric_implementation"]
     assert m["seconds_per_epoch"] > 0
+    steps = 2 * -(-m["train_images"] // 16)  # TINY: batch_size=16, two epochs
+    assert m["steps_timed"] == steps and m["step_ms"] > 0 and m["peak_memory_mb"] > 0
+    assert m["peak_memory_kind"] == "rss_sampled" and m["stacks"] == []
     rows = list(csv.DictReader((folder / "history.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2"] and {"loss", "test_psnr", "test_ssim", "seconds"} <= set(rows[0])
+    assert [r["epoch"] for r in rows] == ["1", "2"] and {"loss", "test_psnr", "test_ssim", "seconds", "step_ms"} <= set(rows[0])
     if scheme == "bregman":
         assert {"objective", "gap"} <= set(rows[0]) and {"objective", "gap"} <= set(m["train"])
         assert m["hyperparameters"]["solver"]["name"] == "isgm" and "tau" in m["hyperparameters"]["solver"]

@@ -98,7 +98,7 @@ class LiftedProblem:
 
     # ----------------------------------------------------------------------------- stacking
     def stackable(self) -> list[tuple[int, int]]:
-        """The runs of equal blocks that can be stepped together (docs/method.md, section 5.9): at
+        """The runs of equal blocks that can be stepped together (docs/method.md, section 5.10): at
         least two consecutive blocks of one signature, never the output layer (clamped, or tied to
         the read-out) nor the layer of the sparsity term."""
         return stack_ranges(self.blocks, excluded={self.L, self.sparsity_layer})

@@ -1,4 +1,4 @@
-"""Stacked execution of equal blocks (docs/method.md, section 5.9).
+"""Stacked execution of equal blocks (docs/method.md, section 5.10).
 
 Once every layer output is a variable, the blocks of a lifted network interact only through their
 neighbours' auxiliary variables, so consecutive blocks of one kind can be stepped together. A
