@@ -4,6 +4,7 @@ unfinished folders, the deferred interrupt."""
 import math
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -121,3 +122,17 @@ def test_step_clock_times_steps_and_samples_the_peak_memory():
         clock.stop()
     assert len(clock.seconds) == 3 and clock.median_ms() > 0 and clock.median_ms(since=2) == clock.seconds[2] * 1e3
     assert clock.peak >= big.numel() * 4
+
+
+def test_the_allocator_is_tuned_on_glibc_and_left_alone_elsewhere(monkeypatch):
+    from lifted_cli import runs
+
+    import ctypes
+
+    try:
+        glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL("libc.so.6"), "mallopt")
+    except OSError:
+        glibc = False
+    assert runs.tune_allocator() is glibc
+    monkeypatch.setattr(runs.sys, "platform", "darwin")
+    assert runs.tune_allocator() is False

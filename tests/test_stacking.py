@@ -145,3 +145,26 @@ def test_the_warm_start_uses_the_extrapolated_weights(compose_train):
         solver.step(x, x)
         solver.begin_batch = begin
         assert torch.equal(seen[-1], spy.after)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet", "resnet_tied"])
+def test_the_batched_block_maps_equal_the_generic_vmap_path(compose_train, arch):
+    """Dense and residual blocks give their own batched maps; they agree with vmap over the blocks."""
+    cfg = compose_train([*STACKING[arch][0], "solver.layer_order=jacobi"], output_dir="/tmp/unused")
+    torch.manual_seed(0)
+    stack = build(cfg, torch.device("cpu"))[2].problem.stacks[0]
+    g = torch.Generator().manual_seed(0)
+    u, z = (torch.randn(stack.d, 5, 12, generator=g) for _ in range(2))
+    for method, args in [("pre", (u, None)), ("pre_linear", (u,)), ("pre_adjoint", (z,)), ("post", (u, z)),
+                         ("post_linear", (z,)), ("post_adjoint", (u,))]:
+        assert stack._fast(method) is not None, method
+        shared = args[1:] if method == "pre" else ()
+        batched = stack.call(method, *args[:1] if method == "pre" else args, shared=shared)
+        generic = stack.call(method, *args[:1] if method == "pre" else args, shared=shared, generic=True)
+        assert torch.allclose(batched, generic, atol=1e-12), method
+
+
+def test_a_block_without_its_own_batched_map_takes_the_vmap_path(compose_train):
+    cfg = compose_train([*STACKING["proxnet"][0], "solver.layer_order=jacobi"], output_dir="/tmp/unused")
+    stack = build(cfg, torch.device("cpu"))[2].problem.stacks[0]
+    assert all(stack._fast(m) is None for m in ("pre", "pre_adjoint", "post", "post_adjoint"))

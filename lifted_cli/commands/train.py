@@ -29,7 +29,7 @@ from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
 from ..registry import check_choice, check_positive, fail, typed
-from ..runs import (DeferredInterrupt, RunConfig, StepClock, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
+from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
 
@@ -295,6 +295,7 @@ def setup(cfg: DictConfig) -> tuple[Session, int]:
     persistent auxiliary variables."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tune_allocator()
     device = select_device(cfg.device)
     log.info("device: %s (torch %s)", device, torch.__version__)
     source = require_mnist(cfg)

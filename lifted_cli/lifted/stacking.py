@@ -7,7 +7,9 @@ name, of shape ``(d, ...)``; the blocks' own parameters become views of those te
 network, its state_dict and back-propagation see the same weights, and a batched update of the
 stack is an update of every block. ``Stack.call`` runs a block method (``pre``, ``pre_adjoint``,
 ``post``, ...) on all selected blocks at once with ``torch.func.vmap`` over
-``torch.func.functional_call``: one batched kernel per operation, whatever the depth.
+``torch.func.functional_call``: one batched kernel per operation, whatever the depth. A block class
+may also give batched versions of its maps (``stacked_pre``, ...; dense and residual blocks do),
+which skip vmap's per-call overhead.
 
 Auxiliary variables stay per-layer lists (``objective.LiftedState``); ``gather`` stacks the entries
 of consecutive layers, without a copy when they are already consecutive views of one tensor (as the
@@ -111,10 +113,22 @@ class Stack:
     def layers(self, ks: slice) -> list[int]:
         return [self.first + k for k in range(*ks.indices(self.d))]
 
-    def call(self, method: str, *args, ks: slice = slice(None), params: dict | None = None, shared=()):
+    def _fast(self, method: str):
+        """The block class's own batched version of ``method`` (``stacked_<method>``), when the class
+        that defines ``method`` also defines it; else None (the generic vmap path)."""
+        for cls in type(self.template).__mro__:
+            if method in cls.__dict__:
+                return getattr(self.template, "stacked_" + method) if "stacked_" + method in cls.__dict__ else None
+        return None
+
+    def call(self, method: str, *args, ks: slice = slice(None), params: dict | None = None, shared=(), generic=False):
         """``block.method(*args_k, *shared)`` for every selected block k at once: ``args`` are
-        stacked over the selected blocks (first dimension), ``shared`` the same for all."""
+        stacked over the selected blocks (first dimension), ``shared`` the same for all. A block
+        class's batched ``stacked_<method>`` is used where it has one (``generic``: never)."""
         source = self.storage if params is None else params
+        fast = None if generic else self._fast(method)
+        if fast is not None:
+            return fast({name: source[name][ks] for name in self.names}, *args, *shared)
         stacked = {f"block.{name}": source[name][ks] for name in self.names}
 
         def one(p, *a):

@@ -66,6 +66,21 @@ class Block(nn.Module):
         """V_l^T r."""
         return r
 
+    # Batched maps for d stacked blocks (``lifted.stacking``): parameters (d, ...) by name, states
+    # (d, samples, width). A class that defines a map may define ``stacked_<map>`` beside it; the
+    # identity maps above have theirs here.
+    @staticmethod
+    def stacked_post(p, u, z):
+        return z
+
+    @staticmethod
+    def stacked_post_linear(p, z):
+        return z
+
+    @staticmethod
+    def stacked_post_adjoint(p, r):
+        return r
+
     def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.post(u, self.act(self.pre(u, y)))
 
@@ -103,6 +118,19 @@ class DenseBlock(Block):
 
     def affine(self):
         return self.linear.weight, self.linear.bias
+
+    # batched maps (see Block): they spare the generic vmap path its per-call overhead
+    @staticmethod
+    def stacked_pre(p, u, y):
+        return torch.baddbmm(p["linear.bias"].unsqueeze(1), u, p["linear.weight"].transpose(1, 2))
+
+    @staticmethod
+    def stacked_pre_linear(p, v):
+        return torch.bmm(v, p["linear.weight"].transpose(1, 2))
+
+    @staticmethod
+    def stacked_pre_adjoint(p, r):
+        return torch.bmm(r, p["linear.weight"])
 
 
 class ConvBlock(Block):
@@ -171,6 +199,15 @@ class ResidualBlock(DenseBlock):
 
     def post_adjoint(self, r):
         return r @ self._v()
+
+    def stacked_post(self, p, u, z):
+        return u + self.stacked_post_linear(p, z)
+
+    def stacked_post_linear(self, p, z):
+        return torch.bmm(z, p["linear.weight"] if self.tied else p["V"].transpose(1, 2))
+
+    def stacked_post_adjoint(self, p, r):
+        return torch.bmm(r, p["linear.weight"].transpose(1, 2) if self.tied else p["V"])
 
 
 def stiefel_project(W: torch.Tensor, tol: float = 1e-6, max_iter: int = 30) -> torch.Tensor:
