@@ -336,6 +336,7 @@ class LiftedSolver:
         self.gamma = [1.0] * problem.L  # last accepted backtracking step per block
         self.grow = [True] * problem.L  # the last search accepted its first trial: try a longer step
         self.aux: dict | None = None  # persistent warm start: every training sample's free variables
+        self.aux_stacks: list = []  # (kind, layers, store) of the stacks under the persistent warm start
         self.seen: torch.Tensor | None = None
 
     def stacking_limit(self) -> str | None:
@@ -379,7 +380,18 @@ class LiftedSolver:
             fail("solver.aux_memory_gb", self.cfg.aux_memory_gb,
                  f"the persistent auxiliaries of {n_samples} samples need {size / 1e9:.2f} GB; raise it, train on fewer "
                  "images (train_size) or use solver.warm_start=forward")
-        self.aux = {var: torch.zeros(n_samples, d, dtype=ref.dtype, device=ref.device) for var, d in dims.items()}
+        # a stack's variables of one kind live in one (d, samples, width) tensor: one gather and one
+        # scatter per batch, whatever the depth; ``aux`` holds every variable's view
+        self.aux, self.aux_stacks = {}, []
+        for stack in p.stacks:
+            layers = stack.layers(stack.select())
+            for kind in ("u", "z") if stack.has_state else ("z",):
+                store = torch.zeros(stack.d, n_samples, dims[(kind, stack.first)], dtype=ref.dtype, device=ref.device)
+                self.aux_stacks.append((kind, layers, store))
+                self.aux.update({(kind, l): store[k] for k, l in enumerate(layers)})
+        for var, d in dims.items():
+            if var not in self.aux:
+                self.aux[var] = torch.zeros(n_samples, d, dtype=ref.dtype, device=ref.device)
         self.seen = torch.zeros(n_samples, dtype=torch.bool, device=ref.device)
         return size
 
@@ -391,7 +403,8 @@ class LiftedSolver:
         if self.aux is None or idx is None:
             return p.init_state(y, x)
         seen = self.seen[idx]
-        if bool(seen.all()):  # no forward pass: the state starts from the stored variables
+        all_seen = bool(seen.all())
+        if all_seen:  # no forward pass: the state starts from the stored variables
             u = [p.model.input_state(y)] + [None] * p.L
             st = LiftedState(y=y, target=x, u=u, z=[None] * (p.L + 1), a=[None] * (p.L + 1), forward_loss=float("nan"))
             if p.output == "clamped":
@@ -400,9 +413,14 @@ class LiftedSolver:
                     st.z[p.L] = st.u[p.L]
         else:
             st = p.init_state(y, x)
-        for (kind, l), store in self.aux.items():
-            value = store[idx]
-            if not bool(seen.all()):
+        stored = {}
+        for kind, layers, store in self.aux_stacks:
+            stored.update({(kind, l): v for l, v in zip(layers, store[:, idx].unbind(0))})
+        for var, store in self.aux.items():
+            if var not in stored:
+                stored[var] = store[idx]
+        for (kind, l), value in stored.items():
+            if not all_seen:
                 current = st.u[l] if kind == "u" else st.z[l]
                 value = torch.where(seen[:, None], value, current)
             p.set_var(st, kind, l, value)
@@ -412,8 +430,13 @@ class LiftedSolver:
     def _store(self, st: LiftedState, idx: torch.Tensor | None) -> None:
         if self.aux is None or idx is None:
             return
+        done = set()
+        for kind, layers, store in self.aux_stacks:
+            store[:, idx] = gather([st.u[l] if kind == "u" else st.z[l] for l in layers])
+            done.update((kind, l) for l in layers)
         for (kind, l), store in self.aux.items():
-            store[idx] = st.u[l] if kind == "u" else st.z[l]
+            if (kind, l) not in done:
+                store[idx] = st.u[l] if kind == "u" else st.z[l]
         self.seen[idx] = True
 
     def _make_optimizer(self, groups):
