@@ -58,13 +58,14 @@ def lifted() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("lifted") or "lifted"]
 
 
-def sweep(args: list[str], log) -> int:
-    cmd = [*lifted(), "train", "-m", *args]
-    print("$ lifted train -m " + " ".join(args), file=log, flush=True)
-    print("$ lifted train -m " + " ".join(args), flush=True)
+def sweep(args: list[str], folder: Path, log) -> int:
+    cmd = [*lifted(), "train", "-m", *args, f"hydra.sweep.dir={folder}", "hydra.sweep.subdir=${hydra.job.num}"]
+    print("$ " + " ".join(["lifted", *cmd[1:]]), file=log, flush=True)
+    print("$ " + " ".join(["lifted", *cmd[1:]]), flush=True)
     status = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    if status > 2:  # 2: some combinations were refused and skipped
-        raise SystemExit(f"lifted train failed with status {status}; see {log.name}")
+    # 2: some combinations were refused and skipped; a sweep refused as a whole leaves no run
+    if status > 2 or not any(folder.glob("*/metrics.json")):
+        raise SystemExit(f"lifted train -m failed (status {status}, no finished run in {folder}); see {log.name}")
     return status
 
 
@@ -259,8 +260,7 @@ def main(argv=None) -> int:
                     if a.budget_s is not None and time.perf_counter() - t0 > a.budget_s:
                         skipped.append(f"{arch}/{method}")
                         continue
-                    sweep([f"arch={arch}", *METHODS[method], *common, f"hydra.sweep.dir={runs_dir / arch / method}",
-                           "hydra.sweep.subdir=${hydra.job.num}"], log)
+                    sweep([f"arch={arch}", *METHODS[method], *common], runs_dir / arch / method, log)
     wall = time.perf_counter() - t0
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -274,8 +274,9 @@ def main(argv=None) -> int:
     rows = rows_of(runs)
     cmd = "scripts/benchmark_depth.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"# Depth benchmark ({'quick' if a.quick else 'full'}, device {a.device})", "",
-              f"Command: `{cmd}`; {len(runs)} finished runs in `{runs_dir.relative_to(REPO) if runs_dir.is_relative_to(REPO) else runs_dir}`;"
-              f" sweeps took {wall:.0f} s.", f"Machine: {machine(a.device)}.",
+              f"Command: `{cmd}`; {len(runs)} finished runs in `{runs_dir.relative_to(REPO) if runs_dir.is_relative_to(REPO) else runs_dir}`"
+              f" (every sweep's command line is in its `sweeps.log`); this invocation's sweeps took {wall:.0f} s.",
+              f"Machine: {machine(a.device)}.",
               f"Settings: MNIST denoising, width 256, L in {{{depths}}}, {epochs} epochs of {train_size} training images, "
               f"batch 128, test PSNR on {test_size} test images after every epoch; one seed (0)."]
     if skipped:

@@ -97,7 +97,10 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(a.threads)
+    from lifted_cli import runs
     from lifted_cli.data import build_degradation, load_mnist
+
+    tuned = runs.tune_allocator() if hasattr(runs, "tune_allocator") else False  # as `lifted train` does
 
     base = ["arch=mlp", "arch.depth=2", "arch.width=256", f"train_size={a.train_size}"]
     cfg, backprop = build([*base, "scheme=backprop"])
@@ -124,7 +127,8 @@ def main(argv=None) -> int:
     lines = [
         "# A lifted Bregman epoch against a back-propagation epoch, CPU", "",
         f"Command: `{cmd}` ({time.strftime('%Y-%m-%d %H:%M')}). Machine: {cpu}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {a.threads} thread(s), load average {load:.2f} at the end.",
+        f"torch {torch.__version__}, {a.threads} thread(s), load average {load:.2f} at the end, "
+        f"malloc tuned as in `lifted train`: {'yes' if tuned else 'no'}.",
         f"Setting: MLP 784-256-256-784, MNIST denoising, {a.train_size} training images, batch {batch}; "
         f"lifted = `scheme=bregman` (ISGM, its defaults{', ' + ' '.join(a.extra) if a.extra else ''}); "
         "back-propagation = Adam. Epochs alternate in one process (same batches).", "",
