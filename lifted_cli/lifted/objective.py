@@ -421,17 +421,22 @@ class LiftedProblem:
 
         return stack.grad(surrogate, u_prev, u, z, g_a)
 
-    def stack_block_energy(self, st: LiftedState, stack: Stack, params: dict | None = None) -> torch.Tensor:
-        """``block_energy`` of every block of the stack (shape (d,)) at the stacked ``params``
-        (default: the current ones)."""
+    def stack_block_energy(self, st: LiftedState, stack: Stack, params: dict | None = None,
+                           rows: torch.Tensor | None = None) -> torch.Tensor:
+        """``block_energy`` of the blocks of the stack (shape (d,)), or of the blocks ``rows``
+        (indices into the stack) only, at the stacked ``params`` of those blocks (default: the
+        current ones)."""
         layers = stack.layers(stack.select())
         u_prev, z = gather([st.u[l - 1] for l in layers]), self._stacked(st, "z", layers)
-        a = stack.call("pre", u_prev, params=params, shared=(st.y,))
         lam = self.stack_lambdas(layers, st.y).flatten()
+        u = self._stacked(st, "u", layers) if stack.has_state else None
+        if rows is not None:
+            u_prev, z, lam = u_prev[rows], z[rows], lam[rows]
+            u = None if u is None else u[rows]
+        a = stack.call("pre", u_prev, params=params, shared=(st.y,))
         value = lam * self.penalty.energy_a(stack.act, z, a).sum(dim=1)
         if stack.has_state:
-            post = stack.call("post", u_prev, z, params=params)
-            value = value + 0.5 * self.rho * (self._stacked(st, "u", layers) - post).pow(2).sum(dim=(1, 2))
+            value = value + 0.5 * self.rho * (u - stack.call("post", u_prev, z, params=params)).pow(2).sum(dim=(1, 2))
         return value / st.y.shape[0]
 
     def stack_majorizable(self, stack: Stack) -> bool:

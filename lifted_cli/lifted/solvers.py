@@ -481,16 +481,17 @@ class LiftedSolver:
     @torch.no_grad()
     def stack_backtracking_step_size(self, st: LiftedState, stack: Stack, grads: dict, anchor: list | None = None):
         """``backtracking_step_size`` for every block of a stack at once (shape (d,)): each block
-        keeps its own step, all blocks try their steps together, and a trial costs one batched
-        energy evaluation."""
+        keeps its own step, the blocks still searching try their steps together, and a trial costs
+        one batched energy evaluation of those blocks."""
         p = self.problem
         names, storage = stack.names, stack.storage
         span = slice(stack.first - 1, stack.last)
 
-        def energy(params):
-            f = p.stack_block_energy(st, stack, params)
+        def energy(params, rows=None):
+            f = p.stack_block_energy(st, stack, params, rows)
             if anchor is not None:
-                f = f + sum((params[n] - q0).pow(2).flatten(1).sum(dim=1) for n, q0 in zip(names, anchor)) / (2 * self.tau)
+                f = f + sum((params[n] - (q0 if rows is None else q0[rows])).pow(2).flatten(1).sum(dim=1)
+                            for n, q0 in zip(names, anchor)) / (2 * self.tau)
             return f
 
         ref = storage[names[0]]
@@ -501,12 +502,16 @@ class LiftedSolver:
         grow = torch.ones_like(grow)
         slack = 10 * torch.finfo(ref.dtype).eps * (f0.abs() + 1.0)
         done = gg <= 0
+        bound = f0 - 0.5 * gamma * gg + slack  # recomputed for the rows whose step halves
         for _ in range(60):
-            if bool(done.all()):
+            rows = (~done).nonzero().flatten()
+            if rows.numel() == 0:
                 break
-            trial = {n: storage[n] - gamma.view((-1,) + (1,) * (storage[n].dim() - 1)) * grads[n] for n in names}
-            done = done | (energy(trial) <= f0 - 0.5 * gamma * gg + slack)
+            trial = {n: storage[n][rows] - gamma[rows].view((-1,) + (1,) * (storage[n].dim() - 1)) * grads[n][rows]
+                     for n in names}
+            done[rows] = energy(trial, rows) <= bound[rows]
             gamma = torch.where(done, gamma, 0.5 * gamma)
+            bound = f0 - 0.5 * gamma * gg + slack
             grow = grow & done
         self.gamma[span] = gamma.tolist()
         self.grow[span] = grow.tolist()
