@@ -130,15 +130,8 @@ class LiftedProblem:
             return [unit.storage[name] for name in unit.names]
         return self.block_params(unit)
 
-    def layer_view(self, unit_tensors: dict, l: int) -> list[torch.Tensor]:
-        """Block l's share of a copy ``{unit: tensors like unit_params(unit)}`` of the parameters."""
-        if l in self.stack_of:
-            stack, k = self.stack_of[l]
-            return [t[k] for t in unit_tensors[stack.first]]
-        return unit_tensors[l]
-
     def stack_lambdas(self, layers: list[int], ref: torch.Tensor) -> torch.Tensor:
-        """lambda_l of ``layers`` as a (K, 1, 1) tensor (cached while the weights are unchanged)."""
+        """lambda_l of ``layers`` as a (K, 1, 1) tensor (cached while the lambdas are unchanged)."""
         values = tuple(self.lambdas[l - 1] for l in layers)
         key = (tuple(layers), ref.dtype, ref.device)
         hit = self._lambda_cache.get(key)
