@@ -537,6 +537,6 @@ class LiftedProblem:
             return
         W0, b0 = anchor[0], anchor[1]
         rhs = r if at_anchor else r - torch.addmm(b - b0, x_prev, (W - W0).t())  # R - X D^T
-        coef = torch.cholesky_inverse(torch.linalg.cholesky(k)) @ rhs  # c >= s/(kappa tau): well conditioned
+        coef = torch.cholesky_inverse(torch.linalg.cholesky(k)) @ rhs  # eigenvalues of k >= c
         torch.addmm(W0, coef.t(), x_prev, alpha=-1.0, out=W)
         torch.sub(b0, coef.sum(dim=0), out=b)
