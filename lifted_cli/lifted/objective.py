@@ -397,14 +397,18 @@ class LiftedProblem:
         return own + down
 
     # ----------------------------------------------------------------------- stacked weight steps
-    def stack_weight_gradients(self, st: LiftedState, stack: Stack) -> dict:
-        """``weight_gradients`` of every block of the stack, stacked by parameter name."""
+    def stack_weight_gradients(self, st: LiftedState, stack: Stack, generic: bool = False) -> dict:
+        """``weight_gradients`` of every block of the stack, stacked by parameter name: the block
+        class's closed form where it has one (``generic``: never), else ``vmap(grad(.))``."""
         layers = stack.layers(stack.select())
         u_prev, z, u = (gather([st.u[l - 1] for l in layers]), self._stacked(st, "z", layers),
                         self._stacked(st, "u", layers))
         a = stack.call("pre", u_prev, shared=(st.y,))
         g_a = self.stack_lambdas(layers, st.y) * self.penalty.grad_a(stack.act, z, a)
         s, y, rho, has_state = st.y.shape[0], st.y, self.rho, stack.has_state
+        fast = None if generic else stack.fast_gradients()
+        if fast is not None:
+            return fast(stack.storage, u_prev, u, z, g_a, rho, s)
 
         def surrogate(call, up, uk, zk, ga):
             total = (ga * call("pre", up, y)).sum()

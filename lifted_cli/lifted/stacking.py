@@ -136,6 +136,18 @@ class Stack:
 
         return vmap(one)(stacked, *args)
 
+    def fast_gradients(self):
+        """The block class's ``stacked_weight_gradients`` when it is defined at or below the classes
+        that define the maps it differentiates (``pre``, ``post``, ``post_linear``); else None."""
+        mro = type(self.template).__mro__
+        owner = next((c for c in mro if "stacked_weight_gradients" in c.__dict__), None)
+        if owner is None:
+            return None
+        for method in ("pre", "post", "post_linear"):
+            if not issubclass(owner, next(c for c in mro if method in c.__dict__)):
+                return None
+        return self.template.stacked_weight_gradients
+
     def grad(self, fn, *args, ks: slice = slice(None)):
         """Per-block gradients (dict by parameter name, stacked) of ``fn(call, *args_k)``, where
         ``call(method, *a)`` runs a method of block k with the parameters being differentiated."""

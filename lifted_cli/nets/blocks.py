@@ -132,6 +132,11 @@ class DenseBlock(Block):
     def stacked_pre_adjoint(p, r):
         return torch.bmm(r, p["linear.weight"])
 
+    def stacked_weight_gradients(self, p, u_prev, u, z, g_a, rho, s):
+        """Per-block gradients of (1/s) [<g_a, a(theta)> (+ rho/2 ||u - post(u_prev, z)||^2)]: the
+        surrogate of ``LiftedProblem.weight_gradients``, for stacked blocks."""
+        return {"linear.weight": torch.bmm(g_a.transpose(1, 2), u_prev) / s, "linear.bias": g_a.sum(dim=1) / s}
+
 
 class ConvBlock(Block):
     """u_l = sigma(W u_{l-1} + b) with W a stride-2 convolution of the image-shaped state
@@ -208,6 +213,15 @@ class ResidualBlock(DenseBlock):
 
     def stacked_post_adjoint(self, p, r):
         return torch.bmm(r, p["linear.weight"].transpose(1, 2) if self.tied else p["V"])
+
+    def stacked_weight_gradients(self, p, u_prev, u, z, g_a, rho, s):
+        grads = DenseBlock.stacked_weight_gradients(self, p, u_prev, u, z, g_a, rho, s)
+        r = u - self.stacked_post(p, u_prev, z)  # the architecture term's gradient in V z is -rho r
+        if self.tied:  # V = W^T: post adds z W
+            grads["linear.weight"] = grads["linear.weight"] - rho * torch.bmm(z.transpose(1, 2), r) / s
+        else:
+            grads["V"] = -rho * torch.bmm(r.transpose(1, 2), z) / s
+        return grads
 
 
 def stiefel_project(W: torch.Tensor, tol: float = 1e-6, max_iter: int = 30) -> torch.Tensor:
