@@ -161,6 +161,8 @@ def plots(rows: list[dict], runs: list[dict], out: Path) -> None:
 
     archs = sorted({r["arch"] for r in rows})
     series = sorted({(r["method"], r["warm_start"]) for r in rows})
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    color = {key: cycle[i % len(cycle)] for i, key in enumerate(series)}  # one colour per series in every panel
     for key, ylabel, name, logy in [("ms_per_step", "ms per mini-batch step", "time_per_step.png", True),
                                     ("test_psnr", "test PSNR (dB)", "psnr_vs_depth.png", False)]:
         fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.2), squeeze=False)
@@ -168,7 +170,8 @@ def plots(rows: list[dict], runs: list[dict], out: Path) -> None:
             for method, ws in series:
                 pts = sorted((r["L"], r[key]) for r in rows if (r["arch"], r["method"], r["warm_start"]) == (arch, method, ws))
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", label=method if ws == "-" else f"{method} ({ws})")
+                    ax.plot(*zip(*pts), marker="o", color=color[(method, ws)],
+                            label=method if ws == "-" else f"{method} ({ws})")
             ax.set_xscale("log", base=2)
             if logy:
                 ax.set_yscale("log")
@@ -194,13 +197,16 @@ def plots(rows: list[dict], runs: list[dict], out: Path) -> None:
                     t += h["seconds"]
                     if not math.isnan(h["test_psnr"]):
                         pts.append((t, h["test_psnr"]))
-                ws = r["overrides"].get("solver.warm_start")
-                ax.plot(*zip(*pts), marker=".", label=r["method"] if ws is None else f"{r['method']} ({ws})")
+                ws = r["overrides"].get("solver.warm_start", "-")
+                ax.plot(*zip(*pts), marker=".", color=color[(r["method"], ws)],
+                        label=r["method"] if ws == "-" else f"{r['method']} ({ws})")
             ax.set_xlabel("training wall time (s)")
             ax.set_ylabel("test PSNR (dB)")
             ax.set_title(f"{arch}, L = {depth}")
             ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=labels.__getitem__)
+    axes[0][-1].legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "psnr_vs_wall.png", dpi=110)
     plt.close(fig)
@@ -275,7 +281,9 @@ def main(argv=None) -> int:
     cmd = "scripts/benchmark_depth.py " + " ".join(argv if argv is not None else sys.argv[1:])
     header = [f"# Depth benchmark ({'quick' if a.quick else 'full'}, device {a.device})", "",
               f"Command: `{cmd}`; {len(runs)} finished runs in `{runs_dir.relative_to(REPO) if runs_dir.is_relative_to(REPO) else runs_dir}`"
-              f" (every sweep's command line is in its `sweeps.log`); this invocation's sweeps took {wall:.0f} s.",
+              f" (every sweep's command line is in its `sweeps.log`); "
+              + ("this invocation ran no sweep: it rebuilt the report from those runs." if a.report_only
+                 else f"this invocation's sweeps took {wall:.0f} s."),
               f"Machine: {machine(a.device)}.",
               f"Settings: MNIST denoising, width 256, L in {{{depths}}}, {epochs} epochs of {train_size} training images, "
               f"batch 128, test PSNR on {test_size} test images after every epoch; one seed (0)."]
