@@ -20,7 +20,7 @@ all runs, and the depth tables and plots from the run folders:
 
     scripts/benchmark_depth.py                  # CPU: 5,000 / 1,000 images, 3 epochs, L = 2..64
     scripts/benchmark_depth.py --quick          # a smoke run: 512 / 128 images, 1 epoch, L = 2, 4
-    scripts/benchmark_depth.py --device cuda --budget-s 420 --out results/benchmarks/depth_gpu
+    scripts/benchmark_depth.py --device cuda --budget-s 420 --out results/benchmarks/depth_cuda
                                                 # at most 8 report files; sweeps stop at the budget
 
 Extra ``key=value`` arguments go to every ``lifted train``.
@@ -58,15 +58,20 @@ def lifted() -> list[str]:
     return [str(exe)] if exe.exists() else [shutil.which("lifted") or "lifted"]
 
 
-def sweep(args: list[str], folder: Path, log) -> int:
+def sweep(args: list[str], folder: Path, log, seconds: float | None = None) -> bool:
+    """One ``lifted train -m``; stopped after ``seconds`` (its finished jobs are kept). False when stopped."""
     cmd = [*lifted(), "train", "-m", *args, f"hydra.sweep.dir={folder}", "hydra.sweep.subdir=${hydra.job.num}"]
     print("$ " + " ".join(["lifted", *cmd[1:]]), file=log, flush=True)
     print("$ " + " ".join(["lifted", *cmd[1:]]), flush=True)
-    status = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        status = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=seconds).returncode
+    except subprocess.TimeoutExpired:
+        print(f"stopped at the time budget: {folder}", file=log, flush=True)
+        return False
     # 2: some combinations were refused and skipped; a sweep refused as a whole leaves no run
     if status > 2 or not any(folder.glob("*/metrics.json")):
         raise SystemExit(f"lifted train -m failed (status {status}, no finished run in {folder}); see {log.name}")
-    return status
+    return True
 
 
 def read_runs(root: Path) -> list[dict]:
@@ -230,7 +235,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run (tiny data, L = 2, 4)")
     ap.add_argument("--device", default="cpu", help="device of every run (cpu, cuda, auto)")
-    ap.add_argument("--budget-s", type=float, default=None, help="stop starting sweeps after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="stop the sweeps after this many seconds (finished runs are reported)")
     ap.add_argument("--depths", default=None, help="comma-separated depths (default 2,4,8,16,32,64)")
     ap.add_argument("--archs", default="mlp,resnet")
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -261,17 +267,21 @@ def main(argv=None) -> int:
     skipped = []
     if not a.report_only:
         with open(runs_dir / "sweeps.log", "a") as log:
-            for arch in a.archs.split(","):
-                for method in a.methods.split(","):
-                    if a.budget_s is not None and time.perf_counter() - t0 > a.budget_s:
+            for method in a.methods.split(","):  # methods first: under a budget every arch gets the first ones
+                for arch in a.archs.split(","):
+                    left = None if a.budget_s is None else a.budget_s - (time.perf_counter() - t0)
+                    if left is not None and left <= 0:
                         skipped.append(f"{arch}/{method}")
                         continue
-                    sweep([f"arch={arch}", *METHODS[method], *common], runs_dir / arch / method, log)
+                    if not sweep([f"arch={arch}", *METHODS[method], *common], runs_dir / arch / method, log, left):
+                        skipped.append(f"{arch}/{method} (stopped part-way)")
     wall = time.perf_counter() - t0
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    subprocess.call([*lifted(), "report", str(runs_dir), "--baseline", "scheme=backprop", "--out", str(tmp / "report")],
+    schemes = {m.parent.parent.name == "backprop" for m in runs_dir.glob("*/*/*/metrics.json")}  # arch/method/job
+    baseline = ["--baseline", "scheme=backprop"] if schemes == {True, False} else []  # only with both kinds of run
+    subprocess.call([*lifted(), "report", str(runs_dir), *baseline, "--out", str(tmp / "report")],
                     cwd=REPO, stdout=subprocess.DEVNULL)
     if (tmp / "report" / "report.md").is_file():  # only the table: the report's pictures stay with the runs
         shutil.move(tmp / "report" / "report.md", tmp / "report.md")
@@ -288,7 +298,7 @@ def main(argv=None) -> int:
               f"Settings: MNIST denoising, width 256, L in {{{depths}}}, {epochs} epochs of {train_size} training images, "
               f"batch 128, test PSNR on {test_size} test images after every epoch; one seed (0)."]
     if skipped:
-        header.append(f"Not run (the --budget-s {a.budget_s:g} s was spent): {', '.join(skipped)}.")
+        header.append(f"Not run or not finished (the --budget-s {a.budget_s:g} s was spent): {', '.join(skipped)}.")
     write_tables(rows, tmp, header)
     plots(rows, runs, tmp)
     shutil.rmtree(out, ignore_errors=True)

@@ -3,7 +3,8 @@
 #   1. tests/test_cuda.py (every CUDA path: training, resume on the CPU, inversion, stacked,
 #      persistent and red-black runs), at most TEST_S seconds;
 #   2. the depth benchmark on the GPU (scripts/benchmark_depth.py --device cuda) with the rest of the
-#      budget: 2 epochs of 10,000 images, sweeps stop being started when --budget-s is spent.
+#      budget: 2 epochs of 10,000 images, back-propagation and the stacked methods first, the sweeps
+#      stopped when --budget-s is spent (the finished runs are reported).
 # Reports go to $OUT (or results/benchmarks/ when OUT is unset): test_cuda.txt and depth_cuda/ (8 files).
 #
 #   OUT=/tmp/out bash scripts/gpu_check.sh
@@ -20,4 +21,5 @@ timeout "$TEST_S" .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_c
 echo "pytest exit status: $?" >> "$OUT/test_cuda.txt"
 tail -3 "$OUT/test_cuda.txt"
 .venv/bin/python scripts/benchmark_depth.py --device cuda --budget-s "$BUDGET_S" --epochs 2 --train-size 10000 \
-  --test-size 1000 --out "$OUT/depth_cuda" --runs /tmp/depth-cuda-runs
+  --test-size 1000 --methods backprop,stacked_jacobi,stacked_red_black,loop --out "$OUT/depth_cuda" \
+  --runs /tmp/depth-cuda-runs
