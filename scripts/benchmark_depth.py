@@ -54,8 +54,9 @@ METHODS = {
 
 
 def lifted() -> list[str]:
+    """The project's ``lifted``: the venv's console script, else the package run by this Python."""
     exe = REPO / ".venv" / "bin" / "lifted"
-    return [str(exe)] if exe.exists() else [shutil.which("lifted") or "lifted"]
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "lifted_cli"]
 
 
 def sweep(args: list[str], folder: Path, log, seconds: float | None = None) -> bool:

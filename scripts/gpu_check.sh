@@ -5,21 +5,39 @@
 #   2. the depth benchmark on the GPU (scripts/benchmark_depth.py --device cuda) with the rest of the
 #      budget: 2 epochs of 10,000 images, back-propagation and the stacked methods first, the sweeps
 #      stopped when --budget-s is spent (the finished runs are reported).
-# Reports go to $OUT (or results/benchmarks/ when OUT is unset): test_cuda.txt and depth_cuda/ (8 files).
+# Reports go to $OUT (or results/benchmarks/ when OUT is unset): test_cuda.txt and depth_cuda/ (7 files).
 #
-#   OUT=/tmp/out bash scripts/gpu_check.sh
+# With a venv (`make install`) it uses it. On the lent machine (its python3 has torch, no network) it
+# runs the source tree: prepare here, once,
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       -d .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
+#   .venv/bin/lifted data                                  # MNIST in data/ (53 MB)
+# and call the device with carry [".whl", "data"] and `OUT=$OUT bash scripts/gpu_check.sh`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-results/benchmarks}"
 TEST_S="${TEST_S:-150}"
 BUDGET_S="${BUDGET_S:-330}"
 mkdir -p "$OUT"
-[ -x .venv/bin/python ] || make install >/dev/null
-[ -f data/MNIST/raw/train-images-idx3-ubyte ] || .venv/bin/lifted data >/dev/null
+if [ -x .venv/bin/python ]; then
+  PY=.venv/bin/python
+else
+  PY=python3
+  if [ -d .whl ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH="/tmp/site:$PWD"
+  else
+    export PYTHONPATH="$PWD"
+  fi
+  [ -e lifted_cli/configs ] || ln -s ../configs lifted_cli/configs  # what the wheel's package-dir does
+fi
+export PYTHONUNBUFFERED=1
+[ -f data/MNIST/raw/train-images-idx3-ubyte ] || $PY -m lifted_cli data > /dev/null || exit 1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/test_cuda.txt" 2>&1
-timeout "$TEST_S" .venv/bin/python -m pytest -q -p no:cacheprovider tests/test_cuda.py >> "$OUT/test_cuda.txt" 2>&1
+timeout "$TEST_S" $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py >> "$OUT/test_cuda.txt" 2>&1
 echo "pytest exit status: $?" >> "$OUT/test_cuda.txt"
 tail -3 "$OUT/test_cuda.txt"
-.venv/bin/python scripts/benchmark_depth.py --device cuda --budget-s "$BUDGET_S" --epochs 2 --train-size 10000 \
+$PY scripts/benchmark_depth.py --device cuda --budget-s "$BUDGET_S" --epochs 2 --train-size 10000 \
   --test-size 1000 --methods backprop,stacked_jacobi,stacked_red_black,loop --out "$OUT/depth_cuda" \
   --runs /tmp/depth-cuda-runs
