@@ -11,7 +11,8 @@
 # runs the source tree: prepare here, once,
 #   echo /.whl/ >> .git/info/exclude
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-#       -d .whl hydra-core==1.3.2 omegaconf==2.3.0 antlr4-python3-runtime==4.9.3
+#       -d .whl hydra-core==1.3.2 omegaconf==2.3.0
+#   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # published as source only
 #   .venv/bin/lifted data                                  # MNIST in data/ (53 MB)
 # and call the device with carry [".whl", "data"] and `OUT=$OUT bash scripts/gpu_check.sh`.
 set -uo pipefail
