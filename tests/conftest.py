@@ -48,6 +48,20 @@ TRAIN_ARCHS = {
 INVALID = {("fenchel", "proxnet"), ("fenchel", "unrolled_pnn"), ("fenchel", "unrolled_dense")}
 
 
+def net(widths=(6, 5, 4, 3), acts=("relu", "soft_threshold:0.1", "identity"), seed=0):
+    """A tiny MLP of the given widths and activations (weights from ``seed``)."""
+    from lifted_cli.nets.architectures import MLP
+
+    torch.manual_seed(seed)
+    return MLP(list(widths), list(acts))
+
+
+def batch(s=10, n_in=6, n_out=3, seed=1):
+    """Inputs (normal) and targets (uniform in [0, 1]) of ``s`` samples, as rows."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(s, n_in, generator=g), torch.rand(s, n_out, generator=g)
+
+
 def small_net(variant: str, seed: int = 0, act: str | None = None):
     """A tiny network of ``SMALL_ARCHS``; ``act`` replaces its hidden activations."""
     cfg = dict(SMALL_ARCHS[variant])

@@ -7,23 +7,12 @@ from omegaconf import OmegaConf
 
 from lifted_cli.lifted.objective import LiftedProblem
 from lifted_cli.lifted.penalties import BregmanPenalty, QuadraticPenalty
-from lifted_cli.nets.architectures import MLP
-from tests.conftest import SMALL_ARCHS, images, small_net
+from tests.conftest import SMALL_ARCHS, batch, images, net, small_net
 
 pytestmark = pytest.mark.usefixtures("float64")
 
 PENALTIES = {"bregman": BregmanPenalty, "mac": QuadraticPenalty}
 ARCHS = [v for v in SMALL_ARCHS if v != "sequential"]
-
-
-def net(widths=(6, 5, 4, 3), acts=("relu", "soft_threshold:0.1", "identity"), seed=0):
-    torch.manual_seed(seed)
-    return MLP(list(widths), list(acts))
-
-
-def batch(s=10, n_in=6, n_out=3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(s, n_in, generator=g), torch.rand(s, n_out, generator=g)
 
 
 def layer_penalties(problem, st):

@@ -131,14 +131,15 @@ class LiftedProblem:
         return self.block_params(unit)
 
     def stack_lambdas(self, layers: list[int], ref: torch.Tensor) -> torch.Tensor:
-        """lambda_l of ``layers`` as a (K, 1, 1) tensor (cached while the lambdas are unchanged)."""
-        values = tuple(self.lambdas[l - 1] for l in layers)
-        key = (tuple(layers), ref.dtype, ref.device)
+        """lambda_l of ``layers`` (consecutive, or every other one) as a (K, 1, 1) view of one tensor
+        of all the weights, made again only when ``lambdas`` is replaced (MAC's continuation does)."""
+        key = (ref.dtype, ref.device)
         hit = self._lambda_cache.get(key)
-        if hit is None or hit[0] != values:
-            hit = (values, torch.tensor(values, dtype=ref.dtype, device=ref.device).view(-1, 1, 1))
+        if hit is None or hit[0] is not self.lambdas:
+            hit = (self.lambdas, torch.tensor(self.lambdas, dtype=ref.dtype, device=ref.device).view(-1, 1, 1))
             self._lambda_cache[key] = hit
-        return hit[1]
+        step = layers[1] - layers[0] if len(layers) > 1 else 1
+        return hit[1][layers[0] - 1:layers[-1]:step]
 
     # ------------------------------------------------------------------------------ forward
     @torch.no_grad()
@@ -435,9 +436,6 @@ class LiftedProblem:
         if stack.has_state:
             value = value + 0.5 * self.rho * (u - stack.call("post", u_prev, z, params=params)).pow(2).sum(dim=(1, 2))
         return value / st.y.shape[0]
-
-    def stack_majorizable(self, stack: Stack) -> bool:
-        return self.majorizable(stack.first)
 
     @torch.no_grad()
     def stack_implicit_weight_step(self, st: LiftedState, stack: Stack, anchor: list, tau: float,

@@ -627,7 +627,7 @@ class ISGM(LiftedSolver):
         itself (one inner iteration), which then updates the weights in place."""
         p = self.problem
         majorised = self.cfg.w_metric == "majorizer" and all(
-            p.stack_majorizable(u) if isinstance(u, Stack) else p.majorizable(u) for u in self.units)
+            p.majorizable(u.first if isinstance(u, Stack) else u) for u in self.units)
         return not (majorised and self.cfg.n_inner == 1)
 
     @torch.no_grad()
@@ -680,7 +680,7 @@ class ISGM(LiftedSolver):
         step with each block's own backtracked length (the update of plain SGD, batched)."""
         p = self.problem
         anchor = self.anchor.get(stack.first)
-        if self.cfg.w_metric == "majorizer" and p.stack_majorizable(stack):
+        if self.cfg.w_metric == "majorizer" and p.majorizable(stack.first):  # equal blocks: as the first one
             p.stack_implicit_weight_step(st, stack, anchor, self.tau, at_anchor=self.inner == 0)
             return
         grads = p.stack_weight_gradients(st, stack)
