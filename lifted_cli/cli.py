@@ -78,7 +78,8 @@ def _resume(folder: str, changes: list[str]) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 130
-    report_done(metrics["run_dir"], metrics)
+    if metrics:  # a rank other than 0 of a torchrun job returns none: rank 0 reports
+        report_done(metrics["run_dir"], metrics)
     return 0
 
 
@@ -110,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lifted {command}: error: {err}", file=sys.stderr)
         return 2
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    scratch = None
+    if command == "train" and _other_rank():
+        # torchrun starts every rank with the same command line; rank 0's run folder is the run's (its
+        # path reaches the others over the process group), so the others' Hydra writes a scratch folder
+        import tempfile
+
+        scratch = tempfile.mkdtemp(prefix="lifted-rank-")
+        args = [*args, f"hydra.run.dir={scratch}/run", f"hydra.sweep.dir={scratch}/sweep", "hydra.output_subdir=null",
+                "hydra/job_logging=disabled"]
     saved_argv, sys.argv = sys.argv, [f"lifted-{command}", *args]
     try:
         command_module(command).app()
@@ -127,7 +137,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         sys.argv = saved_argv
+        if scratch is not None:
+            import shutil
+
+            shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _other_rank() -> bool:
+    """This process is a rank other than 0 of a torchrun job."""
+    from .parallel import env_rank, launched
+
+    return launched() and env_rank() > 0
 
 
 if __name__ == "__main__":

@@ -11,13 +11,15 @@ import math
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 IMPLEMENTATION = "skimage.metrics.peak_signal_noise_ratio / structural_similarity, data_range=1.0, images clamped to [0, 1]"
 
 
 def per_image_metrics(x_hat: torch.Tensor, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """PSNR and SSIM of every image of a batch (B, 1, H, W) against the truth ``x``."""
+    # imported here: scikit-image brings scipy.stats (a second of start-up), which only evaluations need
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
     est = x_hat.detach().clamp(0, 1).cpu().numpy().astype(np.float64)
     ref = x.detach().clamp(0, 1).cpu().numpy().astype(np.float64)
     psnr = np.empty(len(ref))

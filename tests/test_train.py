@@ -97,8 +97,8 @@ def test_interrupt_mid_epoch_then_resume_is_exact(tmp_path, fake_mnist, compose_
     calls = {"n": 0}
     real_build = train_module.build
 
-    def build(cfg, device):  # the solver's step, counted: Ctrl-C during epoch 2, batch 3, honoured before batch 4
-        model, scheme, solver = real_build(cfg, device)
+    def build(cfg, device, comm=None):  # the solver's step, counted: Ctrl-C during epoch 2, batch 3, honoured before batch 4
+        model, scheme, solver = real_build(cfg, device, comm)
         real_step = solver.step
 
         def flaky(y, x, idx=None):
@@ -249,8 +249,8 @@ def test_an_interrupted_extension_is_not_reported_finished(tmp_path, fake_mnist,
     (tmp_path / "runA" / ".checkpoint.pt.abc123.tmp").write_bytes(b"half a checkpoint")
     real_build = train_module.build
 
-    def build(cfg, device):
-        model, scheme, solver = real_build(cfg, device)
+    def build(cfg, device, comm=None):
+        model, scheme, solver = real_build(cfg, device, comm)
         real_step = solver.step
 
         def interrupted(y, x, idx=None):
@@ -352,8 +352,8 @@ def test_a_diverged_run_keeps_its_record_checkpoint_and_log(tmp_path, fake_mnist
     monkeypatch.chdir(tmp_path)
     real_build = train_module.build
 
-    def build(cfg, device):  # the second epoch blows up after the first was checkpointed
-        model, scheme, solver = real_build(cfg, device)
+    def build(cfg, device, comm=None):  # the second epoch blows up after the first was checkpointed
+        model, scheme, solver = real_build(cfg, device, comm)
         real_step, calls = solver.step, {"n": 0}
 
         def step(y, x, idx=None):

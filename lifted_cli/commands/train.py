@@ -28,6 +28,8 @@ from ..errors import ConfigError, InputError, LiftedError
 from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
+from .. import parallel
+from ..parallel import PARALLEL
 from ..registry import check_choice, check_positive, fail, typed
 from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
@@ -36,10 +38,13 @@ from . import run_task
 log = logging.getLogger("lifted.train")
 
 #: the config groups of a training run and their registries
-GROUPS = {"dataset": DEGRADATIONS, "arch": ARCHITECTURES, "scheme": SCHEMES, "solver": SOLVERS}
+GROUPS = {"dataset": DEGRADATIONS, "arch": ARCHITECTURES, "scheme": SCHEMES, "solver": SOLVERS, "parallel": PARALLEL}
 
-#: config keys that may differ between a run and its resumption
-RESUMABLE_CHANGES = ("resume", "progress", "device", "epochs", "output_dir", "data_root", "eval_every")
+#: config keys that may differ between a run and its resumption (``parallel``: its processes, not its mode)
+RESUMABLE_CHANGES = ("resume", "progress", "device", "epochs", "output_dir", "data_root", "eval_every", "parallel")
+
+#: the ``parallel`` options that may change on resume
+RESUMABLE_PARALLEL = ("parallel.nproc", "parallel.backend", "parallel.timeout_s")
 
 
 # ---------------------------------------------------------------------------------------- config
@@ -50,6 +55,7 @@ class TrainConfig(RunConfig):
     arch: Any = MISSING
     scheme: Any = MISSING
     solver: Any = MISSING
+    parallel: Any = MISSING
     epochs: int = 5
     batch_size: int = 128
     eval_every: int = 1
@@ -78,18 +84,21 @@ def validate(cfg: DictConfig, resuming: bool = False) -> None:
     for group, registry in GROUPS.items():
         registry.validate(cfg[group])
     check_solver(cfg.scheme, cfg.solver)
+    parallel.validate(cfg, SOLVERS.get(cfg.solver.name).info["form"] == "lifted")
 
 
-def build(cfg: DictConfig, device: torch.device):
-    """The network, scheme and solver of a run (weights from torch's global RNG). A combination
-    the mathematics does not allow fails here with one line (ConfigError)."""
+def build(cfg: DictConfig, device: torch.device, comm=None):
+    """The network, scheme and solver of a run (weights from torch's global RNG, so every rank of a
+    parallel run builds the same ones). A combination the mathematics does not allow fails here
+    with one line (ConfigError)."""
     where = f"scheme={cfg.scheme.name} arch={cfg.arch.name} solver={cfg.solver.name}"
     try:
         model = build_network(cfg.arch)
         if not maps_images_to_images(model):
             raise ValueError(f"training maps {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} images to images of the same size; this network does not")
         model = model.to(device)
-        scheme, solver = build_training(model, cfg.scheme, cfg.solver)
+        scheme, solver = build_training(model, cfg.scheme, cfg.solver, parallel.configure(comm))
+        parallel.check_build(cfg, solver)
     except ValueError as err:  # ConfigError included: the builders' own checks
         raise ConfigError(f"{where}: {err}") from None
     return model, scheme, solver
@@ -146,6 +155,10 @@ class Progress:
 
 def check_resume_config(cfg, saved: dict) -> None:
     now = OmegaConf.to_container(cfg, resolve=True)
+    mode = (saved.get("parallel") or {}).get("name", "none")
+    if {mode, cfg.parallel.name} - {"none", "data"} and mode != cfg.parallel.name:
+        raise ConfigError(f"resume={cfg.resume}: parallel.name differs from the checkpoint ({mode} vs {cfg.parallel.name}); "
+                          "only parallel=none and parallel=data (same iterates) may replace each other")
     for key in set(now) | set(saved):
         if key in RESUMABLE_CHANGES:
             continue
@@ -163,16 +176,19 @@ def rng_state(gen_perm, gen_noise) -> dict:
     return state
 
 
-def restore(cfg, ckpt: dict, model, scheme, solver, gen_perm, gen_noise, device) -> Progress:
+def restore(cfg, ckpt: dict, model, scheme, solver, gen_perm, gen_noise, device, comm=None) -> Progress:
     """The state of the checkpoint ``ckpt`` of the run folder ``cfg.resume``, loaded into the components
-    and generators; InputError (one line) for a checkpoint that does not fit the run."""
+    and generators (a data-parallel rank takes its share of the stored auxiliaries); InputError (one
+    line) for a checkpoint that does not fit the run."""
     check_resume_config(cfg, ckpt["config"])
     if cfg.epochs < ckpt.get("epoch", 0):
         raise ConfigError(f"resume={cfg.resume}: epochs={cfg.epochs} is below the {ckpt['epoch']} epochs already trained")
+    parallel.check_resume(cfg, ckpt)
     try:
         model.load_state_dict(ckpt["model"])
         scheme.load_state_dict(ckpt["scheme"])
-        solver.load_state_dict(ckpt["solver"])
+        if solver is not None:  # None: the launching process's check of a layer-parallel checkpoint (per-rank states)
+            solver.load_state_dict(parallel.local_state(comm, ckpt["solver"]))
         torch.set_rng_state(ckpt["rng"]["torch"])
         gen_perm.set_state(ckpt["rng"]["perm"])
         if device.type == ckpt.get("device_type", "cpu"):
@@ -213,17 +229,30 @@ class Session:
     gen_noise: torch.Generator
     at: Progress = field(default_factory=Progress)
     clock: Optional[StepClock] = None  # step times and peak memory of this process's steps
+    comm: Optional[parallel.Comm] = None  # the process group of a parallel run
+    comm_seconds: list = field(default_factory=list)  # time in collectives, per step
 
     @property
     def batches(self) -> int:
         return math.ceil(self.x_train.shape[0] / self.cfg.batch_size)
 
+    @property
+    def writer(self) -> bool:
+        """This process writes the run folder: the single process, or rank 0."""
+        return self.comm is None or self.comm.rank == 0
+
     def save_checkpoint(self, epoch: int, batch: int, perm, partial: dict) -> None:
+        """checkpoint.pt, the same for every number of processes: a parallel run's rank 0 writes it
+        with the state of every rank (``parallel.global_state``)."""
+        state = parallel.global_state(self.comm, self.solver, self.model, self.x_train.shape[0])
+        if not self.writer:
+            return
         save_torch(self.out / "checkpoint.pt", {
             "model": self.model.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True), "epoch": epoch,
             "batch": batch, "perm": perm, "partial": partial, "scheme": self.scheme.state_dict(),
-            "solver": self.solver.state_dict(), "rng": rng_state(self.gen_perm, self.gen_noise),
+            "solver": state, "rng": rng_state(self.gen_perm, self.gen_noise),
             "device_type": self.device.type, "history": self.at.history,
+            "parallel": self.comm.describe() if self.comm else None,
         })
 
     def epoch(self, epoch: int, stop: DeferredInterrupt, show: bool) -> None:
@@ -238,18 +267,33 @@ class Session:
         self.clock = self.clock or StepClock(self.device)
         first_step = len(self.clock.seconds)
         t0 = time.perf_counter()
-        bar = tqdm(total=self.batches, initial=at.batch, desc=f"epoch {epoch + 1}", leave=False, disable=not show)
+        bar = tqdm(total=self.batches, initial=at.batch, desc=f"epoch {epoch + 1}", leave=False,
+                   disable=not (show and self.writer))
         b = at.batch
+        stopping = False  # a parallel run's ranks stop at the same batch: the flag travels with the statistics
+        persistent = getattr(self.solver.cfg, "warm_start", "forward") == "persistent"
         try:
             for b in range(at.batch, self.batches):
                 noise_state = self.gen_noise.get_state()
-                if stop.requested:
+                if stopping or (self.comm is None and stop.requested):
                     raise DeferredStop
                 idx = at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(self.device)
                 x = self.x_train[idx]
-                y = self.degradation.measure(x, self.gen_noise)
+                y = self.degradation.measure(x, self.gen_noise)  # every rank draws the whole batch's noise
                 self.clock.start()
-                stats = self.solver.step(y, x, idx)
+                if self.comm is not None and self.comm.mode == "data":
+                    rows, keys = self.comm.shard(idx, persistent)
+                    before = self.comm.seconds
+                    stats = self.solver.step(y[rows], x[rows], keys)
+                    stats, stopping = self.comm.mean_stats(stats, stop.requested)
+                    self.comm_seconds.append(self.comm.seconds - before)
+                elif self.comm is not None:
+                    before = self.comm.seconds
+                    stats = self.solver.step(y, x, idx)
+                    stats, stopping = self.comm.reduce_stats(stats, stop.requested)
+                    self.comm_seconds.append(self.comm.seconds - before)
+                else:
+                    stats = self.solver.step(y, x, idx)
                 self.clock.stop()
                 if not all(math.isfinite(v) for v in stats.values()):
                     raise divergence(f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats})",
@@ -266,7 +310,8 @@ class Session:
             if b < self.batches:  # batch b had not been applied: replay it from its noise state
                 self.gen_noise.set_state(noise_state)
             self.save_checkpoint(epoch, b, at.perm, {"sums": sums, "seconds": seconds})
-            log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, self.out)
+            if self.writer:
+                log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, self.out)
             raise
         bar.close()
         seconds += time.perf_counter() - t0
@@ -276,69 +321,107 @@ class Session:
     def end_epoch(self, epoch: int, row: dict) -> None:
         """Evaluate (every ``eval_every`` epochs and at the end), check the weights, checkpoint, log."""
         cfg, at = self.cfg, self.at
-        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+        parallel.gather_model(self.comm, self.model)  # layer-parallel: rank 0 evaluates the whole network
+        if ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs) and self.writer:
             ev = evaluate(self.model, self.x_test, self.y_test)
             row.update(test_psnr=ev["psnr"]["mean"], test_ssim=ev["ssim"]["mean"])
         else:
             row.update(test_psnr=math.nan, test_ssim=math.nan)
-        if not finite_model(self.model):  # checked once per epoch: a bad batch shows in the next batch's loss
+        if not parallel.all_ranks(self.comm, finite_model(self.model)):  # once per epoch: a bad batch shows in the next loss
             raise divergence(f"training diverged in epoch {epoch + 1} (non-finite weights)", self.out / "checkpoint.pt")
         at.history.append(row)
         at.perm, at.partial, at.batch = None, {}, 0
         self.save_checkpoint(epoch + 1, 0, None, {})
-        write_csv(self.out / "history.csv", at.history)
-        log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+        if self.writer:
+            write_csv(self.out / "history.csv", at.history)
+            log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
 
 
-def setup(cfg: DictConfig) -> tuple[Session, int]:
+def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Session, int]:
     """Data, degradation, components (seeded) and random streams of a run; the bytes of its
-    persistent auxiliary variables."""
+    persistent auxiliary variables (all ranks together)."""
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if comm is None or comm.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
     tune_allocator()
-    device = select_device(cfg.device)
-    log.info("device: %s (torch %s)", device, torch.__version__)
+    device = comm.device if comm is not None else select_device(cfg.device)
+    log.info("device: %s (torch %s)%s", device, torch.__version__,
+             f"; parallel={comm.mode}, {comm.world} processes, {comm.backend}" if comm else "")
     source = require_mnist(cfg)
     log.info("MNIST from %s (%s)", source, cfg.data_root)
     degradation = build_degradation(cfg.dataset)
     x_test, y_test = make_test_set(cfg, degradation, device)
     x_train = load_mnist(cfg.data_root, train=True, size=cfg.train_size).to(device)
     torch.manual_seed(cfg.seed)
-    model, scheme, solver = build(cfg, device)
-    aux_bytes = solver.prepare(x_train.shape[0])
+    model, scheme, solver = build(cfg, device, comm)
+    parallel.attach(comm, scheme, solver)
+    n = x_train.shape[0]
+    local = len(range(comm.rank, n, comm.world)) if comm is not None and comm.mode == "data" else n
+    aux_bytes = solver.prepare(local)
     if aux_bytes:
-        log.info("persistent auxiliary variables: %.3f GB on %s (%d samples)", aux_bytes / 1e9, device, x_train.shape[0])
+        aux_bytes = parallel.total(comm, aux_bytes)
+        log.info("persistent auxiliary variables: %.3f GB (%d samples)%s", aux_bytes / 1e9, n,
+                 f", shared out over {comm.world} processes" if comm else f" on {device}")
     gen_perm = torch.Generator().manual_seed(cfg.seed)
     gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    return Session(cfg, out, device, degradation, x_train, x_test, y_test, model, scheme, solver, gen_perm, gen_noise), aux_bytes
+    return Session(cfg, out, device, degradation, x_train, x_test, y_test, model, scheme, solver, gen_perm, gen_noise,
+                   comm=comm), aux_bytes
 
 
 def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dict:
     """Train the configured network; returns the final metrics (also written to metrics.json).
     ``cfg`` is a validated ``train`` config (``validate``). With ``cfg.resume``, the run continues from
     ``checkpoint`` (loaded from the folder when not given); ``on_ready()`` is called once everything is
-    loaded and restored, before the first batch (a resumption touches its folder only then)."""
-    run, aux_bytes = setup(cfg)
-    if cfg.resume:
-        ckpt = checkpoint if checkpoint is not None else load_checkpoint(Path(cfg.resume) / "checkpoint.pt")[0]
-        run.at = restore(cfg, ckpt, run.model, run.scheme, run.solver, run.gen_perm, run.gen_noise, run.device)
-    if on_ready is not None:
-        on_ready()
-    stop = DeferredInterrupt()
-    show = bool(cfg.progress) and sys.stderr.isatty()
+    loaded and restored, before the first batch (a resumption touches its folder only then).
+
+    ``parallel=data|layer`` outside a launched process starts the ranks here (``parallel.launch``),
+    each of which runs this function; a rank joins its process group, and all but rank 0 write
+    nothing (rank 0's folder is everybody's, so torchrun makes one folder per run)."""
+    if cfg.parallel.name != "none" and not parallel.launched():
+        # what would fail in every rank fails here, before any process starts or the folder changes
+        with torch.random.fork_rng(devices=[]):
+            model, scheme, solver = build(cfg, torch.device("cpu"))
+            if cfg.resume:
+                ckpt = checkpoint if checkpoint is not None else load_checkpoint(Path(cfg.resume) / "checkpoint.pt")[0]
+                restore(cfg, ckpt, model, scheme, solver if cfg.parallel.name == "data" else None,
+                        torch.Generator(), torch.Generator(), torch.device("cpu"))
+        if on_ready is not None:
+            on_ready()
+        return parallel.launch(cfg)
+    comm = parallel.join(cfg)
     try:
-        for epoch in tqdm(range(run.at.epoch, cfg.epochs), desc="epochs", disable=not show, initial=run.at.epoch,
-                          total=cfg.epochs):
-            run.epoch(epoch, stop, show)
+        if comm is not None:
+            cfg.output_dir = comm.broadcast_object(str(cfg.output_dir))
+            if cfg.resume:
+                cfg.resume = cfg.output_dir
+        run, aux_bytes = setup(cfg, comm)
+        if cfg.resume:
+            ckpt = checkpoint if checkpoint is not None else load_checkpoint(Path(cfg.resume) / "checkpoint.pt")[0]
+            run.at = restore(cfg, ckpt, run.model, run.scheme, run.solver, run.gen_perm, run.gen_noise, run.device, comm)
+        if on_ready is not None:
+            on_ready()
+        stop = DeferredInterrupt()
+        show = bool(cfg.progress) and sys.stderr.isatty()
+        try:
+            for epoch in tqdm(range(run.at.epoch, cfg.epochs), desc="epochs", disable=not (show and run.writer),
+                              initial=run.at.epoch, total=cfg.epochs):
+                run.epoch(epoch, stop, show)
+        finally:
+            stop.restore()
+        parallel.gather_model(comm, run.model)
+        if not run.writer:
+            return {}
+        extra = parallel.metrics(comm, run.comm_seconds, run.clock)
+        return finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test,
+                      run.y_test, run.x_train.shape[0], aux_bytes, run.clock, extra)
     finally:
-        stop.restore()
-    return finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test, run.y_test,
-                  run.x_train.shape[0], aux_bytes, run.clock)
+        parallel.leave(comm)
 
 
 def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_test, n_train, aux_bytes: int = 0,
-           clock: Optional[StepClock] = None) -> dict:
-    """The final evaluation: metrics.json (with the no-learning row) and samples.png."""
+           clock: Optional[StepClock] = None, extra: Optional[dict] = None) -> dict:
+    """The final evaluation: metrics.json (with the no-learning row) and samples.png; ``extra``: more
+    keys (``parallel``)."""
     psnr_in, ssim_in = per_image_metrics(y_test, x_test)
     trained = [r["seconds"] for r in history]
     metrics = {
@@ -365,6 +448,7 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "steps_timed": len(clock.seconds) if clock else 0,
         "peak_memory_mb": clock.peak / 2**20 if clock else math.nan,
         "peak_memory_kind": ("cuda_max_allocated" if device.type == "cuda" else "rss_sampled") if clock else None,
+        **(extra or {}),
     }
     if cfg.num_samples > 0:
         k = min(cfg.num_samples, x_test.shape[0])
@@ -392,7 +476,7 @@ def resume(folder: str, changes: list[str]) -> dict:
     saved = ckpt.get("config") if isinstance(ckpt, dict) else None
     if not isinstance(saved, dict) or "scheme" not in ckpt:
         raise ConfigError(f"resume={folder}: its checkpoint.pt is not a checkpoint of this version of lifted train")
-    allowed = [k for k in RESUMABLE_CHANGES if k not in ("resume", "output_dir")]
+    allowed = [k for k in RESUMABLE_CHANGES if k not in ("resume", "output_dir", "parallel")] + list(RESUMABLE_PARALLEL)
     for change in changes:
         key, _, value = change.partition("=")
         if key not in allowed:
@@ -415,6 +499,8 @@ def resume(folder: str, changes: list[str]) -> dict:
         kept = [str(o) for o in kept if str(o).split("=", 1)[0] not in given]
     except Exception:  # an unreadable record is rewritten from the config alone
         kept = []
+    if parallel.launched() and parallel.env_rank() > 0:  # torchrun: rank 0 alone touches the folder
+        return train(cfg, checkpoint=ckpt)
     run = RunFolder(path)
 
     previous = logging.getLogger().handlers[:]  # e.g. an earlier Hydra run's file in this process
@@ -447,4 +533,7 @@ def report_done(output_dir, metrics: dict) -> float:
 
 @hydra.main(version_base="1.3", config_path="pkg://lifted_cli.configs", config_name="train")
 def app(cfg: DictConfig) -> float:
-    return report_done(cfg.output_dir, run_task(cfg, validate, train))
+    metrics = run_task(cfg, validate, train)
+    if not metrics:  # a rank other than 0 of a torchrun job: rank 0 reports
+        return math.nan
+    return report_done(cfg.output_dir, metrics)

@@ -17,11 +17,15 @@ def check_solver(scheme_cfg, solver_cfg) -> None:
         fail("solver", solver_cfg.name, f"scheme={scheme_cfg.name} is minimised by solver={'|'.join(allowed)}")
 
 
-def build_training(model, scheme_cfg, solver_cfg):
+def build_training(model, scheme_cfg, solver_cfg, configure=None):
     """(scheme, solver) for a network; ValueError (one line) for a combination the mathematics does
-    not allow (a solver of another form, an activation the penalty does not cover, ...)."""
+    not allow (a solver of another form, an activation the penalty does not cover, ...).
+    ``configure(scheme)``, when given, runs before the solver is built (layer-parallel hands the
+    problem its layers there)."""
     check_solver(scheme_cfg, solver_cfg)
     scheme = SCHEMES.build(scheme_cfg, model)
+    if configure is not None:
+        configure(scheme)
     return scheme, SOLVERS.build(solver_cfg, scheme)
 
 

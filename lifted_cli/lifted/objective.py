@@ -95,13 +95,76 @@ class LiftedProblem:
         self.stacks: list[Stack] = []
         self.stack_of: dict[int, tuple[Stack, int]] = {}  # layer -> (its stack, its index there)
         self._lambda_cache: dict = {}
+        # data-parallel (parallel.Comm): the samples of a batch are shared out over processes, and the
+        # sums over samples of the W-steps (gradients, block energies, Gram matrices) are combined
+        self.comm = None
+        self._gathered: dict = {}  # data-parallel: (X, R) of the majorised steps, fetched for all blocks at once
+        # layer-parallel (partition.LayerPart): this process owns the layers part.first..part.last
+        self.part = None
+
+    def _mean(self, tensors):
+        """Means over this process's samples -> means over the global batch (in place)."""
+        return tensors if self.comm is None else self.comm.mean_(tensors)
+
+    def _rows(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """The rows of every sample of the global batch (this process's alone in a single process)."""
+        return t if self.comm is None else self.comm.all_rows(t, dim)
+
+    def _majorizer_inputs(self, st: LiftedState, unit):
+        """(X, R) of the majorised step of a unit: the inputs u_{l-1} and residuals sigma(a_l) - z_l,
+        shaped (s, n) for a block and (d, s, n) for a stack; from ``gather_majorizer_rows`` when
+        fetched there."""
+        key = unit.first if isinstance(unit, Stack) else unit
+        if key in self._gathered:
+            return self._gathered.pop(key)
+        if isinstance(unit, Stack):
+            layers = unit.layers(unit.select())
+            x = gather([st.u[l - 1] for l in layers])
+            r = unit.act(self._stacked(st, "a", layers)) - self._stacked(st, "z", layers)
+            return self._rows(x, dim=1), self._rows(r, dim=1)
+        return self._rows(st.u[unit - 1]), self._rows(self.acts[unit - 1](st.a[unit]) - st.z[unit])
+
+    def gather_majorizer_rows(self, st: LiftedState, units: list) -> None:
+        """Data-parallel: the rows that the majorised steps of ``units`` need (their Gram matrices
+        couple the samples of every process), fetched in one all-gather for all of them."""
+        self._gathered = {}
+        comm, self.comm = self.comm, None  # the local rows
+        try:
+            pieces = [(unit, self._majorizer_inputs(st, unit)) for unit in units]
+        finally:
+            self.comm = comm
+        flat, shapes = [], []
+        for _, pair in pieces:
+            for t in pair:
+                t2 = t.movedim(1, 0).reshape(t.shape[1], -1) if t.dim() == 3 else t  # samples first
+                flat.append(t2)
+                shapes.append(t.shape)
+        if not flat:
+            return
+        full = comm.all_rows(torch.cat(flat, dim=1))
+        cols = iter(full.split([t.shape[1] for t in flat], dim=1))
+        for unit, _ in pieces:
+            pair = []
+            for shape in shapes[:2]:
+                c = next(cols)
+                pair.append(c.reshape(c.shape[0], shape[0], shape[2]).movedim(0, 1) if len(shape) == 3 else c)
+            shapes = shapes[2:]
+            self._gathered[unit.first if isinstance(unit, Stack) else unit] = tuple(pair)
 
     # ----------------------------------------------------------------------------- stacking
     def stackable(self) -> list[tuple[int, int]]:
         """The runs of equal blocks that can be stepped together (docs/method.md, section 5.10): at
         least two consecutive blocks of one signature, never the output layer (clamped, or tied to
         the read-out) nor the layer of the sparsity term."""
-        return stack_ranges(self.blocks, excluded={self.L, self.sparsity_layer})
+        ranges = stack_ranges(self.blocks, excluded={self.L, self.sparsity_layer})
+        if self.part is not None:  # a stack never crosses processes
+            f, t = self.part.first, self.part.last
+            ranges = [(max(a, f), min(b, t)) for a, b in ranges if min(b, t) > max(a, f)]
+        return ranges
+
+    def owned(self) -> range:
+        """The layers this process works on: all, or its part under layer-parallel training."""
+        return range(1, self.L + 1) if self.part is None else range(self.part.first, self.part.last + 1)
 
     def stack(self, ranges) -> None:
         """Store the parameters of each run (first, last) as stacked tensors (the blocks' parameters
@@ -114,8 +177,8 @@ class LiftedProblem:
 
     def units(self) -> list:
         """The blocks in layer order, each stack as one unit: ``Stack`` objects and layer numbers."""
-        out, l = [], 1
-        while l <= self.L:
+        out, l = [], self.owned()[0]
+        while l <= self.owned()[-1]:
             if l in self.stack_of:
                 out.append(self.stack_of[l][0])
                 l = self.stack_of[l][0].last + 1
@@ -145,16 +208,27 @@ class LiftedProblem:
     @torch.no_grad()
     def init_state(self, y: torch.Tensor, target: torch.Tensor) -> LiftedState:
         """Warm start by a forward pass: z_l = sigma_l(a_l), u_l = post_l(u_{l-1}, z_l), so every
-        penalty is zero (the free phase); a clamped output then takes the target."""
-        u, z, a = [self.model.input_state(y)], [None], [None]
-        for blk in self.blocks:
-            a.append(blk.pre(u[-1], y))
-            z.append(blk.act(a[-1]))
-            u.append(blk.post(u[-1], z[-1]) if blk.has_state else z[-1])
-        out = self.model.readout(u[-1], y)
-        st = LiftedState(y=y, target=target, u=u, z=z, a=a,
-                         forward_loss=float(0.5 * (out - target).pow(2).sum(dim=1).mean()))
-        if self.output == "clamped":
+        penalty is zero (the free phase); a clamped output then takes the target. Layer-parallel: a
+        pipeline over the processes (the forward loss is the last one's, 0 elsewhere)."""
+        L, part = self.L, self.part
+        u, z, a = [None] * (L + 1), [None] * (L + 1), [None] * (L + 1)
+        u[0] = self.model.input_state(y)
+        layers = self.owned()
+        if part is not None and part.below is not None:
+            u[layers[0] - 1] = part.receive_input(y)
+        for l in layers:
+            blk = self.blocks[l - 1]
+            a[l] = blk.pre(u[l - 1], y)
+            z[l] = blk.act(a[l])
+            u[l] = blk.post(u[l - 1], z[l]) if blk.has_state else z[l]
+        if part is not None:
+            part.send_output(u[layers[-1]])
+        loss = 0.0
+        if layers[-1] == L:
+            out = self.model.readout(u[L], y)
+            loss = float(0.5 * (out - target).pow(2).sum(dim=1).mean())
+        st = LiftedState(y=y, target=target, u=u, z=z, a=a, forward_loss=loss)
+        if self.output == "clamped" and layers[-1] == L:
             u[-1] = target.clone()
             if not self.blocks[-1].has_state:
                 z[-1] = u[-1]
@@ -172,8 +246,8 @@ class LiftedProblem:
     def refresh(self, st: LiftedState, first: int = 1, last: int | None = None) -> None:
         """Recompute the cached pre-activations a_l, ``first`` <= l <= ``last`` (default L), for the
         current U, W."""
-        last = self.L if last is None else last
-        l = first
+        last = self.owned()[-1] if last is None else min(last, self.owned()[-1])
+        l = max(first, self.owned()[0])
         while l <= last:
             if l in self.stack_of:
                 stack, k = self.stack_of[l]
@@ -228,9 +302,9 @@ class LiftedProblem:
             value = value + self.lambdas[l - 1] * self.penalty.value(self.acts[l - 1], st.z[l], st.a[l])
             if self.blocks[l - 1].has_state:
                 value = value + 0.5 * self.rho * self.residual(st, l).pow(2).sum(dim=1)
-        if self.output == "free":
+        if self.output == "free" and self.L in self.owned():
             value = value + 0.5 * self.loss_weight * self.output_residual(st).pow(2).sum(dim=1)
-        if self.sparsity_layer is not None:
+        if self.sparsity_layer is not None and self.sparsity_layer in self.owned():
             value = value + self.sparsity * l1_penalty(st.u[self.sparsity_layer])
         return value
 
@@ -255,15 +329,17 @@ class LiftedProblem:
         return torch.cat(gaps).tolist()
 
     def hidden_gap(self, st: LiftedState) -> float:
-        gaps = self.layer_gaps(st)
-        hidden = gaps[:-1] if self.output == "clamped" else gaps
-        return sum(hidden) / max(len(hidden), 1)
+        """The mean of the layer gaps over the hidden layers (and a free output); layer-parallel:
+        this process's share of that mean (the shares sum to it)."""
+        gaps = dict(zip(self.owned(), self.layer_gaps(st)))
+        hidden = [l for l in range(1, self.L + 1) if not (l == self.L and self.output == "clamped")]
+        return sum(gaps[l] for l in hidden if l in gaps) / max(len(hidden), 1)
 
     # ---------------------------------------------------------------------- auxiliary steps
     def variables(self) -> list[tuple[str, int]]:
         """The free auxiliary variables, top-down: (``u``, l) for state blocks, then (``z``, l)."""
         out = []
-        for l in range(self.L, 0, -1):
+        for l in reversed(self.owned()):
             clamped_last = l == self.L and self.output == "clamped"
             if self.blocks[l - 1].has_state:
                 if not clamped_last:
@@ -278,6 +354,8 @@ class LiftedProblem:
         gradient in the input state."""
         if l == self.L:
             return self.loss_weight * self.model.readout_adjoint(self.output_residual(st))
+        if self.part is not None and l == self.part.last:  # block l+1 is the next process's: its back-projection
+            return self.part.back
         nxt = self.blocks[l]
         g = self.lambdas[l] * nxt.pre_adjoint(self.penalty.grad_a(self.acts[l], st.z[l + 1], st.a[l + 1]))
         if nxt.has_state and nxt.skip:
@@ -323,7 +401,8 @@ class LiftedProblem:
         """Lipschitz constant in u_l of the terms of block l+1 (or of the data loss when l = L)."""
         if l == self.L:
             return self.loss_weight * (1.0 if self.model.readout_identity else norm_sq("readout", l))
-        down = self.lambdas[l] * self.penalty.lip_a * norm_sq("pre", l + 1)
+        remote = self.part is not None and l == self.part.last
+        down = self.lambdas[l] * self.penalty.lip_a * (self.part.next_norm_sq if remote else norm_sq("pre", l + 1))
         if self.blocks[l].has_state and self.blocks[l].skip:
             down += self.rho
         return down
@@ -409,7 +488,9 @@ class LiftedProblem:
         s, y, rho, has_state = st.y.shape[0], st.y, self.rho, stack.has_state
         fast = None if generic else stack.fast_gradients()
         if fast is not None:
-            return fast(stack.storage, u_prev, u, z, g_a, rho, s)
+            grads = fast(stack.storage, u_prev, u, z, g_a, rho, s)
+            self._mean(list(grads.values()))
+            return grads
 
         def surrogate(call, up, uk, zk, ga):
             total = (ga * call("pre", up, y)).sum()
@@ -417,7 +498,9 @@ class LiftedProblem:
                 total = total + 0.5 * rho * (uk - call("post", up, zk)).pow(2).sum()
             return total / s
 
-        return stack.grad(surrogate, u_prev, u, z, g_a)
+        grads = stack.grad(surrogate, u_prev, u, z, g_a)
+        self._mean(list(grads.values()))
+        return grads
 
     def stack_block_energy(self, st: LiftedState, stack: Stack, params: dict | None = None,
                            rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -435,7 +518,9 @@ class LiftedProblem:
         value = lam * self.penalty.energy_a(stack.act, z, a).sum(dim=1)
         if stack.has_state:
             value = value + 0.5 * self.rho * (u - stack.call("post", u_prev, z, params=params)).pow(2).sum(dim=(1, 2))
-        return value / st.y.shape[0]
+        value = value / st.y.shape[0]
+        self._mean([value])
+        return value
 
     @torch.no_grad()
     def stack_implicit_weight_step(self, st: LiftedState, stack: Stack, anchor: list, tau: float,
@@ -443,12 +528,11 @@ class LiftedProblem:
         """``implicit_weight_step`` on every block of a dense stack: batched products and one batched
         Cholesky factorisation of the (d, s, s) matrices c_l I + X_l X_l^T."""
         layers = stack.layers(stack.select())
-        x_prev = gather([st.u[l - 1] for l in layers])
+        x_prev, r = self._majorizer_inputs(st, stack)
         d, s = x_prev.shape[0], x_prev.shape[1]
         w_name, b_name = stack.affine_names
         W, b = stack.storage[w_name], stack.storage[b_name]
         kappa = self.stack_lambdas(layers, x_prev) * self.penalty.lip_a
-        r = stack.act(self._stacked(st, "a", layers)) - self._stacked(st, "z", layers)
         k = torch.bmm(x_prev, x_prev.transpose(1, 2))
         k.add_(1.0).diagonal(dim1=1, dim2=2).add_(s / (kappa.view(d, 1) * tau))
         if anchor is None:
@@ -491,7 +575,7 @@ class LiftedProblem:
             g_a = self.lambdas[l - 1] * self.penalty.grad_a(self.acts[l - 1], st.z[l], a.detach())
             total = (g_a * a).sum() + self._block_terms(st, l, a, with_loss)
             grads = torch.autograd.grad(total / s, params, allow_unused=True)
-        return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        return self._mean([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
 
     @torch.no_grad()
     def block_energy(self, st: LiftedState, l: int, a: torch.Tensor | None = None) -> float:
@@ -500,7 +584,8 @@ class LiftedProblem:
         if a is None:
             a = self.blocks[l - 1].pre(st.u[l - 1], st.y)
         pen = self.lambdas[l - 1] * self.penalty.energy_a(self.acts[l - 1], st.z[l], a).sum()
-        return float((pen + self._block_terms(st, l, a, True)) / st.y.shape[0])
+        value = (pen + self._block_terms(st, l, a, True)) / st.y.shape[0]
+        return float(value if self.comm is None else self.comm.mean(value.reshape(1)))
 
     def majorizable(self, l: int) -> bool:
         """The exact majorised implicit step applies: an affine dense block with a penalty whose
@@ -524,11 +609,10 @@ class LiftedProblem:
 
         an s x s Cholesky factorisation (s = batch size). ``at_anchor``: W = W^k, so D = 0; ``anchor``
         None: at the anchor, with no copy of it (the weights are updated in place)."""
-        x_prev = st.u[l - 1]
+        x_prev, r = self._majorizer_inputs(st, l)  # data-parallel: the Gram matrix couples every process's samples
         s = x_prev.shape[0]
         W, b = self.blocks[l - 1].affine()
         kappa = self.lambdas[l - 1] * self.penalty.lip_a
-        r = self.acts[l - 1](st.a[l]) - st.z[l]
         c = s / (kappa * tau)
         k = x_prev @ x_prev.t()
         k.add_(1.0).diagonal().add_(c)  # c I + X X^T

@@ -39,11 +39,12 @@ SCHEMES = Registry("scheme")
 OUTPUTS = ("auto", "clamped", "free")
 
 
-def sparsity_term(states: list[torch.Tensor], layer: int | None, weight: float) -> torch.Tensor | float:
-    """alpha ||x_l||_1 averaged over the samples of the batch (0 when unused)."""
+def sparsity_term(states: list[torch.Tensor], layer: int | None, weight: float, batch: float | None = None):
+    """alpha ||x_l||_1 summed over the samples and divided by ``batch`` (default: their number;
+    0 when unused)."""
     if layer is None or weight == 0:
         return 0.0
-    return weight * states[layer].abs().sum(dim=1).mean()
+    return weight * states[layer].abs().sum() / (states[layer].shape[0] if batch is None else batch)
 
 
 def _plain(cfg) -> dict:
@@ -86,13 +87,19 @@ class BackpropScheme(Scheme):
         if layer is not None and cfg.sparsity > 0 and not 1 <= layer <= model.depth:
             raise ValueError(f"sparsity_layer={layer}: must be a layer index 1..{model.depth}")
 
-    def gradient(self, y: torch.Tensor, x: torch.Tensor) -> dict:
+    def loss(self, y: torch.Tensor, x: torch.Tensor, batch: float | None = None) -> torch.Tensor:
+        """The objective of the samples (y, x), summed and divided by ``batch`` (default: their
+        number, the mean; data-parallel ranks divide their share by the per-rank batch)."""
         self.model.train()
         y_flat = y.reshape(y.shape[0], -1)
         states = self.model.forward_states(y_flat)
         x_flat = x.reshape(x.shape[0], -1)
-        data = 0.5 * (self.model.readout(states[-1], y_flat) - x_flat).pow(2).sum(dim=1).mean()
-        loss = data + sparsity_term(states, self.cfg.sparsity_layer, self.cfg.sparsity)
+        n = y.shape[0] if batch is None else batch
+        data = 0.5 * (self.model.readout(states[-1], y_flat) - x_flat).pow(2).sum() / n
+        return data + sparsity_term(states, self.cfg.sparsity_layer, self.cfg.sparsity, n)
+
+    def gradient(self, y: torch.Tensor, x: torch.Tensor) -> dict:
+        loss = self.loss(y, x)
         loss.backward()
         return {"loss": float(loss.detach())}
 

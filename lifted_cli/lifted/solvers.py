@@ -90,7 +90,14 @@ class SGDConfig(Schema):
 
 class GradientSolver:
     """A torch optimiser applied to the gradient that the scheme stores in ``.grad``; constrained
-    architectures (proxnet) are projected back after every step."""
+    architectures (proxnet) are projected back after every step.
+
+    Data-parallel (``parallel.attach``): ``ddp`` is the scheme's loss under DistributedDataParallel
+    (gradients averaged in buckets during the backward pass), or, for a scheme without a loss to
+    differentiate (contrastive), ``comm`` averages the stored gradients in one all-reduce."""
+
+    ddp = None
+    comm = None
 
     def __init__(self, cfg, scheme, optimizer: torch.optim.Optimizer):
         self.cfg = cfg
@@ -103,7 +110,16 @@ class GradientSolver:
 
     def step(self, y: torch.Tensor, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
-        stats = self.scheme.gradient(y, x)
+        if self.ddp is not None:  # DDP averages over the ranks: each divides its share by the per-rank batch
+            per_rank = self.comm.batch / self.comm.world
+            loss = self.ddp(y, x, per_rank)
+            loss.backward()
+            stats = {"loss": float(loss.detach()) * per_rank / max(y.shape[0], 1)}  # this rank's mean
+        else:
+            stats = self.scheme.gradient(y, x)
+            if self.comm is not None:
+                self.comm.mean_([q.grad for group in self.optimizer.param_groups for q in group["params"]
+                                 if q.grad is not None])
         self.optimizer.step()
         self.scheme.model.project()
         return stats
@@ -251,6 +267,8 @@ class AuxiliaryUpdater:
                 p.set_var(st, kind, l, v)
 
         variables = p.variables()
+        if p.part is not None:  # layer-parallel: the back-projection from the layer above arrives first
+            p.part.exchange_down(st, self.norm_sq)
         if self.order == "gauss_seidel":
             for kind, l in variables:
                 p.set_var(st, kind, l, update(kind, l))
@@ -262,6 +280,8 @@ class AuxiliaryUpdater:
                 if parity == 0:  # the even layers' inputs (odd states) have moved
                     p.refresh_parity(st, sorted({l for _, l in group}), parity)
                 jacobi(group, parity)
+        if p.part is not None:  # and the new top state goes up
+            p.part.exchange_up(st)
 
     def state_dict(self) -> dict:
         return {"vectors": {f"{w}:{l}": v for (w, l), v in self.vectors.items()}}
@@ -424,6 +444,8 @@ class LiftedSolver:
                 current = st.u[l] if kind == "u" else st.z[l]
                 value = torch.where(seen[:, None], value, current)
             p.set_var(st, kind, l, value)
+        if p.part is not None:  # layer-parallel: the state below this process's layers, from the stored one there
+            p.part.exchange_up(st)
         p.refresh(st)
         return st
 
@@ -656,6 +678,8 @@ class ISGM(LiftedSolver):
     def w_step(self, st: LiftedState) -> None:
         p = self.problem
         inv_tau = 1.0 / self.tau
+        if p.comm is not None and self.cfg.w_metric == "majorizer":  # one collective for every majorised block
+            p.gather_majorizer_rows(st, [u for u in self.units if p.majorizable(u.first if isinstance(u, Stack) else u)])
         for unit in self.units:
             if isinstance(unit, Stack):
                 self._stack_w_step(st, unit, inv_tau)

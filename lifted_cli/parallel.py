@@ -1,0 +1,569 @@
+"""Training over several processes with torch.distributed (config group ``parallel``; docs/parallel.md).
+
+``parallel=none`` is the single process. ``parallel=data``: every process takes a share of each
+mini-batch (and of the persistent auxiliary variables); the X-steps are local, and the sums over
+samples that the W-steps need (ISGM's sample-space Gram matrices, the weight gradients, the block
+energies of the line searches) are combined with collectives, so every process holds the same
+weights and the iterates are those of one process on the same global batches. Back-propagation
+runs under ``DistributedDataParallel``. ``parallel=layer``: every process owns a contiguous range of
+layers (``layers.py``).
+
+Processes come from torch's own launcher: ``torchrun`` (or SLURM through it) sets the rendezvous
+environment, or ``lifted train parallel=data parallel.nproc=P`` starts P processes itself with
+``torch.distributed.launcher.elastic_launch`` (the engine behind torchrun). Rank 0 alone writes the
+run folder. A rank that fails or is killed ends every rank: the launcher stops the others and the
+run ends with one line naming the rank; collectives time out after ``parallel.timeout_s``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import signal
+import socket
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError, LiftedError, RunError
+from .registry import Registry, Schema, check_choice, check_positive, fail
+
+log = logging.getLogger("lifted.parallel")
+
+#: the modes by name (``parallel=<name>``)
+PARALLEL = Registry("parallel")
+
+BACKENDS = ("auto", "gloo", "nccl")
+
+#: the environment that torchrun (and lifted's own launch) gives every process
+RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@dataclass
+class ParallelConfig(Schema):
+    name: str = "none"
+    nproc: Optional[int] = None
+    backend: str = "auto"
+    timeout_s: float = 300.0
+
+    def validate(self):
+        check_positive("nproc", self.nproc, allow_none=True)
+        check_choice("backend", self.backend, BACKENDS)
+        check_positive("timeout_s", self.timeout_s)
+
+
+for _mode, _about in (("none", "one process"), ("data", "every process takes a share of each mini-batch"),
+                      ("layer", "every process owns a contiguous range of layers")):
+    PARALLEL.register(_mode, ParallelConfig, about=_about)(lambda cfg: cfg)
+
+
+class RankFailed(RunError):
+    """A rank of a parallel run failed or was killed; the launcher stopped the others."""
+
+
+# ---------------------------------------------------------------------------------- the world
+def launched() -> bool:
+    """This process is one rank of a torch.distributed job (torchrun or lifted's own launch)."""
+    return all(k in os.environ for k in RANK_ENV)
+
+
+def env_world() -> int:
+    return int(os.environ["WORLD_SIZE"]) if launched() else 1
+
+
+def env_rank() -> int:
+    return int(os.environ["RANK"]) if launched() else 0
+
+
+def world_size(cfg) -> int:
+    """The number of processes of a run: torchrun's world, else ``parallel.nproc`` (default 1)."""
+    if launched():
+        return env_world()
+    return int(cfg.parallel.nproc or 1)
+
+
+def backend_for(cfg, device_type: str) -> str:
+    backend = cfg.parallel.backend
+    if backend == "auto":
+        return "nccl" if device_type == "cuda" else "gloo"
+    return backend
+
+
+def planned_device(cfg) -> str:
+    """``cpu`` or ``cuda``: where the ranks of a run will train."""
+    spec = str(cfg.device)
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if spec.startswith("cuda") else "cpu"
+
+
+def validate(cfg, lifted_form: bool) -> None:
+    """Combinations refused before any process starts (one line each): a backend the device does
+    not support, more processes than devices or cores, layer-parallel without a lifted solver in a
+    layer order that decouples the layers, an ``nproc`` that contradicts torchrun's world."""
+    mode = cfg.parallel.name
+    if mode == "none":
+        if cfg.parallel.nproc not in (None, 1):
+            fail("parallel.nproc", cfg.parallel.nproc, "needs parallel=data or parallel=layer")
+        return
+    if launched() and cfg.parallel.nproc not in (None, env_world()):
+        fail("parallel.nproc", cfg.parallel.nproc, f"this process was started by torchrun with a world of {env_world()}; "
+             "leave parallel.nproc unset (torchrun's --nproc_per_node decides)")
+    world = world_size(cfg)
+    kind = planned_device(cfg)
+    backend = backend_for(cfg, kind)
+    if backend == "nccl" and kind != "cuda":
+        fail("parallel.backend", "nccl", "NCCL needs CUDA devices; use parallel.backend=gloo (or auto) on the CPU")
+    if backend == "nccl" and not dist.is_nccl_available():
+        fail("parallel.backend", "nccl", "this build of torch has no NCCL; use parallel.backend=gloo")
+    if not launched():
+        if kind == "cuda":
+            if ":" in str(cfg.device):
+                fail("device", cfg.device, "a parallel run gives rank r the GPU r; use device=cuda or auto")
+            if world > torch.cuda.device_count():
+                fail("parallel.nproc", world, f"one GPU per process, and this machine has {torch.cuda.device_count()}")
+        elif world > (os.cpu_count() or 1):
+            fail("parallel.nproc", world, f"at most one process per core on the CPU; this machine has {os.cpu_count()}")
+    if cfg.batch_size < world:
+        fail("batch_size", cfg.batch_size, f"must be at least the number of processes ({world}) so that every one has samples")
+    if mode == "layer":
+        if not lifted_form:
+            fail("parallel", "layer", f"scheme={cfg.scheme.name} with solver={cfg.solver.name} is not a lifted solver: "
+                 "back-propagation has no layer problems to decouple; use parallel=data")
+        if cfg.solver.layer_order != "jacobi":
+            fail("parallel", "layer", f"solver.layer_order={cfg.solver.layer_order} does not update the layers at once; "
+                 "layer-parallel needs solver.layer_order=jacobi")
+
+
+# ------------------------------------------------------------------------------- communication
+class Comm:
+    """The process group of a rank and the collectives of a parallel run, timed: ``seconds`` is the
+    wall time spent in communication (device work queued before a collective is waited for first,
+    so it counts as compute)."""
+
+    def __init__(self, mode: str, device: torch.device, backend: str):
+        self.mode = mode
+        self.rank = dist.get_rank()
+        self.world = dist.get_world_size()
+        self.device = device
+        self.backend = backend
+        self.seconds = 0.0
+        self.bytes = 0
+        self.positions: list[torch.Tensor] = []
+        self.counts: list[int] = []
+        self.batch = 0
+
+    def describe(self) -> dict:
+        grid = {"data": [self.world, 1], "layer": [1, self.world]}[self.mode]
+        return {"mode": self.mode, "world_size": self.world, "backend": self.backend, "grid": grid}
+
+    def _begin(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _end(self, t0: float, nbytes: int) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.bytes += nbytes
+
+    # ---------------------------------------------------------------------- data-parallel
+    def shard(self, idx: torch.Tensor, persistent: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of the global batch ``idx``: (positions in the batch, sample keys).
+        With persistent auxiliaries a sample always belongs to the rank ``index mod P`` (its stored
+        variables live there; the key is its slot in that rank's store), else the batch is dealt
+        out in turn (positions r, r + P, ...). Every rank knows every share, so rows can be gathered
+        back into the batch's own order."""
+        b, p = idx.numel(), self.world
+        if persistent:
+            owner = idx % p
+            self.positions = [(owner == q).nonzero().flatten() for q in range(p)]
+        else:
+            self.positions = [torch.arange(q, b, p, device=idx.device) for q in range(p)]
+        self.counts = [int(t.numel()) for t in self.positions]
+        self.batch = b
+        rows = self.positions[self.rank]
+        keys = idx[rows] // p if persistent else idx[rows]
+        return rows, keys
+
+    @property
+    def weight(self) -> float:
+        """This rank's share of the global batch: local means times it sum to the global mean."""
+        return self.counts[self.rank] / self.batch
+
+    def mean_(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Local means over this rank's samples -> global means over the batch, in place, in one
+        all-reduce (the tensors travel as one flat buffer)."""
+        if not tensors or self.world == 1:
+            return tensors
+        w = self.weight
+        flat = torch.cat([t.reshape(-1) for t in tensors]) * w if w > 0 else torch.cat([t.reshape(-1) for t in tensors]).zero_()
+        t0 = self._begin()
+        dist.all_reduce(flat)
+        self._end(t0, flat.numel() * flat.element_size())
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
+        return tensors
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        out = value.clone()
+        self.mean_([out])
+        return out
+
+    def all_rows(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+        """The rows (along ``dim``) of every rank's share, in the global batch's order."""
+        if self.world == 1:
+            return t
+        n = max(self.counts)
+        local = t.movedim(dim, 0)
+        if local.shape[0] < n:
+            local = torch.cat([local, local.new_zeros((n - local.shape[0],) + local.shape[1:])])
+        local = local.contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        t0 = self._begin()
+        dist.all_gather(parts, local)
+        self._end(t0, local.numel() * local.element_size() * (self.world - 1))
+        out = local.new_empty((self.batch,) + local.shape[1:])
+        for q, part in enumerate(parts):
+            out[self.positions[q]] = part[:self.counts[q]]
+        return out.movedim(0, dim)
+
+    def mean_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
+        """The batch statistics (local means) as global means, and whether any rank raised ``flag``
+        (a deferred Ctrl-C), in one all-reduce."""
+        keys = sorted(stats)
+        w = self.weight
+        values = torch.tensor([stats[k] * w if w > 0 else 0.0 for k in keys] + [float(flag)], dtype=torch.float64,
+                              device=self.device)
+        t0 = self._begin()
+        dist.all_reduce(values)
+        self._end(t0, values.numel() * 8)
+        out = values.tolist()
+        return dict(zip(keys, out[:-1])), out[-1] > 0
+
+    def reduce_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
+        """Layer-parallel: every rank holds its layers' part of each statistic; their sums, and
+        whether any rank raised ``flag``, in one all-reduce."""
+        keys = sorted(stats)
+        values = torch.tensor([stats[k] for k in keys] + [float(flag)], dtype=torch.float64, device=self.device)
+        t0 = self._begin()
+        dist.all_reduce(values)
+        self._end(t0, values.numel() * 8)
+        out = values.tolist()
+        return dict(zip(keys, out[:-1])), out[-1] > 0
+
+    def exchange(self, sends: list, recvs: list) -> None:
+        """Point-to-point with the neighbours in one batch: ``sends`` and ``recvs`` are
+        (tensor, peer) pairs (``batch_isend_irecv``)."""
+        ops = [dist.P2POp(dist.isend, t, peer) for t, peer in sends] + [dist.P2POp(dist.irecv, t, peer) for t, peer in recvs]
+        if not ops:
+            return
+        t0 = self._begin()
+        for req in dist.batch_isend_irecv(ops):
+            req.wait()
+        self._end(t0, sum(t.numel() * t.element_size() for t, _ in sends))
+
+    def gather_shards(self, shard: torch.Tensor, total: int) -> torch.Tensor | None:
+        """The per-sample store whose rows i live on rank i mod P, whole, on rank 0 (None elsewhere)."""
+        n = -(-total // self.world)
+        local = shard
+        if local.shape[0] < n:
+            local = torch.cat([local, local.new_zeros((n - local.shape[0],) + local.shape[1:])])
+        parts = [torch.empty_like(local) for _ in range(self.world)] if self.rank == 0 else None
+        t0 = self._begin()
+        dist.gather(local.contiguous(), parts, dst=0)
+        self._end(t0, local.numel() * local.element_size())
+        if self.rank != 0:
+            return None
+        out = local.new_empty((total,) + local.shape[1:])
+        for q, part in enumerate(parts):
+            out[q::self.world] = part[:len(range(q, total, self.world))]
+        return out
+
+    def local_shard(self, full: torch.Tensor) -> torch.Tensor:
+        return full[self.rank::self.world]
+
+    def broadcast_object(self, obj):
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+
+def join(cfg) -> Comm | None:
+    """Join the process group of this rank (from the launcher's environment); None for a single
+    process. Rank r trains on GPU (local rank) r, or on the CPU with its share of the cores."""
+    if cfg.parallel.name == "none":
+        return None
+    if not launched():
+        raise ConfigError(f"parallel={cfg.parallel.name}: this process has no rank; start it with torchrun, or let "
+                          "lifted start the processes (lifted train parallel=... parallel.nproc=P)")
+    kind = planned_device(cfg)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if kind == "cuda":
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        if "OMP_NUM_THREADS" not in os.environ:
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env_world()))
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    backend = backend_for(cfg, kind)
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(cfg.parallel.timeout_s)),
+                                device_id=device if kind == "cuda" else None)
+    return Comm(cfg.parallel.name, device, backend)
+
+
+def leave(comm: Comm | None) -> None:
+    if comm is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ------------------------------------------------------------------------------------ launch
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(cfg_dict: dict, error_dir: str):
+    """The body of every rank that lifted starts itself: train, and on failure leave a one-line
+    reason (and exit status) for the launching process before failing."""
+    from omegaconf import OmegaConf
+
+    from .commands.train import train
+    from .runs import configure_logging
+
+    rank = env_rank()
+    cfg = OmegaConf.create(cfg_dict)
+    logging.getLogger().handlers = []
+    if rank == 0:  # as the single process: INFO to the console and to the run's train.log
+        configure_logging()
+        configure_logging(Path(cfg.output_dir) / "train.log")
+    else:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        metrics = train(cfg)
+        return metrics if rank == 0 else None
+    except BaseException as err:
+        code = err.exit_code if isinstance(err, LiftedError) else 1
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if not isinstance(err, LiftedError):
+            message = f"{type(err).__name__}: {message}"
+        Path(error_dir, f"rank{rank}.json").write_text(json.dumps({"message": message, "exit_code": code}))
+        raise
+
+
+def _failure(err, error_dir: Path) -> LiftedError:
+    """The one line of the first rank that failed (its own reason, or the signal that killed it)."""
+    rank, failure = err.get_first_failure()
+    record = error_dir / f"rank{rank}.json"
+    if record.is_file():
+        data = json.loads(record.read_text())
+        cls = ConfigError if data.get("exit_code") == 2 else RankFailed
+        return cls(f"rank {rank}: {data['message']}")
+    code = failure.exitcode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return RankFailed(f"rank {rank} was killed by {name}; the other ranks were stopped")
+    return RankFailed(f"rank {rank} ended with exit status {code}; the other ranks were stopped")
+
+
+def launch(cfg) -> dict:
+    """Start ``world_size(cfg)`` ranks of this run on this machine with torch's elastic launcher
+    and wait for them; returns rank 0's metrics. A failing or killed rank stops the others within
+    a second (the launcher's monitor) and is reported in one line (RankFailed)."""
+    from omegaconf import OmegaConf
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    nproc = world_size(cfg)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
+                          monitor_interval=0.2, start_method="spawn")
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    log.info("starting %d processes (parallel=%s, backend %s)", nproc, cfg.parallel.name,
+             backend_for(cfg, planned_device(cfg)))
+    with tempfile.TemporaryDirectory(prefix="lifted-ranks-") as error_dir:
+        try:
+            results = elastic_launch(config, _worker)(OmegaConf.to_container(cfg, resolve=True), error_dir)
+        except ChildFailedError as err:
+            raise _failure(err, Path(error_dir)) from None
+    return results[0]
+
+
+# --------------------------------------------------------------------------- the run's pieces
+def partition(L: int, world: int) -> list[tuple[int, int]]:
+    """Contiguous layer ranges (first, last), 1-based, as equal as possible, lower ranks taking the
+    extra layers."""
+    sizes = [L // world + (1 if r < L % world else 0) for r in range(world)]
+    out, first = [], 1
+    for n in sizes:
+        out.append((first, first + n - 1))
+        first += n
+    return out
+
+
+def check_build(cfg, solver) -> None:
+    """What needs the built network: layer-parallel needs at least one layer per process."""
+    if cfg.parallel.name != "layer":
+        return
+    L, world = solver.problem.L, world_size(cfg)
+    if world > L:
+        raise ConfigError(f"parallel.nproc={world}: layer-parallel gives every process at least one layer, and this "
+                          f"network has {L}; use at most {L} processes or parallel=data")
+
+
+def configure(comm: Comm | None):
+    """The hook that ``build_training`` calls between the scheme and the solver: layer-parallel
+    hands this rank's layers to the lifted problem, so the solver is built on them alone."""
+    if comm is None or comm.mode != "layer":
+        return None
+    from .lifted.partition import LayerPart
+
+    def hand_out(scheme):
+        p = scheme.problem
+        first, last = partition(p.L, comm.world)[comm.rank]
+        p.part = LayerPart(comm, p, first, last)
+
+    return hand_out
+
+
+def attach(comm: Comm | None, scheme, solver) -> None:
+    """Data-parallel: the lifted problem combines its W-step sums over the ranks; back-propagation
+    is wrapped in DistributedDataParallel; another gradient scheme has its gradients averaged."""
+    if comm is None or comm.mode != "data":
+        return
+    problem = getattr(solver, "problem", None)
+    if problem is not None:
+        problem.comm = comm
+        return
+    solver.comm = comm
+    if hasattr(scheme, "loss"):
+        from torch.nn.parallel import DistributedDataParallel
+
+        solver.ddp = DistributedDataParallel(_Loss(scheme))
+
+
+class _Loss(torch.nn.Module):
+    """A scheme's loss as a module, the form DistributedDataParallel wraps."""
+
+    def __init__(self, scheme):
+        super().__init__()
+        self.model = scheme.model
+        self._loss = scheme.loss
+
+    def forward(self, y, x, batch):
+        return self._loss(y, x, batch)
+
+
+def total(comm: Comm | None, nbytes: int) -> int:
+    """The sum over the ranks of a per-rank byte count."""
+    if comm is None:
+        return nbytes
+    t = torch.tensor([float(nbytes)], dtype=torch.float64, device=comm.device)
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def all_ranks(comm: Comm | None, ok: bool) -> bool:
+    if comm is None:
+        return ok
+    t = torch.tensor([0.0 if ok else 1.0], device=comm.device)
+    dist.all_reduce(t)
+    return float(t.item()) == 0.0
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def global_state(comm: Comm | None, solver, model, n_samples: int):
+    """The solver state that checkpoint.pt holds, on rank 0 (None elsewhere). Data-parallel: the
+    ranks' states are equal but for the persistent auxiliaries, which are gathered whole, so the
+    checkpoint is that of a single process. Layer-parallel: every rank's own state."""
+    state = solver.state_dict()
+    if comm is None:
+        return state
+    if comm.mode == "layer":
+        states = [None] * comm.world if comm.rank == 0 else None
+        dist.gather_object(_cpu(state), states, dst=0)
+        return {"ranks": states} if comm.rank == 0 else None
+    if "aux" in state:
+        state = dict(state)
+        state["aux"] = {k: comm.gather_shards(v, n_samples) for k, v in state["aux"].items()}
+        state["seen"] = comm.gather_shards(state["seen"], n_samples)
+    return state if comm.rank == 0 else None
+
+
+def local_state(comm: Comm | None, state: dict) -> dict:
+    """This rank's part of a checkpoint's solver state (the inverse of ``global_state``)."""
+    if comm is None:
+        return state
+    if comm.mode == "layer":
+        return state["ranks"][comm.rank]
+    if "aux" in state:
+        state = dict(state)
+        state["aux"] = {k: comm.local_shard(v) for k, v in state["aux"].items()}
+        state["seen"] = comm.local_shard(state["seen"])
+    return state
+
+
+def check_resume(cfg, ckpt: dict) -> None:
+    """A layer-parallel checkpoint holds one solver state per rank: it resumes with the same number
+    of processes (a data-parallel one resumes with any)."""
+    saved = ckpt.get("parallel") or {}
+    if saved.get("mode") == "layer" and saved.get("world_size") != world_size(cfg):
+        raise ConfigError(f"resume={cfg.resume}: parallel.nproc={world_size(cfg)}: this layer-parallel run was "
+                          f"trained on {saved.get('world_size')} processes and resumes on as many")
+
+
+def gather_model(comm: Comm | None, model) -> None:
+    """Layer-parallel: every rank receives the blocks the others own (rank 0 evaluates and saves
+    the whole network). Nothing to do otherwise: the ranks hold the same weights."""
+    if comm is None or comm.mode != "layer":
+        return
+    blocks = list(model.blocks)
+    for q, (first, last) in enumerate(partition(len(blocks), comm.world)):
+        for blk in blocks[first - 1:last]:
+            for t in list(blk.parameters()) + list(blk.buffers()):
+                t0 = comm._begin()
+                dist.broadcast(t.data, src=q)
+                comm._end(t0, t.numel() * t.element_size())
+
+
+def metrics(comm: Comm | None, comm_seconds: list, clock) -> dict:
+    """metrics.json's ``parallel``: mode, world, backend, grid, and rank 0's median time per step
+    spent in collectives (``comm_ms``) beside its whole step (``step_ms``)."""
+    import numpy as np
+
+    if comm is None:
+        return {"parallel": {"mode": "none", "world_size": 1, "backend": None, "grid": [1, 1]}}
+    median = float(np.median(comm_seconds)) * 1e3 if comm_seconds else float("nan")
+    return {"parallel": {**comm.describe(), "comm_ms": median,
+                         "comm_bytes_per_step": comm.bytes / max(len(comm_seconds), 1)}}
