@@ -462,6 +462,16 @@ def attach(comm: Comm | None, scheme, solver) -> None:
         from torch.nn.parallel import DistributedDataParallel
 
         solver.ddp = DistributedDataParallel(_Loss(scheme))
+        solver.ddp.register_comm_hook(comm, _counted_allreduce)
+
+
+def _counted_allreduce(comm: Comm, bucket):
+    """DDP's own all-reduce of a gradient bucket, its bytes counted."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    buffer = bucket.buffer()
+    comm.bytes += buffer.numel() * buffer.element_size()
+    return allreduce_hook(None, bucket)
 
 
 class _Loss(torch.nn.Module):
@@ -557,13 +567,14 @@ def gather_model(comm: Comm | None, model) -> None:
                 comm._end(t0, t.numel() * t.element_size())
 
 
-def metrics(comm: Comm | None, comm_seconds: list, clock) -> dict:
-    """metrics.json's ``parallel``: mode, world, backend, grid, and rank 0's median time per step
-    spent in collectives (``comm_ms``) beside its whole step (``step_ms``)."""
+def metrics(comm: Comm | None, comm_seconds: list, comm_bytes: list) -> dict:
+    """metrics.json's ``parallel``: mode, world, backend, grid, and rank 0's medians per step of the
+    time spent in collectives (``comm_ms``, waiting for the other ranks included; DDP's overlapped
+    all-reduces are not timed) and of the bytes it handed to them (``comm_bytes_per_step``)."""
     import numpy as np
 
     if comm is None:
         return {"parallel": {"mode": "none", "world_size": 1, "backend": None, "grid": [1, 1]}}
     median = float(np.median(comm_seconds)) * 1e3 if comm_seconds else float("nan")
     return {"parallel": {**comm.describe(), "comm_ms": median,
-                         "comm_bytes_per_step": comm.bytes / max(len(comm_seconds), 1)}}
+                         "comm_bytes_per_step": float(np.median(comm_bytes)) if comm_bytes else float("nan")}}

@@ -231,6 +231,7 @@ class Session:
     clock: Optional[StepClock] = None  # step times and peak memory of this process's steps
     comm: Optional[parallel.Comm] = None  # the process group of a parallel run
     comm_seconds: list = field(default_factory=list)  # time in collectives, per step
+    comm_bytes: list = field(default_factory=list)  # bytes this rank handed to collectives, per step
 
     @property
     def batches(self) -> int:
@@ -281,17 +282,17 @@ class Session:
                 x = self.x_train[idx]
                 y = self.degradation.measure(x, self.gen_noise)  # every rank draws the whole batch's noise
                 self.clock.start()
-                if self.comm is not None and self.comm.mode == "data":
-                    rows, keys = self.comm.shard(idx, persistent)
-                    before = self.comm.seconds
-                    stats = self.solver.step(y[rows], x[rows], keys)
-                    stats, stopping = self.comm.mean_stats(stats, stop.requested)
+                if self.comm is not None:
+                    before, sent = self.comm.seconds, self.comm.bytes
+                    if self.comm.mode == "data":
+                        rows, keys = self.comm.shard(idx, persistent)
+                        stats = self.solver.step(y[rows], x[rows], keys)
+                        stats, stopping = self.comm.mean_stats(stats, stop.requested)
+                    else:
+                        stats = self.solver.step(y, x, idx)
+                        stats, stopping = self.comm.reduce_stats(stats, stop.requested)
                     self.comm_seconds.append(self.comm.seconds - before)
-                elif self.comm is not None:
-                    before = self.comm.seconds
-                    stats = self.solver.step(y, x, idx)
-                    stats, stopping = self.comm.reduce_stats(stats, stop.requested)
-                    self.comm_seconds.append(self.comm.seconds - before)
+                    self.comm_bytes.append(self.comm.bytes - sent)
                 else:
                     stats = self.solver.step(y, x, idx)
                 self.clock.stop()
@@ -411,7 +412,7 @@ def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dic
         parallel.gather_model(comm, run.model)
         if not run.writer:
             return {}
-        extra = parallel.metrics(comm, run.comm_seconds, run.clock)
+        extra = parallel.metrics(comm, run.comm_seconds, run.comm_bytes)
         return finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test,
                       run.y_test, run.x_train.shape[0], aux_bytes, run.clock, extra)
     finally:
