@@ -243,6 +243,8 @@ class Comm:
     def mean_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
         """The batch statistics (local means) as global means, and whether any rank raised ``flag``
         (a deferred Ctrl-C), in one all-reduce."""
+        if self.world == 1:
+            return stats, flag
         keys = sorted(stats)
         w = self.weight
         values = torch.tensor([stats[k] * w if w > 0 else 0.0 for k in keys] + [float(flag)], dtype=torch.float64,
@@ -256,6 +258,8 @@ class Comm:
     def reduce_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
         """Layer-parallel: every rank holds its layers' part of each statistic; their sums, and
         whether any rank raised ``flag``, in one all-reduce."""
+        if self.world == 1:
+            return stats, flag
         keys = sorted(stats)
         values = torch.tensor([stats[k] for k in keys] + [float(flag)], dtype=torch.float64, device=self.device)
         t0 = self._begin()
@@ -412,15 +416,37 @@ def launch(cfg) -> dict:
 
 
 # --------------------------------------------------------------------------- the run's pieces
-def partition(L: int, world: int) -> list[tuple[int, int]]:
-    """Contiguous layer ranges (first, last), 1-based, as equal as possible, lower ranks taking the
-    extra layers."""
-    sizes = [L // world + (1 if r < L % world else 0) for r in range(world)]
-    out, first = [], 1
-    for n in sizes:
-        out.append((first, first + n - 1))
-        first += n
-    return out
+def partition(costs: list[float], world: int) -> list[tuple[int, int]]:
+    """Contiguous layer ranges (first, last), 1-based, one per process, each non-empty, whose largest
+    total cost is the least possible (linear partition by dynamic programming; ties keep the earlier
+    cut)."""
+    L = len(costs)
+    prefix = [0.0]
+    for c in costs:
+        prefix.append(prefix[-1] + float(c))
+    inf = float("inf")
+    best = [[inf] * (L + 1) for _ in range(world + 1)]
+    cut = [[0] * (L + 1) for _ in range(world + 1)]
+    best[0][0] = 0.0
+    for k in range(1, world + 1):
+        for i in range(k, L + 1):
+            for j in range(k - 1, i):
+                v = max(best[k - 1][j], prefix[i] - prefix[j])
+                if v < best[k][i]:
+                    best[k][i], cut[k][i] = v, j
+    ranges, i = [], L
+    for k in range(world, 0, -1):
+        j = cut[k][i]
+        ranges.append((j + 1, i))
+        i = j
+    return ranges[::-1]
+
+
+def layer_ranges(blocks, world: int) -> list[tuple[int, int]]:
+    """The layers of each process of a layer-parallel run: balanced by the blocks' parameter counts
+    (a dense block's work per sample is its weight count: the 784-wide first and last layers weigh
+    three hidden ones of width 256)."""
+    return partition([sum(q.numel() for q in blk.parameters()) for blk in blocks], world)
 
 
 def check_build(cfg, solver) -> None:
@@ -442,7 +468,7 @@ def configure(comm: Comm | None):
 
     def hand_out(scheme):
         p = scheme.problem
-        first, last = partition(p.L, comm.world)[comm.rank]
+        first, last = layer_ranges(p.blocks, comm.world)[comm.rank]
         p.part = LayerPart(comm, p, first, last)
 
     return hand_out
@@ -559,7 +585,7 @@ def gather_model(comm: Comm | None, model) -> None:
     if comm is None or comm.mode != "layer":
         return
     blocks = list(model.blocks)
-    for q, (first, last) in enumerate(partition(len(blocks), comm.world)):
+    for q, (first, last) in enumerate(layer_ranges(blocks, comm.world)):
         for blk in blocks[first - 1:last]:
             for t in list(blk.parameters()) + list(blk.buffers()):
                 t0 = comm._begin()

@@ -122,12 +122,18 @@ def test_torchrun_world_and_nproc_must_agree(compose_train, tmp_path, monkeypatc
         validate(compose_train(["device=cpu", "parallel=data", "parallel.nproc=3"], output_dir=tmp_path))
 
 
-def test_partition_is_contiguous_and_balanced():
+def test_partition_is_contiguous_and_balances_the_cost():
     from lifted_cli.parallel import partition
 
-    assert partition(5, 2) == [(1, 3), (4, 5)]
-    assert partition(8, 4) == [(1, 2), (3, 4), (5, 6), (7, 8)]
-    assert partition(3, 3) == [(1, 1), (2, 2), (3, 3)]
+    assert partition([1] * 8, 4) == [(1, 2), (3, 4), (5, 6), (7, 8)]
+    assert partition([1, 1, 1], 3) == [(1, 1), (2, 2), (3, 3)]
+    # heavy first and last layers (784-wide) against light hidden ones: the largest share is least
+    ranges = partition([3, 1, 1, 1, 1, 1, 1, 3], 2)
+    assert ranges == [(1, 4), (5, 8)]
+    costs = [5, 1, 1, 1, 1, 1, 1, 1, 1, 2]
+    ranges = partition(costs, 3)
+    assert [a for a, _ in ranges] == [1] + [b + 1 for _, b in ranges[:-1]] and ranges[-1][1] == len(costs)
+    assert max(sum(costs[a - 1:b]) for a, b in ranges) == 5
 
 
 # ------------------------------------------------------------------------ same iterates (gloo)

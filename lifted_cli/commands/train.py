@@ -266,7 +266,7 @@ class Session:
         self.solver.begin_epoch(epoch)
         sums, seconds = dict(at.partial.get("sums", {})), at.partial.get("seconds", 0.0)
         self.clock = self.clock or StepClock(self.device)
-        first_step = len(self.clock.seconds)
+        first_step, first_comm = len(self.clock.seconds), len(self.comm_seconds)
         t0 = time.perf_counter()
         bar = tqdm(total=self.batches, initial=at.batch, desc=f"epoch {epoch + 1}", leave=False,
                    disable=not (show and self.writer))
@@ -316,8 +316,11 @@ class Session:
             raise
         bar.close()
         seconds += time.perf_counter() - t0
-        self.end_epoch(epoch, {"epoch": epoch + 1, "seconds": seconds, "step_ms": self.clock.median_ms(first_step),
-                               **{k: v / self.batches for k, v in sums.items()}})
+        row = {"epoch": epoch + 1, "seconds": seconds, "step_ms": self.clock.median_ms(first_step)}
+        if self.comm is not None:  # this epoch's medians per step: time in collectives, bytes handed to them
+            row.update(comm_ms=float(np.median(self.comm_seconds[first_comm:])) * 1e3 if self.comm_seconds[first_comm:] else math.nan,
+                       comm_bytes=float(np.median(self.comm_bytes[first_comm:])) if self.comm_bytes[first_comm:] else math.nan)
+        self.end_epoch(epoch, {**row, **{k: v / self.batches for k, v in sums.items()}})
 
     def end_epoch(self, epoch: int, row: dict) -> None:
         """Evaluate (every ``eval_every`` epochs and at the end), check the weights, checkpoint, log."""
@@ -430,7 +433,8 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "run_dir": str(out),
         "test": evaluate(model, x_test, y_test),
         "no_learning": {"psnr": summarise(psnr_in), "ssim": summarise(ssim_in)},
-        "train": {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds", "step_ms", "test_psnr", "test_ssim")}
+        "train": {k: v for k, v in history[-1].items()
+                  if k not in ("epoch", "seconds", "step_ms", "comm_ms", "comm_bytes", "test_psnr", "test_ssim")}
         if history else {},
         "epochs": cfg.epochs,
         "seconds_per_epoch": float(np.mean(trained)) if trained else math.nan,
