@@ -75,6 +75,23 @@ def launched() -> bool:
     return all(k in os.environ for k in RANK_ENV)
 
 
+def adopt_slurm() -> bool:
+    """Under the submitit launcher (``hydra/launcher=slurm``) with several tasks, every task runs the
+    job: torch's rendezvous environment (rank, world, master address and port) is set from SLURM's
+    by submitit's own helper. True when it was set here."""
+    if launched() or "SUBMITIT_EXECUTOR" not in os.environ:
+        return False
+    try:
+        from submitit import JobEnvironment
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError:
+        return False
+    if JobEnvironment().num_tasks <= 1:
+        return False
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return True
+
+
 def env_world() -> int:
     return int(os.environ["WORLD_SIZE"]) if launched() else 1
 
@@ -367,8 +384,9 @@ def _worker(cfg_dict: dict, error_dir: str):
     except BaseException as err:
         code = err.exit_code if isinstance(err, LiftedError) else 1
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if not isinstance(err, LiftedError):
+        if not isinstance(err, LiftedError):  # a bug: its traceback, once, from the rank itself
             message = f"{type(err).__name__}: {message}"
+            logging.getLogger("lifted.parallel").exception("rank %d failed", rank)
         Path(error_dir, f"rank{rank}.json").write_text(json.dumps({"message": message, "exit_code": code}))
         raise
 
@@ -403,8 +421,8 @@ def launch(cfg) -> dict:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
                           monitor_interval=0.2, start_method="spawn")
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):  # the line is ours
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     log.info("starting %d processes (parallel=%s, backend %s)", nproc, cfg.parallel.name,
              backend_for(cfg, planned_device(cfg)))
     with tempfile.TemporaryDirectory(prefix="lifted-ranks-") as error_dir:

@@ -167,8 +167,12 @@ def run_task(cfg: DictConfig, validate, work):
     Hydra wrote anything; a multirun job claims its folder and validates itself (it may come from
     another sweeper). A refused or failed run removes what it made (``RunFolder.remove_unfinished``),
     and the lock goes whatever happens (finished, failed, interrupted). A failed sweep job raises its
-    error, so that the sweep goes on and ends with the first failure's exit status; a single run stops."""
-    folder = RunFolder.holding(cfg.output_dir) if "output_dir" in cfg else None
+    error, so that the sweep goes on and ends with the first failure's exit status; a single run stops.
+    In a job of several processes (SLURM tasks, torchrun ranks) rank 0 alone holds the folder."""
+    from ..parallel import adopt_slurm, env_rank
+
+    adopt_slurm()
+    folder = RunFolder.holding(cfg.output_dir) if "output_dir" in cfg and env_rank() == 0 else None
     try:
         if is_multirun():
             if folder is not None:  # made by Hydra for this job, inside a sweep folder that was new or empty

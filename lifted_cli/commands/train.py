@@ -156,9 +156,9 @@ class Progress:
 def check_resume_config(cfg, saved: dict) -> None:
     now = OmegaConf.to_container(cfg, resolve=True)
     mode = (saved.get("parallel") or {}).get("name", "none")
-    if {mode, cfg.parallel.name} - {"none", "data"} and mode != cfg.parallel.name:
+    if mode != cfg.parallel.name:
         raise ConfigError(f"resume={cfg.resume}: parallel.name differs from the checkpoint ({mode} vs {cfg.parallel.name}); "
-                          "only parallel=none and parallel=data (same iterates) may replace each other")
+                          f"only {', '.join(RESUMABLE_PARALLEL)} may change on resume")
     for key in set(now) | set(saved):
         if key in RESUMABLE_CHANGES:
             continue
@@ -491,7 +491,8 @@ def resume(folder: str, changes: list[str]) -> dict:
             raise ConfigError(f"resume={folder}: {change}: give a plain value (no interpolation) on resume")
     try:
         given = OmegaConf.from_dotlist(changes)
-        cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in saved.items() if k != "output_dir"}), given)
+        base = {"parallel": dict(name="none", nproc=None, backend="auto", timeout_s=300.0), **saved}  # older checkpoints
+        cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in base.items() if k != "output_dir"}), given)
         cfg.resume, cfg.output_dir = str(path), str(path)
         validate(cfg, resuming=True)
     except LiftedError:

@@ -136,7 +136,7 @@ class LiftedProblem:
         flat, shapes = [], []
         for _, pair in pieces:
             for t in pair:
-                t2 = t.movedim(1, 0).reshape(t.shape[1], -1) if t.dim() == 3 else t  # samples first
+                t2 = t.movedim(1, 0).reshape(t.shape[1], t.shape[0] * t.shape[2]) if t.dim() == 3 else t  # samples first
                 flat.append(t2)
                 shapes.append(t.shape)
         if not flat:

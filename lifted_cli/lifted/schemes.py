@@ -91,9 +91,9 @@ class BackpropScheme(Scheme):
         """The objective of the samples (y, x), summed and divided by ``batch`` (default: their
         number, the mean; data-parallel ranks divide their share by the per-rank batch)."""
         self.model.train()
-        y_flat = y.reshape(y.shape[0], -1)
+        y_flat = y.flatten(1)
         states = self.model.forward_states(y_flat)
-        x_flat = x.reshape(x.shape[0], -1)
+        x_flat = x.flatten(1)
         n = y.shape[0] if batch is None else batch
         data = 0.5 * (self.model.readout(states[-1], y_flat) - x_flat).pow(2).sum() / n
         return data + sparsity_term(states, self.cfg.sparsity_layer, self.cfg.sparsity, n)
@@ -265,7 +265,7 @@ class ContrastiveScheme(Scheme):
     def gradient(self, y: torch.Tensor, x: torch.Tensor) -> dict:
         """Store the contrastive gradient in ``.grad`` of every parameter; return statistics."""
         p = self.problem
-        st = p.init_state(y.reshape(y.shape[0], -1), x.reshape(x.shape[0], -1))  # free phase: the forward pass
+        st = p.init_state(y.flatten(1), x.flatten(1))  # free phase: the forward pass
         self.xs.invalidate()
         free = [p.weight_gradients(st, l, with_loss=False) for l in range(1, p.L + 1)]
         for _ in range(self.cfg.nudge_steps):

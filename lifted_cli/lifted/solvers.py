@@ -562,7 +562,7 @@ class LiftedSolver:
         ``idx``: the samples' indices in the training set (for the persistent warm start)."""
         p = self.problem
         self.begin_batch()  # first: the warm start's pre-activations are those of the batch's starting weights
-        st = self._warm_start(y.reshape(y.shape[0], -1), x.reshape(x.shape[0], -1), idx)
+        st = self._warm_start(y.flatten(1), x.flatten(1), idx)  # flatten: a data-parallel share may be empty
         for k in range(self.cfg.n_inner):
             self.xs.invalidate()
             if k > 0:  # the weights moved: every pre-activation is stale

@@ -428,9 +428,9 @@ class UnifiedNet(nn.Module):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """x_net = N(y): flattens each sample; the output takes the input's shape when the sizes
         agree (image to image), else it stays flat."""
-        y_flat = y.reshape(y.shape[0], -1)
+        y_flat = y.flatten(1)
         out = self.readout(self.forward_states(y_flat)[-1], y_flat)
-        return out.reshape(y.shape) if out.shape[1] == y[0].numel() else out
+        return out.reshape(y.shape) if out.shape[1] == y.shape[1:].numel() else out
 
     @torch.no_grad()
     def project(self) -> None:
