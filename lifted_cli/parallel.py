@@ -548,8 +548,8 @@ def all_ranks(comm: Comm | None, ok: bool) -> bool:
 
 
 def _cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
+    if isinstance(obj, torch.Tensor):  # a copy: pickling a view (a layer of a stacked store) would carry its whole storage
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: _cpu(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

@@ -6,6 +6,8 @@
 #      budget: 2 epochs of 10,000 images, back-propagation and the stacked methods first, the sweeps
 #      stopped when --budget-s is spent (the finished runs are reported).
 # Reports go to $OUT (or results/benchmarks/ when OUT is unset): test_cuda.txt and depth_cuda/ (7 files).
+# STEP=parallel runs instead (a second command, about 8 minutes) the parallel benchmark on the
+# machine's CPUs up to P = 8 (2,000 images) and P = 1 on the GPU: $OUT/parallel_cpu16/, $OUT/parallel_cuda/.
 #
 # With a venv (`make install`) it uses it. On the lent machine (its python3 has torch, no network) it
 # runs the source tree: prepare here, once,
@@ -35,6 +37,13 @@ else
 fi
 export PYTHONUNBUFFERED=1
 [ -f data/MNIST/raw/train-images-idx3-ubyte ] || $PY -m lifted_cli data > /dev/null || exit 1
+if [ "${STEP:-}" = parallel ]; then
+  timeout 300 $PY scripts/benchmark_parallel.py --nproc 1,2,4,8 --train-size 2000 --out "$OUT/parallel_cpu16" \
+    --runs /tmp/parallel-cpu-runs | tail -1
+  timeout 150 $PY scripts/benchmark_parallel.py --device cuda --nproc 1 --train-size 5000 --groups data_strong,layer \
+    --out "$OUT/parallel_cuda" --runs /tmp/parallel-cuda-runs | tail -1
+  exit 0
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/test_cuda.txt" 2>&1
 timeout "$TEST_S" $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py >> "$OUT/test_cuda.txt" 2>&1
 echo "pytest exit status: $?" >> "$OUT/test_cuda.txt"
