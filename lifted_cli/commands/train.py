@@ -361,9 +361,8 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
     parallel.attach(comm, scheme, solver)
     n = x_train.shape[0]
     local = len(range(comm.rank, n, comm.world)) if comm is not None and comm.mode == "data" else n
-    aux_bytes = solver.prepare(local)
+    aux_bytes = parallel.total(comm, solver.prepare(local))  # every rank joins the sum, with or without samples
     if aux_bytes:
-        aux_bytes = parallel.total(comm, aux_bytes)
         log.info("persistent auxiliary variables: %.3f GB (%d samples)%s", aux_bytes / 1e9, n,
                  f", shared out over {comm.world} processes" if comm else f" on {device}")
     gen_perm = torch.Generator().manual_seed(cfg.seed)
