@@ -223,7 +223,8 @@ class Comm:
         if not tensors or self.world == 1:
             return tensors
         w = self.weight
-        flat = torch.cat([t.reshape(-1) for t in tensors]) * w if w > 0 else torch.cat([t.reshape(-1) for t in tensors]).zero_()
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flat.mul_(w) if w > 0 else flat.zero_()  # an empty share's means are NaN: it adds nothing
         t0 = self._begin()
         dist.all_reduce(flat)
         self._end(t0, flat.numel() * flat.element_size())
@@ -257,28 +258,16 @@ class Comm:
             out[self.positions[q]] = part[:self.counts[q]]
         return out.movedim(0, dim)
 
-    def mean_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
-        """The batch statistics (local means) as global means, and whether any rank raised ``flag``
-        (a deferred Ctrl-C), in one all-reduce."""
+    def combine_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
+        """The batch statistics of the whole run, and whether any rank raised ``flag`` (a deferred
+        Ctrl-C), in one all-reduce: data-parallel ranks hold local means (weighted by their shares),
+        layer-parallel ranks their layers' parts (summed)."""
         if self.world == 1:
             return stats, flag
         keys = sorted(stats)
-        w = self.weight
+        w = self.weight if self.mode == "data" else 1.0
         values = torch.tensor([stats[k] * w if w > 0 else 0.0 for k in keys] + [float(flag)], dtype=torch.float64,
                               device=self.device)
-        t0 = self._begin()
-        dist.all_reduce(values)
-        self._end(t0, values.numel() * 8)
-        out = values.tolist()
-        return dict(zip(keys, out[:-1])), out[-1] > 0
-
-    def reduce_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
-        """Layer-parallel: every rank holds its layers' part of each statistic; their sums, and
-        whether any rank raised ``flag``, in one all-reduce."""
-        if self.world == 1:
-            return stats, flag
-        keys = sorted(stats)
-        values = torch.tensor([stats[k] for k in keys] + [float(flag)], dtype=torch.float64, device=self.device)
         t0 = self._begin()
         dist.all_reduce(values)
         self._end(t0, values.numel() * 8)
@@ -320,9 +309,6 @@ class Comm:
         box = [obj]
         dist.broadcast_object_list(box, src=0)
         return box[0]
-
-    def barrier(self) -> None:
-        dist.barrier()
 
 
 def join(cfg) -> Comm | None:

@@ -232,6 +232,25 @@ def machine(device: str) -> str:
             f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
+def stage_report(out: Path, runs_dir: Path, *report_args: str) -> Path:
+    """A fresh staging folder beside ``out`` holding ``lifted report``'s table of ``runs_dir`` (its
+    pictures stay with the runs); ``publish`` then puts it in place of ``out`` at once."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    subprocess.call([*lifted(), "report", str(runs_dir), *report_args, "--out", str(tmp / "report")],
+                    cwd=REPO, stdout=subprocess.DEVNULL)
+    if (tmp / "report" / "report.md").is_file():
+        shutil.move(tmp / "report" / "report.md", tmp / "report.md")
+    shutil.rmtree(tmp / "report", ignore_errors=True)
+    return tmp
+
+
+def publish(tmp: Path, out: Path) -> None:
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run (tiny data, L = 2, 4)")
@@ -277,16 +296,9 @@ def main(argv=None) -> int:
                     if not sweep([f"arch={arch}", *METHODS[method], *common], runs_dir / arch / method, log, left):
                         skipped.append(f"{arch}/{method} (stopped part-way)")
     wall = time.perf_counter() - t0
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     schemes = {m.parent.parent.name == "backprop" for m in runs_dir.glob("*/*/*/metrics.json")}  # arch/method/job
     baseline = ["--baseline", "scheme=backprop"] if schemes == {True, False} else []  # only with both kinds of run
-    subprocess.call([*lifted(), "report", str(runs_dir), *baseline, "--out", str(tmp / "report")],
-                    cwd=REPO, stdout=subprocess.DEVNULL)
-    if (tmp / "report" / "report.md").is_file():  # only the table: the report's pictures stay with the runs
-        shutil.move(tmp / "report" / "report.md", tmp / "report.md")
-    shutil.rmtree(tmp / "report", ignore_errors=True)
+    tmp = stage_report(out, runs_dir, *baseline)
     runs = read_runs(runs_dir)
     rows = rows_of(runs)
     cmd = "scripts/benchmark_depth.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -302,8 +314,7 @@ def main(argv=None) -> int:
         header.append(f"Not run or not finished (the --budget-s {a.budget_s:g} s was spent): {', '.join(skipped)}.")
     write_tables(rows, tmp, header)
     plots(rows, runs, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    publish(tmp, out)
     print(f"depth report: {out / 'depth.md'} ({len(runs)} runs, {wall:.0f} s)")
     return 0
 

@@ -31,14 +31,13 @@ import csv
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_depth import REPO, fmt, lifted, machine, read_runs  # noqa: E402
+from benchmark_depth import REPO, fmt, lifted, machine, publish, read_runs, stage_report  # noqa: E402
 
 WIDTH = 256
 GROUPS = {
@@ -266,13 +265,7 @@ def main(argv=None) -> int:
     elif (runs_dir / "calibration.json").is_file():
         calibration = json.loads((runs_dir / "calibration.json").read_text())
     wall = time.perf_counter() - t0
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    subprocess.call([*lifted(), "report", str(runs_dir), "--out", str(tmp / "report")], cwd=REPO, stdout=subprocess.DEVNULL)
-    if (tmp / "report" / "report.md").is_file():
-        shutil.move(tmp / "report" / "report.md", tmp / "report.md")
-    shutil.rmtree(tmp / "report", ignore_errors=True)
+    tmp = stage_report(out, runs_dir)
     (tmp / "calibration.json").write_text(json.dumps(calibration, indent=1))
     rows = rows_of(read_runs(runs_dir))
     cmd = "scripts/benchmark_parallel.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -287,8 +280,7 @@ def main(argv=None) -> int:
               f"gloo between two processes here (calibration.json): {cal or 'not measured'}."]
     write_tables(rows, tmp, header)
     plot(rows, tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    publish(tmp, out)
     print(f"parallel report: {out / 'parallel.md'} ({len(rows)} runs, {wall:.0f} s)")
     return 0
 

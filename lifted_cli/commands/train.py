@@ -287,10 +287,9 @@ class Session:
                     if self.comm.mode == "data":
                         rows, keys = self.comm.shard(idx, persistent)
                         stats = self.solver.step(y[rows], x[rows], keys)
-                        stats, stopping = self.comm.mean_stats(stats, stop.requested)
                     else:
                         stats = self.solver.step(y, x, idx)
-                        stats, stopping = self.comm.reduce_stats(stats, stop.requested)
+                    stats, stopping = self.comm.combine_stats(stats, stop.requested)
                     self.comm_seconds.append(self.comm.seconds - before)
                     self.comm_bytes.append(self.comm.bytes - sent)
                 else:
