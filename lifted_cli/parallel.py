@@ -6,7 +6,9 @@ samples that the W-steps need (ISGM's sample-space Gram matrices, the weight gra
 energies of the line searches) are combined with collectives, so every process holds the same
 weights and the iterates are those of one process on the same global batches. Back-propagation
 runs under ``DistributedDataParallel``. ``parallel=layer``: every process owns a contiguous range of
-layers (``layers.py``).
+layers (``lifted/partition.py``). ``parallel=grid``: both at once, on a data x layer grid of processes
+(``parallel.layer_ranks`` layer ranges, each held by world / layer_ranks processes that share out the
+samples).
 
 Processes come from torch's own launcher: ``torchrun`` (or SLURM through it) sets the rendezvous
 environment, or ``lifted train parallel=data parallel.nproc=P`` starts P processes itself with
@@ -53,15 +55,22 @@ class ParallelConfig(Schema):
     nproc: Optional[int] = None
     backend: str = "auto"
     timeout_s: float = 300.0
+    layer_ranks: Optional[int] = None  # parallel=grid: the number of layer ranges (the grid's columns)
 
     def validate(self):
         check_positive("nproc", self.nproc, allow_none=True)
         check_choice("backend", self.backend, BACKENDS)
         check_positive("timeout_s", self.timeout_s)
+        check_positive("layer_ranks", self.layer_ranks, allow_none=True)
+        if self.name != "grid" and self.layer_ranks is not None:
+            fail("layer_ranks", self.layer_ranks, "is the layer ranges of parallel=grid; leave it unset here")
+        if self.name == "grid" and self.layer_ranks is None:
+            fail("layer_ranks", None, "parallel=grid needs the number of layer ranges (a divisor of the processes)")
 
 
 for _mode, _about in (("none", "one process"), ("data", "every process takes a share of each mini-batch"),
-                      ("layer", "every process owns a contiguous range of layers")):
+                      ("layer", "every process owns a contiguous range of layers"),
+                      ("grid", "a data x layer grid: each range of layers is held by several processes that share out the samples")):
     PARALLEL.register(_mode, ParallelConfig, about=_about)(lambda cfg: cfg)
 
 
@@ -122,10 +131,21 @@ def planned_device(cfg) -> str:
     return "cuda" if spec.startswith("cuda") else "cpu"
 
 
+def grid_shape(cfg) -> tuple[int, int]:
+    """(data ranks, layer ranks) of a run: [P, 1] data-parallel, [1, P] layer-parallel, and
+    [P / layer_ranks, layer_ranks] on a grid."""
+    world = world_size(cfg)
+    mode = cfg.parallel.name
+    if mode == "grid":
+        return world // int(cfg.parallel.layer_ranks), int(cfg.parallel.layer_ranks)
+    return (1, world) if mode == "layer" else (world, 1)
+
+
 def validate(cfg, lifted_form: bool) -> None:
     """Combinations refused before any process starts (one line each): a backend the device does
-    not support, more processes than devices or cores, layer-parallel without a lifted solver in a
-    layer order that decouples the layers, an ``nproc`` that contradicts torchrun's world."""
+    not support, more processes than devices or cores, layer-parallel (or a grid) without a lifted
+    solver in a layer order that decouples the layers, a grid whose layer ranges do not divide the
+    processes, an ``nproc`` that contradicts torchrun's world."""
     mode = cfg.parallel.name
     if mode == "none":
         if cfg.parallel.nproc not in (None, 1):
@@ -149,27 +169,48 @@ def validate(cfg, lifted_form: bool) -> None:
                 fail("parallel.nproc", world, f"one GPU per process, and this machine has {torch.cuda.device_count()}")
         elif world > (os.cpu_count() or 1):
             fail("parallel.nproc", world, f"at most one process per core on the CPU; this machine has {os.cpu_count()}")
-    if cfg.batch_size < world:
-        fail("batch_size", cfg.batch_size, f"must be at least the number of processes ({world}) so that every one has samples")
-    if mode == "layer":
+    if mode in ("layer", "grid"):
         if not lifted_form:
-            fail("parallel", "layer", f"scheme={cfg.scheme.name} with solver={cfg.solver.name} is not a lifted solver: "
+            fail("parallel", mode, f"scheme={cfg.scheme.name} with solver={cfg.solver.name} is not a lifted solver: "
                  "back-propagation has no layer problems to decouple; use parallel=data")
         if cfg.solver.layer_order != "jacobi":
-            fail("parallel", "layer", f"solver.layer_order={cfg.solver.layer_order} does not update the layers at once; "
+            fail("parallel", mode, f"solver.layer_order={cfg.solver.layer_order} does not update the layers at once; "
                  "layer-parallel needs solver.layer_order=jacobi")
+    if mode == "grid":
+        ranks = int(cfg.parallel.layer_ranks)
+        if world % ranks:
+            fail("parallel.layer_ranks", ranks, f"must divide the {world} processes of the data x layer grid "
+                 "(parallel.nproc, or torchrun's world)")
+    data_ranks = grid_shape(cfg)[0]
+    if cfg.batch_size < data_ranks:
+        fail("batch_size", cfg.batch_size, f"must be at least the number of processes sharing out a batch ({data_ranks}) "
+             "so that every one has samples")
 
 
 # ------------------------------------------------------------------------------- communication
 class Comm:
     """The process group of a rank and the collectives of a parallel run, timed: ``seconds`` is the
     wall time spent in communication (device work queued before a collective is waited for first,
-    so it counts as compute)."""
+    so it counts as compute).
 
-    def __init__(self, mode: str, device: torch.device, backend: str):
+    The ranks form a grid of ``data_world`` rows by ``layer_world`` columns, rank = row * layer_world
+    + column: the ranks of a column own the same layers and share out the samples of every batch
+    (their collectives run in ``data_group``), the ranks of a row hold the same samples and own
+    consecutive layer ranges (neighbours in a row are ranks r - 1 and r + 1). ``parallel=data`` is
+    the grid [P, 1], ``parallel=layer`` the grid [1, P]."""
+
+    def __init__(self, mode: str, device: torch.device, backend: str, layer_ranks: int | None = None):
         self.mode = mode
         self.rank = dist.get_rank()
         self.world = dist.get_world_size()
+        self.layer_world = {"data": 1, "layer": self.world}.get(mode, layer_ranks or 1)
+        self.data_world = self.world // self.layer_world
+        self.data_rank, self.layer_rank = divmod(self.rank, self.layer_world)
+        self.data_group = None  # the whole world, unless the grid has several columns
+        if mode == "grid" and self.layer_world > 1 and self.data_world > 1:
+            # every rank takes part in making every group (torch.distributed requires it)
+            self.data_group, _ = dist.new_subgroups_by_enumeration(
+                [[d * self.layer_world + c for d in range(self.data_world)] for c in range(self.layer_world)])
         self.device = device
         self.backend = backend
         self.seconds = 0.0
@@ -178,9 +219,19 @@ class Comm:
         self.counts: list[int] = []
         self.batch = 0
 
+    @property
+    def shares_samples(self) -> bool:
+        """Each process takes a share of every batch (data-parallel, alone or on a grid)."""
+        return self.mode in ("data", "grid")
+
+    @property
+    def owns_layers(self) -> bool:
+        """Each process owns a range of layers (layer-parallel, alone or on a grid)."""
+        return self.mode in ("layer", "grid")
+
     def describe(self) -> dict:
-        grid = {"data": [self.world, 1], "layer": [1, self.world]}[self.mode]
-        return {"mode": self.mode, "world_size": self.world, "backend": self.backend, "grid": grid}
+        return {"mode": self.mode, "world_size": self.world, "backend": self.backend,
+                "grid": [self.data_world, self.layer_world]}
 
     def _begin(self) -> float:
         if self.device.type == "cuda":
@@ -200,7 +251,7 @@ class Comm:
         variables live there; the key is its slot in that rank's store), else the batch is dealt
         out in turn (positions r, r + P, ...). Every rank knows every share, so rows can be gathered
         back into the batch's own order."""
-        b, p = idx.numel(), self.world
+        b, p = idx.numel(), self.data_world
         if persistent:
             owner = idx % p
             self.positions = [(owner == q).nonzero().flatten() for q in range(p)]
@@ -208,25 +259,25 @@ class Comm:
             self.positions = [torch.arange(q, b, p, device=idx.device) for q in range(p)]
         self.counts = [int(t.numel()) for t in self.positions]
         self.batch = b
-        rows = self.positions[self.rank]
+        rows = self.positions[self.data_rank]
         keys = idx[rows] // p if persistent else idx[rows]
         return rows, keys
 
     @property
     def weight(self) -> float:
         """This rank's share of the global batch: local means times it sum to the global mean."""
-        return self.counts[self.rank] / self.batch
+        return self.counts[self.data_rank] / self.batch
 
     def mean_(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """Local means over this rank's samples -> global means over the batch, in place, in one
         all-reduce (the tensors travel as one flat buffer)."""
-        if not tensors or self.world == 1:
+        if not tensors or self.data_world == 1:
             return tensors
         w = self.weight
         flat = torch.cat([t.reshape(-1) for t in tensors])
         flat.mul_(w) if w > 0 else flat.zero_()  # an empty share's means are NaN: it adds nothing
         t0 = self._begin()
-        dist.all_reduce(flat)
+        dist.all_reduce(flat, group=self.data_group)
         self._end(t0, flat.numel() * flat.element_size())
         offset = 0
         for t in tensors:
@@ -242,17 +293,17 @@ class Comm:
 
     def all_rows(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
         """The rows (along ``dim``) of every rank's share, in the global batch's order."""
-        if self.world == 1:
+        if self.data_world == 1:
             return t
         n = max(self.counts)
         local = t.movedim(dim, 0)
         if local.shape[0] < n:
             local = torch.cat([local, local.new_zeros((n - local.shape[0],) + local.shape[1:])])
         local = local.contiguous()
-        parts = [torch.empty_like(local) for _ in range(self.world)]
+        parts = [torch.empty_like(local) for _ in range(self.data_world)]
         t0 = self._begin()
-        dist.all_gather(parts, local)
-        self._end(t0, local.numel() * local.element_size() * (self.world - 1))
+        dist.all_gather(parts, local, group=self.data_group)
+        self._end(t0, local.numel() * local.element_size() * (self.data_world - 1))
         out = local.new_empty((self.batch,) + local.shape[1:])
         for q, part in enumerate(parts):
             out[self.positions[q]] = part[:self.counts[q]]
@@ -260,12 +311,12 @@ class Comm:
 
     def combine_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
         """The batch statistics of the whole run, and whether any rank raised ``flag`` (a deferred
-        Ctrl-C), in one all-reduce: data-parallel ranks hold local means (weighted by their shares),
-        layer-parallel ranks their layers' parts (summed)."""
+        Ctrl-C), in one all-reduce over the whole grid: ranks that share out samples hold local means
+        (weighted by their shares), ranks that own layers their layers' parts (summed)."""
         if self.world == 1:
             return stats, flag
         keys = sorted(stats)
-        w = self.weight if self.mode == "data" else 1.0
+        w = self.weight if self.shares_samples else 1.0
         values = torch.tensor([stats[k] * w if w > 0 else 0.0 for k in keys] + [float(flag)], dtype=torch.float64,
                               device=self.device)
         t0 = self._begin()
@@ -333,7 +384,7 @@ def join(cfg) -> Comm | None:
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(cfg.parallel.timeout_s)),
                                 device_id=device if kind == "cuda" else None)
-    return Comm(cfg.parallel.name, device, backend)
+    return Comm(cfg.parallel.name, device, backend, cfg.parallel.get("layer_ranks"))
 
 
 def leave(comm: Comm | None) -> None:
@@ -454,34 +505,36 @@ def layer_ranges(blocks, world: int) -> list[tuple[int, int]]:
 
 
 def check_build(cfg, solver) -> None:
-    """What needs the built network: layer-parallel needs at least one layer per process."""
-    if cfg.parallel.name != "layer":
+    """What needs the built network: layer-parallel needs at least one layer per layer range."""
+    if cfg.parallel.name not in ("layer", "grid"):
         return
-    L, world = solver.problem.L, world_size(cfg)
-    if world > L:
-        raise ConfigError(f"parallel.nproc={world}: layer-parallel gives every process at least one layer, and this "
-                          f"network has {L}; use at most {L} processes or parallel=data")
+    L, ranks = solver.problem.L, grid_shape(cfg)[1]
+    if ranks > L:
+        key, what = ("parallel.layer_ranks", "layer range") if cfg.parallel.name == "grid" else ("parallel.nproc", "process")
+        raise ConfigError(f"{key}={ranks}: layer-parallel gives every {what} at least one layer, and this "
+                          f"network has {L}; use at most {L} {what}{'s' if what == 'layer range' else 'es'} or parallel=data")
 
 
 def configure(comm: Comm | None):
     """The hook that ``build_training`` calls between the scheme and the solver: layer-parallel
     hands this rank's layers to the lifted problem, so the solver is built on them alone."""
-    if comm is None or comm.mode != "layer":
+    if comm is None or not comm.owns_layers:
         return None
     from .lifted.partition import LayerPart
 
     def hand_out(scheme):
         p = scheme.problem
-        first, last = layer_ranges(p.blocks, comm.world)[comm.rank]
+        first, last = layer_ranges(p.blocks, comm.layer_world)[comm.layer_rank]
         p.part = LayerPart(comm, p, first, last)
 
     return hand_out
 
 
 def attach(comm: Comm | None, scheme, solver) -> None:
-    """Data-parallel: the lifted problem combines its W-step sums over the ranks; back-propagation
-    is wrapped in DistributedDataParallel; another gradient scheme has its gradients averaged."""
-    if comm is None or comm.mode != "data":
+    """Data-parallel (alone or on a grid): the lifted problem combines its W-step sums over the
+    ranks that share out the samples; back-propagation is wrapped in DistributedDataParallel; another
+    gradient scheme has its gradients averaged."""
+    if comm is None or not comm.shares_samples:
         return
     problem = getattr(solver, "problem", None)
     if problem is not None:
@@ -546,11 +599,11 @@ def _cpu(obj):
 def global_state(comm: Comm | None, solver, model, n_samples: int):
     """The solver state that checkpoint.pt holds, on rank 0 (None elsewhere). Data-parallel: the
     ranks' states are equal but for the persistent auxiliaries, which are gathered whole, so the
-    checkpoint is that of a single process. Layer-parallel: every rank's own state."""
+    checkpoint is that of a single process. Layer-parallel and grid: every rank's own state."""
     state = solver.state_dict()
     if comm is None:
         return state
-    if comm.mode == "layer":
+    if comm.owns_layers:
         states = [None] * comm.world if comm.rank == 0 else None
         dist.gather_object(_cpu(state), states, dst=0)
         return {"ranks": states} if comm.rank == 0 else None
@@ -565,7 +618,7 @@ def local_state(comm: Comm | None, state: dict) -> dict:
     """This rank's part of a checkpoint's solver state (the inverse of ``global_state``)."""
     if comm is None:
         return state
-    if comm.mode == "layer":
+    if comm.owns_layers:
         return state["ranks"][comm.rank]
     if "aux" in state:
         state = dict(state)
@@ -575,21 +628,25 @@ def local_state(comm: Comm | None, state: dict) -> dict:
 
 
 def check_resume(cfg, ckpt: dict) -> None:
-    """A layer-parallel checkpoint holds one solver state per rank: it resumes with the same number
-    of processes (a data-parallel one resumes with any)."""
+    """A layer-parallel (or grid) checkpoint holds one solver state per rank: it resumes on the same
+    grid of processes (a data-parallel one resumes with any number)."""
     saved = ckpt.get("parallel") or {}
     if saved.get("mode") == "layer" and saved.get("world_size") != world_size(cfg):
         raise ConfigError(f"resume={cfg.resume}: parallel.nproc={world_size(cfg)}: this layer-parallel run was "
                           f"trained on {saved.get('world_size')} processes and resumes on as many")
+    if saved.get("mode") == "grid" and saved.get("grid") != list(grid_shape(cfg)):
+        raise ConfigError(f"resume={cfg.resume}: parallel.nproc={world_size(cfg)}: this run was trained on a grid of "
+                          f"{saved.get('grid')} (data x layer) processes and resumes on the same grid")
 
 
 def gather_model(comm: Comm | None, model) -> None:
     """Layer-parallel: every rank receives the blocks the others own (rank 0 evaluates and saves
-    the whole network). Nothing to do otherwise: the ranks hold the same weights."""
-    if comm is None or comm.mode != "layer":
+    the whole network). Nothing to do otherwise: the ranks hold the same weights. On a grid the
+    ranks of a column hold the same blocks; those of the first row (ranks 0..layer_world-1) send them."""
+    if comm is None or not comm.owns_layers:
         return
     blocks = list(model.blocks)
-    for q, (first, last) in enumerate(layer_ranges(blocks, comm.world)):
+    for q, (first, last) in enumerate(layer_ranges(blocks, comm.layer_world)):
         for blk in blocks[first - 1:last]:
             for t in list(blk.parameters()) + list(blk.buffers()):
                 t0 = comm._begin()

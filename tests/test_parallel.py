@@ -89,7 +89,15 @@ def assert_same_run(a: Path, b: Path) -> None:
     (["parallel=layer", "scheme=backprop"], "back-propagation has no layer problems"),
     (["parallel=layer", "solver.layer_order=gauss_seidel"], "layer-parallel needs solver.layer_order=jacobi"),
     (["parallel=layer", "solver.layer_order=red_black"], "layer-parallel needs solver.layer_order=jacobi"),
-    (["parallel.name=mesh"], "parallel.name=mesh: allowed: none, data, layer"),
+    (["parallel.name=mesh"], "parallel.name=mesh: allowed: none, data, layer, grid"),
+    (["parallel=data", "+parallel.layer_ranks=2"], "parallel.layer_ranks=2: is the layer ranges of parallel=grid"),
+    (["parallel=grid", "parallel.layer_ranks=null"], "parallel=grid needs the number of layer ranges"),
+    (["parallel=grid", "parallel.nproc=2", "parallel.layer_ranks=3", "solver.layer_order=jacobi"],
+     "parallel.layer_ranks=3: must divide the 2 processes"),
+    (["parallel=grid", "parallel.nproc=2", "parallel.layer_ranks=1", "batch_size=1", "solver.layer_order=jacobi"],
+     "processes sharing out a batch (2)"),
+    (["parallel=grid", "scheme=backprop"], "back-propagation has no layer problems"),
+    (["parallel=grid", "solver.layer_order=red_black"], "layer-parallel needs solver.layer_order=jacobi"),
 ])
 def test_bad_combinations_are_refused_in_one_line(compose_train, tmp_path, overrides, fragment):
     from lifted_cli.commands.train import prevalidate
@@ -109,6 +117,18 @@ def test_more_layer_ranks_than_layers_is_refused(compose_train, tmp_path, monkey
     cfg = compose_train(["device=cpu", "parallel=layer", "parallel.nproc=3", "solver.layer_order=jacobi",
                          "arch.hidden=[16]"], output_dir=tmp_path)
     with pytest.raises(ConfigError, match="this network has 2; use at most 2 processes"):
+        prevalidate(cfg)
+
+
+def test_more_layer_ranges_than_layers_is_refused_on_a_grid(compose_train, tmp_path, monkeypatch):
+    from lifted_cli import parallel
+    from lifted_cli.commands.train import prevalidate
+    from lifted_cli.errors import ConfigError
+
+    monkeypatch.setattr(parallel.os, "cpu_count", lambda: 8)
+    cfg = compose_train(["device=cpu", "parallel=grid", "parallel.nproc=6", "parallel.layer_ranks=3",
+                         "solver.layer_order=jacobi", "arch.hidden=[16]"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match="parallel.layer_ranks=3: .* this network has 2; use at most 2 layer ranges"):
         prevalidate(cfg)
 
 
@@ -179,6 +199,39 @@ def test_layer_parallel_equals_one_process_jacobi(runs, tmp_path, case):
     assert proc.returncode == 2
     assert "resumes on as many" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert {p.name: p.read_bytes() for p in two.iterdir() if p.is_file()} == before
+
+
+def torchrun(nproc: int, args: list, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``lifted`` under torchrun on this machine (torchrun may start more processes than cores, which
+    lifted's own launcher refuses: how a 2 x 2 grid runs on 2 cores)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "lifted_cli",
+           *args]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env(), timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_data_by_layer_grid_equals_one_process_jacobi_and_resumes_on_its_grid(runs, tmp_path, fake_mnist):
+    """A 2 x 2 grid (two layer ranges, each shared out over two processes) with persistent
+    auxiliaries and a last batch of one sample (one row of the grid has none): one epoch, then a
+    resumption to two, equals two epochs of one process."""
+    case = ["arch=resnet", "arch.width=16", "arch.depth=3", "solver.layer_order=jacobi", "solver.warm_start=persistent",
+            "train_size=33"]
+    straight = runs(*case, "epochs=2")
+    folder = tmp_path / "grid"
+    torchrun(4, ["train", f"data_root={fake_mnist}", *TINY, *case, "epochs=1", "parallel=grid", "parallel.layer_ranks=2",
+                 f"hydra.run.dir={folder}"], cwd=tmp_path)
+    m = metrics(folder)
+    assert m["parallel"]["grid"] == [2, 2] and m["parallel"]["world_size"] == 4
+    # another grid is refused in one line before anything changes
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    proc = lifted(["train", f"resume={folder}", "epochs=2", "parallel.nproc=2"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "resumes on the same grid" in proc.stderr
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+    torchrun(4, ["train", f"resume={folder}", "epochs=2"], cwd=tmp_path)
+    assert_same_run(straight, folder)
 
 
 @pytest.mark.slow

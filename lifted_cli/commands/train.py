@@ -284,7 +284,7 @@ class Session:
                 self.clock.start()
                 if self.comm is not None:
                     before, sent = self.comm.seconds, self.comm.bytes
-                    if self.comm.mode == "data":
+                    if self.comm.shares_samples:
                         rows, keys = self.comm.shard(idx, persistent)
                         stats = self.solver.step(y[rows], x[rows], keys)
                     else:
@@ -349,7 +349,8 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
     tune_allocator()
     device = comm.device if comm is not None else select_device(cfg.device)
     log.info("device: %s (torch %s)%s", device, torch.__version__,
-             f"; parallel={comm.mode}, {comm.world} processes, {comm.backend}" if comm else "")
+             f"; parallel={comm.mode}, {comm.world} processes (grid {comm.data_world} x {comm.layer_world}), {comm.backend}"
+             if comm else "")
     source = require_mnist(cfg)
     log.info("MNIST from %s (%s)", source, cfg.data_root)
     degradation = build_degradation(cfg.dataset)
@@ -359,7 +360,7 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
     model, scheme, solver = build(cfg, device, comm)
     parallel.attach(comm, scheme, solver)
     n = x_train.shape[0]
-    local = len(range(comm.rank, n, comm.world)) if comm is not None and comm.mode == "data" else n
+    local = len(range(comm.data_rank, n, comm.data_world)) if comm is not None and comm.shares_samples else n
     aux_bytes = parallel.total(comm, solver.prepare(local))  # every rank joins the sum, with or without samples
     if aux_bytes:
         log.info("persistent auxiliary variables: %.3f GB (%d samples)%s", aux_bytes / 1e9, n,

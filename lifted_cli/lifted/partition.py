@@ -21,8 +21,9 @@ class LayerPart:
         self.comm = comm
         self.problem = problem
         self.first, self.last = first, last
-        self.below = comm.rank - 1 if comm.rank > 0 else None
-        self.above = comm.rank + 1 if comm.rank < comm.world - 1 else None
+        # the neighbours in this rank's row of the grid (the same samples, the adjacent layer ranges)
+        self.below = comm.rank - 1 if comm.layer_rank > 0 else None
+        self.above = comm.rank + 1 if comm.layer_rank < comm.layer_world - 1 else None
         self.back: torch.Tensor | None = None  # gradient in u_last of the terms of block last+1
         self.next_norm_sq: float | None = None  # ||W_{last+1}||^2
 
