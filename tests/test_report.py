@@ -158,3 +158,49 @@ def test_bad_report_arguments_are_one_line(tmp_path):
     from lifted_cli.commands.report import main
 
     assert main(["--bogus", str(tmp_path)]) == 2
+
+
+def _run_folder(root, name: str, lr: str, test: float, val: float | None) -> None:
+    """A finished train run's record (what the report reads), with or without a validation set."""
+    import json
+
+    folder = root / name
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("command: train\nseed: 0\ndataset: {name: mnist_denoise}\n")
+    (folder / ".hydra" / "overrides.yaml").write_text(f"- solver.lr={lr}\n")
+    block = lambda v: {"psnr": {"mean": v, "std": 0.0, "count": 4}, "ssim": {"mean": 0.5, "std": 0.0, "count": 4}}
+    metrics = {"status": "finished", "test": block(test), "seconds_per_epoch": 1.0}
+    if val is not None:
+        metrics["val"] = block(val)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_ranks_and_chooses_by_validation_psnr(tmp_path):
+    """--by val orders the groups by validation PSNR and --best picks by it, even where the test set
+    would pick another setting."""
+    from lifted_cli.commands.report import main
+
+    for name, lr, test, val in (("a", "0.1", 20.0, 18.0), ("b", "0.01", 19.0, 19.5), ("c", "0.001", 17.0, 17.5)):
+        _run_folder(tmp_path / "runs", name, lr, test, val)
+    out = tmp_path / "rep"
+    assert main([str(tmp_path / "runs"), "--by", "val", "--best", "solver.lr", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "report.csv")))
+    assert [(r["rank"], r["solver.lr"]) for r in rows] == [("1", "0.01"), ("2", "0.1"), ("3", "0.001")]
+    assert rows[0]["val PSNR (dB)"] == "19.50 ± 0.00"
+    md = (out / "report.md").read_text()
+    best = md.split("(highest mean validation PSNR):")[1]
+    assert "| 0.01 |" in best and "| 0.1 |" not in best
+    assert main([str(tmp_path / "runs"), "--best", "solver.lr", "--out", str(tmp_path / "rep2")]) == 0  # the test set's pick
+    assert "| 0.1 |" in (tmp_path / "rep2" / "report.md").read_text().split("(highest mean test PSNR):")[1]
+
+
+def test_ranking_by_validation_needs_runs_with_a_validation_set(tmp_path, capsys):
+    from lifted_cli.commands.report import main
+
+    _run_folder(tmp_path, "a", "0.1", 20.0, None)
+    assert main([str(tmp_path), "--by", "val", "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--by val: no finished train run holds a validation set" in err
+    assert not (tmp_path / "rep").exists()
+    assert main([str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
+    assert "val PSNR" not in (tmp_path / "rep" / "report.md").read_text()  # no empty column without one

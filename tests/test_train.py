@@ -64,6 +64,32 @@ def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist, scheme):
     assert img.size[1] > img.size[0] / 3 * 0.9 / 1  # three rows of three images
 
 
+def test_validation_set_is_the_same_for_every_seed_and_scheme(compose_train, fake_mnist):
+    from lifted_cli.commands.train import make_train_val
+
+    out = []
+    for ov in (["seed=0"], ["seed=5", "scheme=backprop"]):
+        cfg = compose_train([f"data_root={fake_mnist}", "val_size=8", *ov], output_dir="/tmp/x")
+        out.append(make_train_val(cfg, build_degradation(cfg.dataset), torch.device("cpu")))
+    (train_a, (xa, ya)), (train_b, (xb, yb)) = out
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(train_a, train_b)
+    assert xa.shape[0] == 8 and train_a.shape[0] == 64 - 8 and not torch.equal(xa, ya)
+
+
+def test_a_validation_run_reports_it_per_epoch_and_at_the_end(tmp_path, fake_mnist):
+    from lifted_cli.cli import main
+
+    folder = tmp_path / "run"
+    assert main(["train", f"data_root={fake_mnist}", "train_size=32", "val_size=10", "test_size=8", "epochs=2",
+                 "batch_size=16", "eval_every=2", "arch.hidden=[8]", "progress=false", "num_samples=0",
+                 f"hydra.run.dir={folder}"]) == 0
+    m = json.loads((folder / "metrics.json").read_text())
+    assert m["val_images"] == 10 and m["train_images"] == 32 and m["val"]["psnr"]["count"] == 10
+    rows = list(csv.DictReader((folder / "history.csv").open()))
+    assert rows[0]["val_psnr"] == "nan" and float(rows[1]["val_psnr"]) == pytest.approx(m["val"]["psnr"]["mean"])
+    assert float(rows[1]["val_ssim"]) == pytest.approx(m["val"]["ssim"]["mean"]) and "val_psnr" not in m["train"]
+
+
 @pytest.mark.slow
 def test_same_seed_same_metrics(tmp_path, fake_mnist):
     a = run_lifted(["train", f"data_root={fake_mnist}", *TINY, "hydra.run.dir=a"], tmp_path)
@@ -177,6 +203,7 @@ def test_every_experiment_of_train_validates(compose_train):
         (["solver.tau=-1"], "solver.tau=-1"),
         (["scheme=mac", "scheme.mu_growth=0.5"], "scheme.mu_growth=0.5"),
         (["command=invert"], "command=invert"),
+        (["val_size=-1"], "val_size=-1: must be >= 0"),
     ],
 )
 def test_bad_values_rejected_with_one_line(compose_train, overrides, fragment):

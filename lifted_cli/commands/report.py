@@ -17,7 +17,10 @@ are listed separately and never mixed into a group. Writes into the report folde
 and prints the tables. Options add derived tables for benchmarks: ``--baseline KEY=VALUE`` (each group's
 PSNR difference and time ratio to the group with KEY=VALUE and the same other settings), ``--pivot
 ROW,COL`` (mean PSNR with one swept key down and one across) and ``--best KEY`` (for every setting of
-the other swept keys, the value of KEY with the best mean PSNR).
+the other swept keys, the value of KEY with the best mean PSNR). ``--by val`` ranks the train groups
+by their validation PSNR (runs with ``val_size`` > 0: images held out of the training split), and
+``--best`` and ``--pivot`` then choose and show by it: settings are chosen on the validation set,
+never on the test set.
 """
 
 from __future__ import annotations
@@ -80,11 +83,14 @@ class Run:
         return self.config.get("seed")
 
     def value(self, key: str):
-        """A final metric: (psnr, ssim) of the test set (train) or of the recovered inputs (invert)."""
+        """A final metric: (psnr, ssim) of the test set (train) or of the recovered inputs (invert);
+        (val_psnr, val_ssim) of a train run's validation set (nan without one)."""
         m = self.metrics or {}
         block = m.get("test") if self.command == "train" else m.get("recovered")
         if key in ("psnr", "ssim"):
             return (block or {}).get(key, {}).get("mean", math.nan)
+        if key in ("val_psnr", "val_ssim"):
+            return (m.get("val") or {}).get(key[4:], {}).get("mean", math.nan)
         if key == "s_per_epoch":
             return m.get("seconds_per_epoch", math.nan)
         if key == "rel_error":
@@ -138,25 +144,37 @@ def group_runs(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
     return swept, dict(sorted(groups.items()))
 
 
-METRICS = {"train": [("psnr", "test PSNR (dB)", 2), ("ssim", "test SSIM", 4), ("s_per_epoch", "s/epoch", 2),
+METRICS = {"train": [("psnr", "test PSNR (dB)", 2), ("ssim", "test SSIM", 4), ("val_psnr", "val PSNR (dB)", 2),
+                     ("s_per_epoch", "s/epoch", 2),
                      ("step_ms", "ms/step", 2), ("peak_memory_mb", "peak MB", 0)],
            "invert": [("psnr", "recovered PSNR (dB)", 2), ("ssim", "recovered SSIM", 4), ("rel_error", "rel. error", 4),
                       ("residual", "residual", 4), ("seconds", "seconds", 1)]}
 #: the time of a run, for the ratios of --baseline
 TIME = {"train": "s_per_epoch", "invert": "seconds"}
+#: the PSNR that ranks groups and that --best and --pivot use, by --by
+SCORES = {"test": "psnr", "val": "val_psnr"}
 
 
-def table_rows(swept: list[str], groups: dict[tuple, list[Run]]) -> list[dict]:
+def has_val(runs: list) -> bool:
+    return any(r.finished and r.command == "train" and not math.isnan(r.value("val_psnr")) for r in runs)
+
+
+def table_rows(swept: list[str], groups: dict[tuple, list[Run]], rank_by: str | None = None) -> list[dict]:
+    """One row per group; with ``rank_by`` (a metric key) the rows go best first, numbered in ``rank``."""
     rows = []
+    val = has_val([r for members in groups.values() for r in members])
     for key, members in groups.items():
         command = key[0]
         row = {"command": command, **dict(zip(swept, key[1:])), "runs": len(members),
                "seeds": ",".join(str(r.seed) for r in members)}
         for name, label, digits in METRICS["train"] + METRICS["invert"]:
-            if (name, label, digits) in METRICS[command]:
+            if (name, label, digits) in METRICS[command] and (val or name != "val_psnr"):
                 row[label] = _fmt([r.value(name) for r in members], digits)
-        rows.append(row)
-    return rows
+        rows.append((row, _mean(members, rank_by) if rank_by else 0.0))
+    if rank_by:
+        rows.sort(key=lambda pair: -pair[1] if math.isfinite(pair[1]) else math.inf)
+        rows = [({"rank": i, **row}, v) for i, (row, v) in enumerate(rows, 1)]
+    return [row for row, _ in rows]
 
 
 def _mean(members: list[Run], name: str) -> float:
@@ -195,39 +213,46 @@ def add_baseline(rows: list[dict], swept: list[str], groups: dict[tuple, list[Ru
             row[f"Δ rel. error to {name}"] = f"{_mean(members, 'rel_error') - _mean(groups[ref], 'rel_error'):+.4f}"
 
 
-def pivot_lines(swept: list[str], groups: dict[tuple, list[Run]], row_key: str, col_key: str) -> list[str]:
-    """Mean PSNR with ``row_key`` down and ``col_key`` across, one table per setting of the other keys."""
+def pivot_lines(swept: list[str], groups: dict[tuple, list[Run]], row_key: str, col_key: str,
+                score: str = "psnr") -> list[str]:
+    """Mean PSNR (``score``: test or validation) with ``row_key`` down and ``col_key`` across, one
+    table per setting of the other keys."""
     i, j = swept.index(row_key), swept.index(col_key)
     rest = [k for n, k in enumerate(swept) if n not in (i, j)]
     tables: dict[tuple, dict] = defaultdict(dict)
     for key, members in groups.items():
         vals = key[1:]
-        tables[tuple(v for n, v in enumerate(vals) if n not in (i, j))][vals[i], vals[j]] = _mean(members, "psnr")
+        tables[tuple(v for n, v in enumerate(vals) if n not in (i, j))][vals[i], vals[j]] = _mean(members, score)
     lines = []
     for other, cells in tables.items():
         rows = list(dict.fromkeys(r for r, _ in cells))
         cols = list(dict.fromkeys(c for _, c in cells))
         title = " ".join(f"{k}={v}" for k, v in zip(rest, other))
-        lines += ["", f"Mean PSNR (dB), {row_key} x {col_key}{': ' + title if title else ''}", "",
+        lines += ["", f"Mean {'validation' if score == 'val_psnr' else 'test'} PSNR (dB), {row_key} x {col_key}"
+                  f"{': ' + title if title else ''}", "",
                   f"| {row_key} | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         lines += [f"| {r} | " + " | ".join(f"{cells[r, c]:.2f}" if (r, c) in cells else "" for c in cols) + " |" for r in rows]
     return lines
 
 
-def best_lines(swept: list[str], groups: dict[tuple, list[Run]], key: str, command: str) -> list[str]:
-    """For each setting of the other swept keys, the value of ``key`` whose group has the best mean PSNR."""
+def best_lines(swept: list[str], groups: dict[tuple, list[Run]], key: str, command: str, score: str = "psnr") -> list[str]:
+    """For each setting of the other swept keys, the value of ``key`` whose group has the best mean
+    PSNR (``score``: the test PSNR, or the validation PSNR to choose settings honestly)."""
     i = swept.index(key)
     rest = [k for n, k in enumerate(swept) if n != i]
     best: dict[tuple, tuple] = {}
     for gk, members in groups.items():
         other = tuple(v for n, v in enumerate(gk[1:]) if n != i)
-        if other not in best or _mean(members, "psnr") > _mean(groups[best[other]], "psnr"):
+        if other not in best or _mean(members, score) > _mean(groups[best[other]], score):
             best[other] = gk
-    cols = [label for _, label, _ in METRICS[command]]
-    lines = ["", f"Best {key} per setting of {', '.join(rest) or 'the runs'} (highest mean PSNR):", "",
+    val = has_val([r for members in groups.values() for r in members])
+    shown = [(n, label, d) for n, label, d in METRICS[command] if val or n != "val_psnr"]
+    cols = [label for _, label, _ in shown]
+    by = "validation" if score == "val_psnr" else "test"
+    lines = ["", f"Best {key} per setting of {', '.join(rest) or 'the runs'} (highest mean {by} PSNR):", "",
              "| " + " | ".join([*rest, key, *cols]) + " |", "|" + "---|" * (len(rest) + 1 + len(cols))]
     for other, gk in best.items():
-        vals = [_fmt([r.value(n) for r in groups[gk]], d) for n, _, d in METRICS[command]]
+        vals = [_fmt([r.value(n) for r in groups[gk]], d) for n, _, d in shown]
         lines.append("| " + " | ".join([*other, gk[1 + i], *vals]) + " |")
     return lines
 
@@ -329,7 +354,8 @@ def plot_curves(out: Path, swept: list[str], groups: dict[tuple, list[Run]]) -> 
     for ax in axes:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # runs without a history.csv draw nothing
+        axes[0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(out / "curves.png", fig, dpi=120)
     plt.close(fig)
@@ -364,9 +390,10 @@ def samples_grid(out: Path, swept: list[str], groups: dict[tuple, list[Run]], na
 
 
 def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tuple[str, str] | None = None,
-                 pivot: tuple[str, str] | None = None, best: str | None = None) -> str:
+                 pivot: tuple[str, str] | None = None, best: str | None = None, by: str | None = None) -> str:
     """Write the report folder (one table per command present, and the derived tables asked for) and
-    return the Markdown text."""
+    return the Markdown text. ``by`` (test or val): the train groups ranked by that PSNR, which
+    ``best`` and ``pivot`` then use."""
     out.mkdir(parents=True, exist_ok=True)
     lines = [f"# Report of {len(runs)} run folders", "",
              f"Sources: {', '.join(str(s) for s in sources)}; written {time.strftime('%Y-%m-%d %H:%M')}. "
@@ -378,7 +405,8 @@ def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tupl
         if not any(r.finished for r in members):
             continue
         swept, groups = group_runs(members)
-        rows = table_rows(swept, groups)
+        score = SCORES[by] if by and command == "train" else "psnr"
+        rows = table_rows(swept, groups, score if by else None)
         if baseline is not None and baseline[0] in swept:
             add_baseline(rows, swept, groups, baseline)
         csv_rows += rows
@@ -387,9 +415,9 @@ def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tupl
                   "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
         if pivot is not None and set(pivot) <= set(swept):
-            lines += pivot_lines(swept, groups, *pivot)
+            lines += pivot_lines(swept, groups, *pivot, score=score)
         if best is not None and best in swept:
-            lines += best_lines(swept, groups, best, command)
+            lines += best_lines(swept, groups, best, command, score=score)
         if command == "train":
             nl = no_learning_rows(members)
             if nl:
@@ -452,6 +480,9 @@ def _main(argv: list[str]) -> int:
                                                                      "(two swept keys, e.g. arch,scheme)")
     ap.add_argument("--best", metavar="KEY", default=None,
                     help="add, for every setting of the other swept keys, the value of KEY with the best mean PSNR")
+    ap.add_argument("--by", choices=sorted(SCORES), default=None,
+                    help="rank the train groups by their test or validation PSNR (best first, column rank); --best and "
+                         "--pivot then use it. Choose settings by val (runs trained with val_size > 0)")
     args = ap.parse_args(argv)
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         print(f"lifted report: error: --out {args.out}: is a file; give a folder for the report", file=sys.stderr)
@@ -475,11 +506,13 @@ def _main(argv: list[str]) -> int:
         problems.append(f"--pivot {args.pivot}: need ROW,COL, two different swept keys")
     if args.best is not None and args.best not in swept:
         problems.append(f"--best {args.best}: not a swept key")
+    if args.by == "val" and not has_val(runs):
+        problems.append("--by val: no finished train run holds a validation set (train with val_size=N)")
     if problems:
         print(f"lifted report: error: {'; '.join(problems)}; swept keys: {', '.join(sorted(swept)) or '(none)'}",
               file=sys.stderr)
         return 2
     out = args.out or Path("results/report") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
-    print(write_report(runs, out, args.folders, baseline, pivot, args.best), end="")
+    print(write_report(runs, out, args.folders, baseline, pivot, args.best, args.by), end="")
     print(f"lifted report: written to {out}")
     return 0

@@ -23,14 +23,14 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..data import DEGRADATIONS, build_degradation, load_mnist
+from ..data import DEGRADATIONS, build_degradation, load_mnist, load_train_val
 from ..errors import ConfigError, InputError, LiftedError
 from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
 from .. import parallel
 from ..parallel import PARALLEL
-from ..registry import check_choice, check_positive, fail, typed
+from ..registry import check_choice, check_nonnegative, check_positive, fail, typed
 from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
@@ -61,6 +61,8 @@ class TrainConfig(RunConfig):
     eval_every: int = 1
     train_size: Optional[int] = None
     test_size: Optional[int] = None
+    val_size: int = 0
+    val_seed: int = 2024
     resume: Optional[str] = None
 
     def validate(self):
@@ -70,6 +72,7 @@ class TrainConfig(RunConfig):
             check_positive(key, getattr(self, key))
         check_positive("train_size", self.train_size, allow_none=True)
         check_positive("test_size", self.test_size, allow_none=True)
+        check_nonnegative("val_size", self.val_size)
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -120,14 +123,28 @@ def prevalidate(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------ evaluation
-def make_test_set(cfg, degradation, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean and degraded test images. The degradation is drawn on the CPU from a generator seeded
-    with ``dataset.test_seed`` alone, so the test data are identical for every run, whatever the
-    seed, scheme, architecture or device."""
-    x = load_mnist(cfg.data_root, train=False, size=cfg.test_size)
-    gen = torch.Generator().manual_seed(int(cfg.dataset.test_seed))
-    y = torch.cat([degradation.measure(chunk, gen) for chunk in x.split(1000)])
+def measure_fixed(degradation, x: torch.Tensor, seed: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and degraded images, the degradation drawn on the CPU from a generator seeded with
+    ``seed`` alone (so the same for every run, whatever its seed, scheme, architecture or device)."""
+    gen = torch.Generator().manual_seed(int(seed))
+    y = torch.cat([degradation.measure(chunk, gen) for chunk in x.split(1000)]) if len(x) else x.clone()
     return x.to(device), y.to(device)
+
+
+def make_test_set(cfg, degradation, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and degraded test images (the degradation seeded with ``dataset.test_seed``)."""
+    return measure_fixed(degradation, load_mnist(cfg.data_root, train=False, size=cfg.test_size),
+                         cfg.dataset.test_seed, device)
+
+
+def make_train_val(cfg, degradation, device) -> tuple[torch.Tensor, tuple | None]:
+    """The training images, and the clean and degraded validation images (None for ``val_size=0``):
+    ``val_size`` images held out of MNIST's training split, drawn and degraded from ``val_seed``
+    alone, so every run of any seed sees the same validation set and never trains on it."""
+    split = torch.Generator().manual_seed(int(cfg.val_seed))
+    x_train, x_val = load_train_val(cfg.data_root, cfg.train_size, int(cfg.val_size), split)
+    val = measure_fixed(degradation, x_val, int(cfg.val_seed) + 1, device) if cfg.val_size else None
+    return x_train.to(device), val
 
 
 @torch.no_grad()
@@ -222,6 +239,7 @@ class Session:
     x_train: torch.Tensor
     x_test: torch.Tensor
     y_test: torch.Tensor
+    val: Optional[tuple]  # (clean, degraded) validation images held out of the training split, or None
     model: Any
     scheme: Any
     solver: Any
@@ -325,11 +343,12 @@ class Session:
         """Evaluate (every ``eval_every`` epochs and at the end), check the weights, checkpoint, log."""
         cfg, at = self.cfg, self.at
         parallel.gather_model(self.comm, self.model)  # layer-parallel: rank 0 evaluates the whole network
-        if ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs) and self.writer:
-            ev = evaluate(self.model, self.x_test, self.y_test)
-            row.update(test_psnr=ev["psnr"]["mean"], test_ssim=ev["ssim"]["mean"])
-        else:
-            row.update(test_psnr=math.nan, test_ssim=math.nan)
+        due = ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs) and self.writer
+        ev = evaluate(self.model, self.x_test, self.y_test) if due else None
+        row.update(test_psnr=ev["psnr"]["mean"] if ev else math.nan, test_ssim=ev["ssim"]["mean"] if ev else math.nan)
+        if self.val is not None:
+            ev = evaluate(self.model, *self.val) if due else None
+            row.update(val_psnr=ev["psnr"]["mean"] if ev else math.nan, val_ssim=ev["ssim"]["mean"] if ev else math.nan)
         if not parallel.all_ranks(self.comm, finite_model(self.model)):  # once per epoch: a bad batch shows in the next loss
             raise divergence(f"training diverged in epoch {epoch + 1} (non-finite weights)", self.out / "checkpoint.pt")
         at.history.append(row)
@@ -355,7 +374,10 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
     log.info("MNIST from %s (%s)", source, cfg.data_root)
     degradation = build_degradation(cfg.dataset)
     x_test, y_test = make_test_set(cfg, degradation, device)
-    x_train = load_mnist(cfg.data_root, train=True, size=cfg.train_size).to(device)
+    x_train, val = make_train_val(cfg, degradation, device)
+    if val is not None:
+        log.info("validation: %d images held out of the training split (val_seed=%d); training on %d",
+                 val[0].shape[0], cfg.val_seed, x_train.shape[0])
     torch.manual_seed(cfg.seed)
     model, scheme, solver = build(cfg, device, comm)
     parallel.attach(comm, scheme, solver)
@@ -367,8 +389,8 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
                  f", shared out over {comm.world} processes" if comm else f" on {device}")
     gen_perm = torch.Generator().manual_seed(cfg.seed)
     gen_noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-    return Session(cfg, out, device, degradation, x_train, x_test, y_test, model, scheme, solver, gen_perm, gen_noise,
-                   comm=comm), aux_bytes
+    return Session(cfg, out, device, degradation, x_train, x_test, y_test, val, model, scheme, solver, gen_perm,
+                   gen_noise, comm=comm), aux_bytes
 
 
 def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dict:
@@ -416,15 +438,15 @@ def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dic
             return {}
         extra = parallel.metrics(comm, run.comm_seconds, run.comm_bytes)
         return finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test,
-                      run.y_test, run.x_train.shape[0], aux_bytes, run.clock, extra)
+                      run.y_test, run.x_train.shape[0], aux_bytes, run.clock, extra, run.val)
     finally:
         parallel.leave(comm)
 
 
 def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_test, n_train, aux_bytes: int = 0,
-           clock: Optional[StepClock] = None, extra: Optional[dict] = None) -> dict:
-    """The final evaluation: metrics.json (with the no-learning row) and samples.png; ``extra``: more
-    keys (``parallel``)."""
+           clock: Optional[StepClock] = None, extra: Optional[dict] = None, val: Optional[tuple] = None) -> dict:
+    """The final evaluation: metrics.json (with the no-learning row, and ``val`` when a validation set
+    is held out) and samples.png; ``extra``: more keys (``parallel``)."""
     psnr_in, ssim_in = per_image_metrics(y_test, x_test)
     trained = [r["seconds"] for r in history]
     metrics = {
@@ -433,7 +455,8 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "test": evaluate(model, x_test, y_test),
         "no_learning": {"psnr": summarise(psnr_in), "ssim": summarise(ssim_in)},
         "train": {k: v for k, v in history[-1].items()
-                  if k not in ("epoch", "seconds", "step_ms", "comm_ms", "comm_bytes", "test_psnr", "test_ssim")}
+                  if k not in ("epoch", "seconds", "step_ms", "comm_ms", "comm_bytes", "test_psnr", "test_ssim",
+                               "val_psnr", "val_ssim")}
         if history else {},
         "epochs": cfg.epochs,
         "seconds_per_epoch": float(np.mean(trained)) if trained else math.nan,
@@ -443,6 +466,8 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "seed": cfg.seed,
         "train_images": n_train,
         "test_images": int(x_test.shape[0]),
+        # the held-out validation set, evaluated like the test set: the one to choose settings on
+        **({"val": evaluate(model, *val), "val_images": int(val[0].shape[0])} if val is not None else {"val_images": 0}),
         "metric_implementation": IMPLEMENTATION,
         "hyperparameters": {**scheme.hyperparameters(), "solver": solver.hyperparameters()},
         "aux_memory_gb": aux_bytes / 1e9,

