@@ -106,6 +106,60 @@ def test_majorized_step_is_exact_for_identity_layer():
     assert torch.allclose(W, W_star, atol=1e-10)
 
 
+def _ridge(X, T, W0, weight, tau):
+    """argmin_W weight/(2s) ||X W^T - T||^2 + 1/(2 tau) ||W - W0||^2 in parameter space (n x n)."""
+    s = X.shape[0]
+    A = weight * X.t() @ X / s + torch.eye(X.shape[1], dtype=X.dtype) / tau
+    return torch.linalg.solve(A, weight * X.t() @ T / s + W0.t() / tau).t()
+
+
+@pytest.mark.parametrize("at_anchor", [True, False])
+@pytest.mark.parametrize("stacked", [False, True])
+def test_residual_block_steps_are_exact_ridge_steps(at_anchor, stacked):
+    """On an untied residual block with the identity activation the ISGM subproblem in (W, b, V) for
+    fixed auxiliaries is two ridge problems: (W, b) with data a_l -> z_l, weight lambda_l, and V with
+    data z_l -> u_l - u_{l-1}, weight rho. The W-step must land on both minimisers, from the anchor
+    or from a point away from it, per block and for a stack of blocks."""
+    model = small_net("resnet", act="identity")
+    problem = LiftedProblem(model, BregmanPenalty(), [0.7] * len(model.blocks), rho=1.3, output="clamped")
+    res = [l for l in range(1, problem.L + 1) if problem.blocks[l - 1].has_state]
+    assert len(res) == 2 and all(problem.majorizable(l) for l in res)
+    if stacked:
+        problem.stack([(res[0], res[-1])])
+    y, t = images(s=9, seed=3)
+    st = problem.init_state(y.flatten(1), t.flatten(1))
+    g = torch.Generator().manual_seed(5)
+    for l in res:  # auxiliaries away from the forward pass: every residual is non-zero
+        st.u[l] = st.u[l] + 0.1 * torch.randn(st.u[l].shape, generator=g, dtype=st.u[l].dtype)
+        st.z[l] = st.z[l] + 0.1 * torch.randn(st.z[l].shape, generator=g, dtype=st.z[l].dtype)
+    tau = 0.4
+    anchor = {l: [q.detach().clone() for q in problem.block_params(l)] for l in res}
+    if not at_anchor:
+        with torch.no_grad():
+            for l in res:
+                for q in problem.block_params(l):
+                    q.add_(0.05 * torch.randn(q.shape, generator=g, dtype=q.dtype))
+    problem.refresh(st)
+    expected = {}
+    for l in res:
+        names = [n for n, _ in problem.blocks[l - 1].named_parameters()]
+        W0, b0, V0 = (anchor[l][names.index(n)] for n in ("linear.weight", "linear.bias", "V"))
+        X = torch.cat([st.u[l - 1], torch.ones(9, 1, dtype=y.dtype)], 1)
+        Wb = _ridge(X, st.z[l], torch.cat([W0, b0[:, None]], 1), 0.7, tau)
+        V = _ridge(st.z[l], st.u[l] - st.u[l - 1], V0, 1.3, tau)
+        expected[l] = {"linear.weight": Wb[:, :-1], "linear.bias": Wb[:, -1], "V": V}
+    if stacked:
+        stack = problem.stacks[0]
+        stacked_anchor = [torch.stack([anchor[l][i] for l in res]) for i in range(len(stack.names))]
+        problem.stack_implicit_weight_step(st, stack, stacked_anchor, tau, at_anchor=at_anchor)
+    else:
+        for l in res:
+            problem.implicit_weight_step(st, l, anchor[l], tau, at_anchor=at_anchor)
+    for l in res:
+        for name, got in problem.blocks[l - 1].named_parameters():
+            torch.testing.assert_close(got.detach(), expected[l][name], atol=1e-9, rtol=1e-9, msg=f"{l} {name}")
+
+
 class _NoBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z):

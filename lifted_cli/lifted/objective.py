@@ -110,19 +110,25 @@ class LiftedProblem:
         """The rows of every sample of the global batch (this process's alone in a single process)."""
         return t if self.comm is None else self.comm.all_rows(t, dim)
 
-    def _majorizer_inputs(self, st: LiftedState, unit):
+    def _majorizer_inputs(self, st: LiftedState, unit) -> tuple:
         """(X, R) of the majorised step of a unit: the inputs u_{l-1} and residuals sigma(a_l) - z_l,
-        shaped (s, n) for a block and (d, s, n) for a stack; from ``gather_majorizer_rows`` when
-        fetched there."""
+        and for a block with state (Z, E): its z_l and architecture residuals r_l = u_l - S_l u_{l-1}
+        - V_l z_l (the ridge step in V); shaped (s, n) for a block and (d, s, n) for a stack; from
+        ``gather_majorizer_rows`` when fetched there."""
         key = unit.first if isinstance(unit, Stack) else unit
         if key in self._gathered:
             return self._gathered.pop(key)
         if isinstance(unit, Stack):
             layers = unit.layers(unit.select())
-            x = gather([st.u[l - 1] for l in layers])
-            r = unit.act(self._stacked(st, "a", layers)) - self._stacked(st, "z", layers)
-            return self._rows(x, dim=1), self._rows(r, dim=1)
-        return self._rows(st.u[unit - 1]), self._rows(self.acts[unit - 1](st.a[unit]) - st.z[unit])
+            z = self._stacked(st, "z", layers)
+            out = (gather([st.u[l - 1] for l in layers]), unit.act(self._stacked(st, "a", layers)) - z)
+            if unit.has_state:
+                out += (z, self.stack_residual(st, unit, unit.select()))
+            return tuple(self._rows(t, dim=1) for t in out)
+        out = (st.u[unit - 1], self.acts[unit - 1](st.a[unit]) - st.z[unit])
+        if self.blocks[unit - 1].has_state:
+            out += (st.z[unit], self.residual(st, unit))
+        return tuple(self._rows(t) for t in out)
 
     def gather_majorizer_rows(self, st: LiftedState, units: list) -> None:
         """Data-parallel: the rows that the majorised steps of ``units`` need (their Gram matrices
@@ -133,23 +139,18 @@ class LiftedProblem:
             pieces = [(unit, self._majorizer_inputs(st, unit)) for unit in units]
         finally:
             self.comm = comm
-        flat, shapes = [], []
-        for _, pair in pieces:
-            for t in pair:
-                t2 = t.movedim(1, 0).reshape(t.shape[1], t.shape[0] * t.shape[2]) if t.dim() == 3 else t  # samples first
-                flat.append(t2)
-                shapes.append(t.shape)
+        flat = [t.movedim(1, 0).reshape(t.shape[1], t.shape[0] * t.shape[2]) if t.dim() == 3 else t  # samples first
+                for _, local in pieces for t in local]
         if not flat:
             return
         full = comm.all_rows(torch.cat(flat, dim=1))
         cols = iter(full.split([t.shape[1] for t in flat], dim=1))
-        for unit, _ in pieces:
-            pair = []
-            for shape in shapes[:2]:
+        for unit, local in pieces:
+            rows = []
+            for t in local:
                 c = next(cols)
-                pair.append(c.reshape(c.shape[0], shape[0], shape[2]).movedim(0, 1) if len(shape) == 3 else c)
-            shapes = shapes[2:]
-            self._gathered[unit.first if isinstance(unit, Stack) else unit] = tuple(pair)
+                rows.append(c.reshape(c.shape[0], t.shape[0], t.shape[2]).movedim(0, 1) if t.dim() == 3 else c)
+            self._gathered[unit.first if isinstance(unit, Stack) else unit] = tuple(rows)
 
     # ----------------------------------------------------------------------------- stacking
     def stackable(self) -> list[tuple[int, int]]:
@@ -528,8 +529,12 @@ class LiftedProblem:
         """``implicit_weight_step`` on every block of a dense stack: batched products and one batched
         Cholesky factorisation of the (d, s, s) matrices c_l I + X_l X_l^T."""
         layers = stack.layers(stack.select())
-        x_prev, r = self._majorizer_inputs(st, stack)
+        x_prev, r, *state = self._majorizer_inputs(st, stack)
         d, s = x_prev.shape[0], x_prev.shape[1]
+        if state:  # the ridge step in V first: it reads nothing that the step in (W, b) changes
+            name = stack.post_weight_name
+            self._ridge_post_step(stack.storage[name], *state, None if anchor is None else anchor[stack.names.index(name)],
+                                  tau, at_anchor)
         w_name, b_name = stack.affine_names
         W, b = stack.storage[w_name], stack.storage[b_name]
         kappa = self.stack_lambdas(layers, x_prev) * self.penalty.lip_a
@@ -588,10 +593,36 @@ class LiftedProblem:
         return float(value if self.comm is None else self.comm.mean(value.reshape(1)))
 
     def majorizable(self, l: int) -> bool:
-        """The exact majorised implicit step applies: an affine dense block with a penalty whose
-        a-gradient is lip_a (sigma(a) - z)."""
+        """The exact majorised implicit step applies: an affine block with a penalty whose a-gradient
+        is lip_a (sigma(a) - z), and either no state or a state whose map V is a parameter of its own
+        (an untied residual block: the step in V is an exact ridge step)."""
         blk = self.blocks[l - 1]
-        return self.penalty.majorizable and not blk.has_state and blk.affine() is not None
+        return (self.penalty.majorizable and blk.affine() is not None
+                and (not blk.has_state or blk.post_weight() is not None))
+
+    def _param_index(self, l: int, q: torch.Tensor) -> int:
+        return next(i for i, p in enumerate(self.block_params(l)) if p is q)
+
+    @torch.no_grad()
+    def _ridge_post_step(self, V: torch.Tensor, z: torch.Tensor, e: torch.Tensor, V0, tau: float, at_anchor: bool) -> None:
+        """The ISGM step in the state map V of a residual block (docs/method.md, section 5.5): with
+        T = u_l - u_{l-1} fixed, minimise exactly
+
+            (rho/(2s)) sum_i ||t_i - V' z_i||^2 + 1/(2 tau) ||V' - V^k||^2,
+
+        a ridge problem. With Z the rows z_i (s x h), c = s/(rho tau) and E = T - Z V^k^T the residuals
+        at the anchor (= the current residuals ``e`` plus Z (V - V^k)^T), the push-through identity
+        gives V' = V^k + E^T (c I + Z Z^T)^{-1} Z: one s x s Cholesky factorisation. Batched over a
+        stack when the tensors have a leading dimension. ``V0`` None: at the anchor, in place."""
+        s = z.shape[-2]
+        k = z @ z.transpose(-1, -2)
+        k.diagonal(dim1=-2, dim2=-1).add_(s / (self.rho * tau))
+        coef = torch.cholesky_inverse(torch.linalg.cholesky(k)) @ z  # (c I + Z Z^T)^{-1} Z
+        if V0 is None:
+            V.add_(e.transpose(-1, -2) @ coef)
+            return
+        E = e if at_anchor else e + z @ (V - V0).transpose(-1, -2)
+        torch.add(V0, E.transpose(-1, -2) @ coef, out=V)
 
     @torch.no_grad()
     def implicit_weight_step(self, st: LiftedState, l: int, anchor, tau: float, at_anchor: bool = False) -> None:
@@ -609,9 +640,13 @@ class LiftedProblem:
 
         an s x s Cholesky factorisation (s = batch size). ``at_anchor``: W = W^k, so D = 0; ``anchor``
         None: at the anchor, with no copy of it (the weights are updated in place)."""
-        x_prev, r = self._majorizer_inputs(st, l)  # data-parallel: the Gram matrix couples every process's samples
+        x_prev, r, *state = self._majorizer_inputs(st, l)  # data-parallel: the Gram matrix couples every process's samples
         s = x_prev.shape[0]
-        W, b = self.blocks[l - 1].affine()
+        blk = self.blocks[l - 1]
+        if state:  # the ridge step in V first: it reads nothing that the step in (W, b) changes
+            V = blk.post_weight()
+            self._ridge_post_step(V, *state, None if anchor is None else anchor[self._param_index(l, V)], tau, at_anchor)
+        W, b = blk.affine()
         kappa = self.lambdas[l - 1] * self.penalty.lip_a
         c = s / (kappa * tau)
         k = x_prev @ x_prev.t()
@@ -621,7 +656,7 @@ class LiftedProblem:
             W.addmm_(coef.t(), x_prev, alpha=-1.0)
             b.sub_(coef.sum(dim=0))
             return
-        W0, b0 = anchor[0], anchor[1]
+        W0, b0 = anchor[self._param_index(l, W)], anchor[self._param_index(l, b)]
         rhs = r if at_anchor else r - torch.addmm(b - b0, x_prev, (W - W0).t())  # R - X D^T
         coef = torch.cholesky_inverse(torch.linalg.cholesky(k)) @ rhs  # eigenvalues of k >= c
         torch.addmm(W0, coef.t(), x_prev, alpha=-1.0, out=W)

@@ -20,8 +20,9 @@ mini-batch:
    * a W-step: every block at once (the block problems are independent given the auxiliaries).
 
 Step sizes of the X-steps come from Lipschitz constants with operator norms estimated by
-warm-started power iterations (no SVD): ``mu = safety / Lip``. W-steps of dense blocks under ISGM
-use the exact majorised implicit step (``LiftedProblem.implicit_weight_step``); all other W-steps
+warm-started power iterations (no SVD): ``mu = safety / Lip``. W-steps of dense and untied residual blocks
+under ISGM use the exact majorised implicit step (``LiftedProblem.implicit_weight_step``; in a residual
+block's V an exact ridge step); all other W-steps
 are gradient steps whose length is found by backtracking (Armijo) on the block's own energy,
 warm-started from the last accepted step, so any block (residual, proximal, unrolled) is handled
 without a hand-derived Lipschitz constant.

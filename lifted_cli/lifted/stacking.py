@@ -96,12 +96,11 @@ class Stack:
             for k, blk in enumerate(blocks):
                 _set_parameter(blk, name, self.storage[name][k])
         self._method = _Method(self.template)
+        by_id = {id(q): name for name, q in self.template.named_parameters()}
         affine = self.template.affine()
-        if affine is None:
-            self.affine_names = None
-        else:
-            by_id = {id(q): name for name, q in self.template.named_parameters()}
-            self.affine_names = tuple(by_id[id(q)] for q in affine)
+        self.affine_names = None if affine is None else tuple(by_id[id(q)] for q in affine)
+        post = self.template.post_weight()
+        self.post_weight_name = None if post is None else by_id[id(post)]
 
     def __repr__(self) -> str:
         return f"Stack(layers {self.first}..{self.last})"

@@ -93,6 +93,12 @@ class Block(nn.Module):
         step of ``lifted.LiftedProblem``), else None."""
         return None
 
+    def post_weight(self):
+        """V when u_l = S_l u_{l-1} + V z_l with V a plain parameter used nowhere else: the
+        architecture term rho/2 ||u_l - S_l u_{l-1} - V z_l||^2 is then a ridge problem in V (solved
+        exactly by ISGM's W-step); else None."""
+        return None
+
     def stack_key(self) -> tuple:
         """What, besides the class, the activation and the parameter shapes, fixes the function the
         block computes of its parameters (blocks that agree can be stacked; ``lifted.stacking``)."""
@@ -195,6 +201,9 @@ class ResidualBlock(DenseBlock):
 
     def _v(self):
         return self.linear.weight.t() if self.tied else self.V
+
+    def post_weight(self):
+        return None if self.tied else self.V  # tied: V = W^T couples the two steps
 
     def post(self, u, z):
         return u + self.post_linear(z)
