@@ -133,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     except (HydraException, OmegaConfBaseException) as err:  # the overrides do not compose
         print(f"lifted {command}: error: {_explain(command, args, one_line(err))}", file=sys.stderr)
         return 2
+    except ValueError as err:
+        if not _raised_by_hydra(err):  # a bug of ours: its traceback
+            raise
+        print(f"lifted {command}: error: {one_line(err)} (overrides: {' '.join(args)})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     finally:
@@ -142,6 +147,15 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _raised_by_hydra(err: BaseException) -> bool:
+    """Hydra's composition raises some plain ValueErrors (``dataset=null``: "Config group override must
+    be a string or a list"): the innermost frame is Hydra's own."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    return bool(frames) and f"{os.sep}hydra{os.sep}" in frames[-1].filename
 
 
 def _other_rank() -> bool:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lifted_cli.data import mnist as data
-from lifted_cli.errors import DataError
+from lifted_cli.errors import ConfigError, DataError
 from tests.conftest import make_fake_mnist
 
 
@@ -105,7 +105,7 @@ def test_validation_is_held_out_of_the_training_split(tmp_path):
 def test_validation_sizes_that_do_not_fit_are_one_line(tmp_path):
     make_fake_mnist(tmp_path, n_train=40, n_test=5)
     gen = torch.Generator().manual_seed(0)
-    with pytest.raises(DataError, match=r"^val_size=40: the training split has 40 images; hold out fewer"):
+    with pytest.raises(ConfigError, match=r"^val_size=40: the training split has 40 images; hold out fewer"):
         data.load_train_val(tmp_path, None, 40, gen)
-    with pytest.raises(DataError, match=r"^train_size=31: the training split has 40 images, 30 of them left after val_size=10$"):
+    with pytest.raises(ConfigError, match=r"^train_size=31: the training split has 40 images, 30 of them left after val_size=10$"):
         data.load_train_val(tmp_path, 31, 10, gen)

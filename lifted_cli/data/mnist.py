@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -178,13 +178,13 @@ def load_train_val(root, train_size: int | None, val_size: int, generator: torch
     data = MNIST(str(root), train=True, download=False).data
     n = len(data)
     if val_size >= n:
-        raise DataError(f"val_size={val_size}: the training split has {n} images; hold out fewer so that some are left to train on")
+        raise ConfigError(f"val_size={val_size}: the training split has {n} images; hold out fewer so that some are left to train on")
     held = torch.zeros(n, dtype=torch.bool)
     held[torch.randperm(n, generator=generator)[:val_size]] = True
     pool = data[~held]
     if train_size is not None:
         if train_size > len(pool):
             left = f", {len(pool)} of them left after val_size={val_size}" if val_size else ""
-            raise DataError(f"train_size={train_size}: the training split has {n} images{left}")
+            raise ConfigError(f"train_size={train_size}: the training split has {n} images{left}")
         pool = pool[:train_size]
     return _as_images(pool), _as_images(data[held])
