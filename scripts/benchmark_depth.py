@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -86,7 +87,9 @@ def read_runs(root: Path) -> list[dict]:
         m = json.loads(metrics.read_text())
         if m.get("status") != "finished":
             continue
-        overrides = dict(str(o).split("=", 1) for o in (yaml.safe_load(cfg.read_text()) or []))
+        # Hydra records a value's special characters escaped (soft_threshold\:0.05)
+        overrides = {k: re.sub(r"\\(.)", r"\1", v) for k, v in
+                     (str(o).split("=", 1) for o in (yaml.safe_load(cfg.read_text()) or []) if "=" in str(o))}
         with open(folder / "history.csv") as f:
             history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
         runs.append({"folder": folder, "overrides": overrides, "metrics": m, "history": history,

@@ -336,3 +336,53 @@ def test_persistent_memory_beyond_the_limit_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="solver.aux_memory_gb=1e-06") as err:
         solver("isgm", problem, warm_start="persistent", aux_memory_gb=1e-6).prepare(1000)
     assert "need 0.00" in str(err.value) or "GB" in str(err.value)
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_convolution_step_by_conjugate_gradients_is_the_exact_ridge_step(transposed):
+    """With the identity activation the majorised model is the ISGM subproblem itself, a ridge problem
+    in (W, b) whose matrix is the Jacobian of the convolution: conjugate gradients land on its
+    minimiser (computed here with the explicit Jacobian), from a point away from the anchor; with
+    one iteration the subproblem already does not increase."""
+    from lifted_cli.lifted.stacking import _Method
+    from lifted_cli.nets.activations import Identity
+    from lifted_cli.nets.blocks import ConvBlock
+
+    torch.manual_seed(0)
+    blk = ConvBlock(2, 3, 2 if transposed else 4, 2, Identity(), transposed=transposed)
+    problem = LiftedProblem.__new__(LiftedProblem)  # one block, no network around it
+    problem.blocks, problem.acts, problem.lambdas, problem.penalty = [blk], [blk.act], [0.6], BregmanPenalty()
+    problem.comm, problem.stack_of = None, {}
+    assert problem.operator_majorizable(1)
+    g = torch.Generator().manual_seed(1)
+    s, tau = 5, 0.7
+    u = torch.randn(s, blk.in_dim, generator=g)
+    z = torch.randn(s, blk.out_dim, generator=g)
+    anchor = [q.detach().clone() for q in blk.parameters()]
+    with torch.no_grad():
+        for q in blk.parameters():
+            q.add_(0.1 * torch.randn(q.shape, generator=g))
+    st = SimpleNamespace(u=[u, None], z=[None, z], a=[None, blk.pre(u, None)], y=torch.zeros(s, 1))
+    names, shapes = [n for n, _ in blk.named_parameters()], [q.shape for q in anchor]
+    flat0 = torch.cat([q.flatten() for q in anchor])
+
+    def pre_of(flat):
+        parts = dict(zip(names, (p.view(shp) for p, shp in zip(flat.split([q.numel() for q in anchor]), shapes))))
+        return torch.func.functional_call(_Method(blk), {f"block.{n}": v for n, v in parts.items()}, ("pre", u, None))
+
+    J = torch.autograd.functional.jacobian(pre_of, flat0).reshape(s * blk.out_dim, -1)
+    c = pre_of(torch.zeros_like(flat0)).reshape(-1)
+    # argmin_theta 0.6/(2s) ||J theta + c - z||^2 + 1/(2 tau) ||theta - theta^k||^2
+    A = 0.6 * J.t() @ J / s + torch.eye(J.shape[1]) / tau
+    want = torch.linalg.solve(A, 0.6 * J.t() @ (z.reshape(-1) - c) / s + flat0 / tau)
+
+    def subproblem():
+        flat = torch.cat([q.detach().flatten() for q in blk.parameters()])
+        return float(0.3 * (pre_of(flat) - z).pow(2).sum() / s + (flat - flat0).pow(2).sum() / (2 * tau))
+
+    before = subproblem()
+    assert problem.operator_weight_step(st, 1, anchor, tau, iters=1) == 1
+    assert subproblem() <= before + 1e-12
+    st.a[1] = blk.pre(u, None)
+    assert problem.operator_weight_step(st, 1, anchor, tau, iters=200) < 200  # converged before the cap
+    torch.testing.assert_close(torch.cat([q.detach().flatten() for q in blk.parameters()]), want, atol=1e-8, rtol=1e-8)

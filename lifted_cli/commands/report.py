@@ -29,6 +29,7 @@ import argparse
 import csv
 import json
 import math
+import re
 import sys
 import time
 from collections import defaultdict
@@ -56,7 +57,7 @@ class Run:
             key, _, value = str(o).partition("=")
             key = key.lstrip("+~")
             if not key.startswith("hydra"):
-                self.overrides[key] = value
+                self.overrides[key] = re.sub(r"\\(.)", r"\1", value)  # Hydra escapes special characters: soft_threshold\:0.05
         job = yaml.safe_load((hydra_dir / "hydra.yaml").read_text()).get("hydra", {}).get("job", {}).get("name") \
             if (hydra_dir / "hydra.yaml").is_file() else None
         command = self.config.get("command", job)

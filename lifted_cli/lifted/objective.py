@@ -600,6 +600,71 @@ class LiftedProblem:
         return (self.penalty.majorizable and blk.affine() is not None
                 and (not blk.has_state or blk.post_weight() is not None))
 
+    def operator_majorizable(self, l: int) -> bool:
+        """The majorised implicit step applies in operator form (conjugate gradients): a block without
+        state whose pre-activation is affine in its parameters but has no closed form (convolutions)."""
+        blk = self.blocks[l - 1]
+        return (self.penalty.majorizable and blk.params_affine and not blk.has_state and blk.affine() is None
+                and l not in self.stack_of)
+
+    @torch.no_grad()
+    def operator_weight_step(self, st: LiftedState, l: int, anchor: list, tau: float, iters: int) -> int:
+        """The majorised implicit step of section 5.5 on a block whose pre-activation a = J theta + c is
+        affine in its parameters theta but is an operator (a convolution), not a matrix: minimise over
+        the step D
+
+            (1/s) sum_i [<g_i, (J D)_i> + kappa/2 ||(J D)_i||^2] + 1/(2 tau) ||theta + D - theta^k||^2,
+
+        g_i = kappa (sigma(a_l^i) - z_l^i), by conjugate gradients on its normal equations
+        (kappa/s J^T J + I/tau) D = -(J^T g/s + (theta - theta^k)/tau), with J D = a(D) - a(0) (two
+        forward maps, no matrix) and J^T by one vector-Jacobian product of the map. CG from D = 0
+        decreases the (convex quadratic) model at every iteration, so ``iters`` iterations, or fewer
+        when the residual falls below 1e-6 of the right-hand side, never increase the ISGM subproblem:
+        it stays a majorise-minimise step. Data-parallel: J^T v is a mean over samples, combined over
+        the processes. Returns the iterations taken."""
+        from .stacking import _Method
+
+        blk, call = self.blocks[l - 1], _Method(self.blocks[l - 1])
+        names = [n for n, _ in blk.named_parameters()]
+        theta = {n: q.detach() for n, q in blk.named_parameters()}
+        u, y, s = st.u[l - 1], st.y, st.y.shape[0]
+
+        def pre(params):
+            return torch.func.functional_call(call, {f"block.{n}": v for n, v in params.items()}, ("pre", u, y))
+
+        kappa = self.lambdas[l - 1] * self.penalty.lip_a
+        offset = pre({n: torch.zeros_like(v) for n, v in theta.items()})
+        _, adjoint = torch.func.vjp(pre, theta)  # a is affine: the adjoint is the same everywhere
+
+        def jt(v):  # J^T v / s, a mean over every process's samples
+            out = adjoint(v / s)[0] if s else {n: torch.zeros_like(q) for n, q in theta.items()}
+            return dict(zip(names, self._mean([out[n] for n in names])))
+
+        def normal(d):
+            jtj = jt(pre(d) - offset)
+            return {n: kappa * jtj[n] + d[n] / tau for n in names}
+
+        dot = lambda a, b: sum(float((a[n] * b[n]).sum()) for n in names)  # noqa: E731
+        g = jt(kappa * (self.acts[l - 1](st.a[l]) - st.z[l]))
+        rhs = {n: -(g[n] + (theta[n] - q0) / tau) for n, q0 in zip(names, anchor)}
+        step = {n: torch.zeros_like(v) for n, v in theta.items()}
+        res, direction = {n: v.clone() for n, v in rhs.items()}, {n: v.clone() for n, v in rhs.items()}
+        rr = first = dot(res, res)
+        taken = 0
+        while taken < iters and rr > 1e-12 * first:
+            h = normal(direction)
+            alpha = rr / dot(direction, h)
+            for n in names:
+                step[n].add_(direction[n], alpha=alpha)
+                res[n].sub_(h[n], alpha=alpha)
+            rr, previous = dot(res, res), rr
+            for n in names:
+                direction[n].mul_(rr / previous).add_(res[n])
+            taken += 1
+        for n, q in blk.named_parameters():
+            q.add_(step[n])
+        return taken
+
     def _param_index(self, l: int, q: torch.Tensor) -> int:
         return next(i for i, p in enumerate(self.block_params(l)) if p is q)
 

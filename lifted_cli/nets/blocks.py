@@ -93,6 +93,11 @@ class Block(nn.Module):
         step of ``lifted.LiftedProblem``), else None."""
         return None
 
+    #: the pre-activation is affine in the block's parameters (all of them): ISGM's majorised step then
+    #: applies in the operator's own form (``LiftedProblem.operator_weight_step``), where ``affine``
+    #: has no closed form (convolutions)
+    params_affine = False
+
     def post_weight(self):
         """V when u_l = S_l u_{l-1} + V z_l with V a plain parameter used nowhere else: the
         architecture term rho/2 ||u_l - S_l u_{l-1} - V z_l||^2 is then a ridge problem in V (solved
@@ -163,6 +168,8 @@ class ConvBlock(Block):
         self.shape_in, self.shape_out = (c_in, side, side), (c_out, out, out)
         self.in_dim, self.out_dim = c_in * side * side, c_out * out * out
         self.z_dim = self.out_dim
+
+    params_affine = True  # a_l = conv(u; W) + b
 
     def stack_key(self):
         return (self.transposed, self.stride, self.padding, self.shape_in, self.shape_out)
