@@ -64,6 +64,23 @@ def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist, scheme):
     assert img.size[1] > img.size[0] / 3 * 0.9 / 1  # three rows of three images
 
 
+def test_tuned_settings_of_a_combination_apply_and_overrides_win(compose_train):
+    """configs/tuned/<arch>_<scheme>_<solver> is loaded for that combination alone, and the command
+    line wins over it (here the group option lives in Hydra's ConfigStore, for this test only)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(group="tuned", name="sequential_bregman_isgm", node={"solver": {"tau": 0.123}}, package="_global_")
+    try:
+        assert compose_train(["arch=sequential"]).solver.tau == 0.123
+        assert compose_train(["arch=sequential", "solver.tau=2"]).solver.tau == 2
+        assert "tau" not in compose_train(["arch=sequential", "solver=bcd"]).solver  # another solver: not its settings
+        assert compose_train(["arch=sequential", "~tuned"]).solver.tau == 1.0
+        assert compose_train(["arch=proxnet"]).solver.get("tau") != 0.123
+    finally:
+        cs.repo["tuned"].pop("sequential_bregman_isgm.yaml", None)
+
+
 def test_validation_set_is_the_same_for_every_seed_and_scheme(compose_train, fake_mnist):
     from lifted_cli.commands.train import make_train_val
 
