@@ -131,7 +131,8 @@ def group_runs(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
     finished runs grouped by (command, values of those keys)."""
     finished = [r for r in runs if r.finished]
     keys = sorted({k for r in finished for k in r.overrides})
-    swept = [k for k in keys if k not in IGNORED_KEYS and len({r.overrides.get(k) for r in finished}) > 1]
+    swept = [k for k in keys if k not in IGNORED_KEYS and k.split(".")[0] != "logger"  # where a run was logged to
+             and len({r.overrides.get(k) for r in finished}) > 1]
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for r in finished:
         groups[(r.command, *[r.overrides.get(k, "") for k in swept])].append(r)
