@@ -148,14 +148,14 @@ def tags(cfg) -> dict[str, str]:
 
 
 def _multirun():
-    """(sweep folder, job number, job overrides) of a multirun job; None outside one."""
+    """(sweep folder, job number) of a multirun job; None outside one."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return None
     hc = HydraConfig.get()
-    return str(hc.sweep.dir), hc.job.get("num"), hc.job.get("override_dirname")
+    return str(hc.sweep.dir), hc.job.get("num")
 
 
 # ------------------------------------------------------------------------------ before the run
@@ -166,26 +166,34 @@ def prepare(cfg) -> None:
     for name, node in chosen(cfg).items():
         require(name)
         if name == "mlflow":
-            _prepare_mlflow(cfg, node)
+            node.tracking_uri = absolute_uri(node.tracking_uri)
+            if node.artifact_location is None:
+                node.artifact_location = default_artifacts(node.tracking_uri)
+            sweep = _multirun()
+            if node.experiment_name is None:
+                node.experiment_name = sweep[0] if sweep else f"lifted-{cfg.command}"
+            if node.run_name is None:
+                node.run_name = f"job {sweep[1]}" if sweep else Path(str(cfg.output_dir)).name
+            _reach(node.tracking_uri, lambda client: _experiment(client, node))
 
 
-def _prepare_mlflow(cfg, node) -> None:
-    node.tracking_uri = absolute_uri(node.tracking_uri)
-    if node.artifact_location is None:
-        node.artifact_location = default_artifacts(node.tracking_uri)
-    sweep = _multirun()
-    if node.experiment_name is None:
-        node.experiment_name = sweep[0] if sweep else f"lifted-{cfg.command}"
-    if node.run_name is None:
-        node.run_name = (f"{sweep[1]}: {sweep[2]}" if sweep[2] else str(sweep[1])) if sweep else Path(str(cfg.output_dir)).name
+def reach(cfg) -> None:
+    """Every chosen logger's package and store, checked without changing ``cfg`` (a sweep's jobs,
+    before the first starts: their experiment is named once they run)."""
+    for name, node in chosen(cfg).items():
+        require(name)
+        if name == "mlflow":
+            _reach(absolute_uri(node.tracking_uri), lambda client: client.search_experiments(max_results=1))
+
+
+def _reach(uri: str, ask) -> None:
+    """``ask(client)`` of the MLflow store ``uri``; ConfigError (one line) when it cannot be reached."""
     with _quick_http():
         try:
-            _experiment(_client(node.tracking_uri), node)
-        except ConfigError:
-            raise
+            ask(_client(uri))
         except Exception as err:  # a server that does not answer, a database that cannot be opened or made
             detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-            raise ConfigError(f"logger.mlflow.tracking_uri={node.tracking_uri}: the tracking store cannot be reached "
+            raise ConfigError(f"logger.mlflow.tracking_uri={uri}: the tracking store cannot be reached "
                               f"({type(err).__name__}: {detail})") from None
 
 

@@ -122,7 +122,7 @@ def prevalidate(cfg: DictConfig) -> None:
     validate(cfg)
     model, _ = load_network(cfg)
     usable_network(model, cfg)
-    loggers.prepare(cfg)
+    loggers.reach(cfg)
 
 
 # ------------------------------------------------------------------------------------- network

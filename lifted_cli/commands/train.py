@@ -118,7 +118,7 @@ def prevalidate(cfg: DictConfig) -> None:
     validate(cfg)
     with torch.random.fork_rng(devices=[]):
         build(cfg, torch.device("cpu"))
-    loggers.prepare(cfg)
+    loggers.reach(cfg)
 
 
 # ------------------------------------------------------------------------------------ evaluation
