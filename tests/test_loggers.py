@@ -217,3 +217,15 @@ def test_params_are_the_flat_resolved_config_without_where_it_writes(compose_tra
     assert loggers.final_metrics({"test": {"psnr": {"mean": 20.0, "count": 4}}, "seed": 0, "status": "finished",
                                   "hyperparameters": {"tau": 1.0}}) == {"final/test.psnr.mean": 20.0,
                                                                         "final/test.psnr.count": 4.0}
+
+
+@pytest.mark.slow
+def test_rank_0_alone_logs_a_parallel_run(tmp_path, fake_mnist):
+    db = tmp_path / "mlflow.db"
+    run_lifted(["train", f"data_root={fake_mnist}", *TINY, "train_size=40", "parallel=data", "parallel.nproc=2",
+                "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri=sqlite:///{db}", "hydra.run.dir=run"], tmp_path)
+    assert len(list((tmp_path / "run" / "tensorboard").iterdir())) == 1  # one event file: rank 0's
+    assert [e.step for e in events(tmp_path / "run").Scalars("comm_ms")] == [1, 2]
+    mlflow = store(f"sqlite:///{db}")
+    (run,) = [r for _, r in mlflow.search_runs(experiment_names=["lifted-train"]).iterrows()]
+    assert run["status"] == "FINISHED" and run["params.parallel.name"] == "data" and run["tags.mlflow.runName"] == "run"
