@@ -28,12 +28,14 @@ import importlib.util
 import json
 import logging
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
@@ -121,15 +123,16 @@ def params(cfg) -> dict[str, Any]:
     return flatten({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_PARAMS})
 
 
-def numbers(values: dict, skip=()) -> dict[str, float]:
-    """The numeric, finite values of a flat dict (booleans are not numbers here)."""
+def finite_numbers(values: dict, skip=()) -> dict[str, float]:
+    """The numeric, finite values of a flat dict (numpy's too; booleans are not numbers here)."""
     return {k: float(v) for k, v in values.items()
-            if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+            if k not in skip and isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)}
 
 
 def final_metrics(metrics: dict) -> dict[str, float]:
     """metrics.json's numeric results, flattened, as ``final/<key>`` (e.g. ``final/test.psnr.mean``)."""
-    return {f"final/{k}": v for k, v in numbers(flatten({k: v for k, v in metrics.items() if k not in NOT_METRICS})).items()}
+    results = flatten({k: v for k, v in metrics.items() if k not in NOT_METRICS})
+    return {f"final/{k}": v for k, v in finite_numbers(results).items()}
 
 
 def tags(cfg) -> dict[str, str]:
@@ -279,7 +282,7 @@ class Loggers:
     def log_row(self, row: dict, step_key: str) -> None:
         """Every numeric, finite value of a history row, at step ``row[step_key]``."""
         if self.backends:
-            self._each("log_row", int(row[step_key]), numbers(row, skip=(step_key,)))
+            self._each("log_row", int(row[step_key]), finite_numbers(row, skip=(step_key,)))
 
     def log_final(self, metrics: dict, step: int) -> None:
         if self.backends:
@@ -341,7 +344,6 @@ class TensorBoardLogger:
                 self._writer._get_file_writer().add_summary(summary)
         picture = self.out / "samples.png"
         if self.node.samples and picture.is_file():
-            import numpy as np
             from PIL import Image
 
             with Image.open(picture) as img:
