@@ -156,7 +156,10 @@ class Registry:
         if not isinstance(node, (dict, DictConfig)):
             fail(self.group if name is None else prefix.rstrip("."), node,
                  f"need a config node naming one of: {', '.join(self._entries)}")
-        entry = self.get(node.get(self.key) if name is None else name, key=f"{prefix}{self.key}" if name is None else self.group)
+        if name is None:
+            entry = self.get(node.get(self.key), key=f"{prefix}{self.key}")
+        else:
+            entry = self.get(name, key=self.group)
         merged = typed(node, entry.schema, prefix)
         try:
             OmegaConf.to_object(merged).validate()

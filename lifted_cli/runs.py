@@ -336,8 +336,9 @@ class RunFolder:
 
     def remove_unfinished(self) -> None:
         """After a refusal or a failure: a folder this run created and wrote no result into goes; one
-        it did not create loses only what Hydra, the lock and TensorBoard's event files added; one that holds a result (the last
-        good checkpoint of a diverged run) keeps everything, for resume and ``lifted report``."""
+        it did not create loses only what Hydra, the lock and TensorBoard's event files added; one that
+        holds a result (the last good checkpoint of a diverged run) keeps everything, for resume and
+        ``lifted report``."""
         if not self.path.is_dir():
             return
         entries = list(self.path.iterdir())
