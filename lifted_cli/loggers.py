@@ -195,9 +195,14 @@ def _reach(uri: str, ask) -> None:
         try:
             ask(_client(uri))
         except Exception as err:  # a server that does not answer, a database that cannot be opened or made
-            detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
             raise ConfigError(f"logger.mlflow.tracking_uri={uri}: the tracking store cannot be reached "
-                              f"({type(err).__name__}: {detail})") from None
+                              f"({brief(err)})") from None
+
+
+def brief(err: BaseException) -> str:
+    """An exception as ``Type: its first line`` (at most 200 characters of it)."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0][:200]}" if lines else type(err).__name__
 
 
 def absolute_uri(uri: str) -> str:
@@ -275,8 +280,7 @@ class Loggers:
             try:
                 getattr(backend, what)(*args)
             except Exception as err:  # the tracker, not the run, failed
-                log.warning("logger=%s failed (%s: %s); it logs nothing more of this run", backend.name,
-                            type(err).__name__, str(err).splitlines()[0][:200] if str(err) else "")
+                log.warning("logger=%s failed (%s); it logs nothing more of this run", backend.name, brief(err))
                 self.backends.remove(backend)
 
     def log_row(self, row: dict, step_key: str) -> None:
@@ -291,10 +295,13 @@ class Loggers:
     def __enter__(self) -> "Loggers":
         return self
 
-    def __exit__(self, kind, err, tb) -> None:
-        status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED"
+    def close(self, status: str) -> None:
+        """End the run in every tracker: FINISHED, FAILED or KILLED."""
         self._each("close", status)
         self.backends = []
+
+    def __exit__(self, kind, err, tb) -> None:
+        self.close("FINISHED" if kind is None else "KILLED" if issubclass(kind, KeyboardInterrupt) else "FAILED")
 
 
 def start(cfg, out: Path, enabled: bool = True) -> Loggers:
@@ -305,7 +312,11 @@ def start(cfg, out: Path, enabled: bool = True) -> Loggers:
     backends = []
     for name, node in chosen(cfg).items():
         entry = LOGGERS.get(name, key="logger")
-        backends.append(entry.builder(OmegaConf.merge(OmegaConf.structured(entry.schema), node), cfg, Path(out)))
+        try:
+            backends.append(entry.builder(OmegaConf.merge(OmegaConf.structured(entry.schema), node), cfg, Path(out)))
+        except Exception as err:  # e.g. a store that went away since ``prepare``: the run has not trained yet
+            Loggers(backends).close("FAILED")
+            raise ConfigError(f"logger={name} cannot start ({brief(err)})") from None
     return Loggers(backends)
 
 

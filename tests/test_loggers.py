@@ -229,3 +229,17 @@ def test_rank_0_alone_logs_a_parallel_run(tmp_path, fake_mnist):
     mlflow = store(f"sqlite:///{db}")
     (run,) = [r for _, r in mlflow.search_runs(experiment_names=["lifted-train"]).iterrows()]
     assert run["status"] == "FINISHED" and run["params.parallel.name"] == "data" and run["tags.mlflow.runName"] == "run"
+
+
+def test_a_tracker_that_cannot_start_refuses_the_run_before_training(tmp_path, fake_mnist, monkeypatch, capsys):
+    from lifted_cli.cli import main
+
+    def gone(self, node, cfg, out):
+        raise OSError("the server went away")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(loggers.MLflowLogger, "__init__", gone)
+    assert main(["train", f"data_root={fake_mnist}", *TINY, "logger=[tensorboard,mlflow]", "hydra.run.dir=run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["lifted train: error: logger=mlflow cannot start (OSError: the server went away)"]
+    assert not (tmp_path / "run").exists()
