@@ -34,6 +34,11 @@ from .errors import ConfigError, LiftedError
 RUN_COMMANDS = ("train", "invert")
 
 
+def _strings(items) -> list[str]:
+    """Overrides or folders as a list of strings; one string (or path) is one item, not its characters."""
+    return [str(items)] if isinstance(items, (str, Path)) else [str(i) for i in items]
+
+
 def compose(command: str = "train", overrides: Sequence[str] = (), output_dir=None) -> DictConfig:
     """The config of ``lifted <command> <overrides>``, composed by Hydra and validated, with
     ``output_dir`` (default: a new folder named as the command line names it, e.g.
@@ -48,7 +53,7 @@ def compose(command: str = "train", overrides: Sequence[str] = (), output_dir=No
     if command not in RUN_COMMANDS:
         raise ConfigError(f"command={command}: allowed: {', '.join(RUN_COMMANDS)}")
     module = command_module(command)  # stores the command's schema in Hydra's ConfigStore
-    overrides = [str(o) for o in overrides]
+    overrides = _strings(overrides)
     try:
         with initialize_config_module(config_module="lifted_cli.configs", version_base="1.3"):
             full = hydra_compose(config_name=command, overrides=overrides, return_hydra_config=True)
@@ -76,7 +81,7 @@ def _run(command: str, overrides: Sequence[str], output_dir, work) -> dict:
     handlers = configure_logging(out / f"{command}.log")
     try:
         write_text(out / ".hydra" / "config.yaml", OmegaConf.to_yaml(cfg))
-        write_text(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(list(map(str, overrides))))
+        write_text(out / ".hydra" / "overrides.yaml", OmegaConf.to_yaml(_strings(overrides)))
         return work(cfg)
     except LiftedError:
         folder.remove_unfinished()
@@ -98,7 +103,7 @@ def resume(folder, changes: Sequence[str] = ()) -> dict:
     """``lifted train resume=<folder> <changes>``: continues a run from its checkpoint."""
     from .commands.train import resume as resume_run
 
-    return resume_run(str(folder), [str(c) for c in changes])
+    return resume_run(str(folder), _strings(changes))
 
 
 def invert(overrides: Sequence[str] = (), output_dir=None) -> dict:
@@ -115,7 +120,7 @@ def report(folders: Sequence, out=None, baseline: Optional[str] = None, pivot: O
     writes the report folder; returns it and the report's Markdown text (its tables)."""
     from .commands.report import make_report
 
-    return make_report(list(folders), out, baseline, pivot, best)
+    return make_report(_strings(folders), out, baseline, pivot, best)
 
 
 def load_network(run_folder, device: str | torch.device = "cpu"):

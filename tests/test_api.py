@@ -33,7 +33,7 @@ def test_train_invert_report_return_what_the_command_line_writes(tmp_path, fake_
                              "progress=false", "device=cpu"], output_dir=tmp_path / "inv")
     assert inv["recovered"]["psnr"]["count"] == 2 and (tmp_path / "inv" / "recovered.pt").is_file()
 
-    out, text = lifted_cli.report([tmp_path / "runs"], out=tmp_path / "report")
+    out, text = lifted_cli.report(tmp_path / "runs", out=tmp_path / "report")  # one folder, or a list
     assert out == tmp_path / "report" and (out / "report.md").read_text() == text
     assert "swept: scheme" in text and "backprop" in text and "bregman" in text
 
@@ -77,7 +77,7 @@ def test_a_refused_run_leaves_no_folder_and_an_occupied_one_is_refused(tmp_path,
 
 def test_resume_continues_a_run(tmp_path, fake_mnist):
     lifted_cli.train([f"data_root={fake_mnist}", *TINY], output_dir=tmp_path / "run")
-    metrics = lifted_cli.resume(tmp_path / "run", ["epochs=2"])
+    metrics = lifted_cli.resume(tmp_path / "run", "epochs=2")  # one change, or a list
     assert metrics["epochs"] == 2 and len(metrics["seconds_per_epoch_all"]) == 2
 
 
