@@ -149,12 +149,17 @@ class Registry:
     def entry(self, node) -> Entry:
         return self.get(node.get(self.key) if isinstance(node, (dict, DictConfig)) else node)
 
-    def validate(self, node, prefix: str | None = None) -> DictConfig:
-        """Check ``node`` against the schema of the option it names (one-line ConfigError)."""
+    def validate(self, node, prefix: str | None = None, name: str | None = None) -> DictConfig:
+        """Check ``node`` against the schema of the option it names (one-line ConfigError); ``name``:
+        the option, for a group whose nodes are keyed by their option (``logger.<name>``)."""
         prefix = f"{self.group}." if prefix is None else prefix
         if not isinstance(node, (dict, DictConfig)):
-            fail(self.group, node, f"need a config node naming one of: {', '.join(self._entries)}")
-        entry = self.get(node.get(self.key), key=f"{prefix}{self.key}")
+            fail(self.group if name is None else prefix.rstrip("."), node,
+                 f"need a config node naming one of: {', '.join(self._entries)}")
+        if name is None:
+            entry = self.get(node.get(self.key), key=f"{prefix}{self.key}")
+        else:
+            entry = self.get(name, key=self.group)
         merged = typed(node, entry.schema, prefix)
         try:
             OmegaConf.to_object(merged).validate()

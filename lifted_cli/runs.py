@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import numpy as np
 import torch
@@ -272,6 +272,8 @@ class RunFolder:
     LOCK = ".lock"
     #: the files of a run (and of their interrupted atomic writes: ``.<name>.*.tmp``)
     RESULTS = ("checkpoint.pt", "metrics.json", "history.csv", "samples.png", "recovered.pt")
+    #: TensorBoard's event files (``logger=tensorboard``): a record of the run, not a result
+    EVENTS = "tensorboard"
     _held: dict = {}
 
     def __init__(self, path):
@@ -334,12 +336,13 @@ class RunFolder:
 
     def remove_unfinished(self) -> None:
         """After a refusal or a failure: a folder this run created and wrote no result into goes; one
-        it did not create loses only what Hydra and the lock added; one that holds a result (the last
-        good checkpoint of a diverged run) keeps everything, for resume and ``lifted report``."""
+        it did not create loses only what Hydra, the lock and TensorBoard's event files added; one that
+        holds a result (the last good checkpoint of a diverged run) keeps everything, for resume and
+        ``lifted report``."""
         if not self.path.is_dir():
             return
         entries = list(self.path.iterdir())
-        ours = [p for p in entries if p.name in (".hydra", self.LOCK) or p.suffix == ".log"]
+        ours = [p for p in entries if p.name in (".hydra", self.LOCK, self.EVENTS) or p.suffix == ".log"]
         if len(ours) < len(entries):
             return
         if self._created():
@@ -426,9 +429,13 @@ class RunConfig(Schema):
     data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
     num_samples: int = 8
     progress: bool = True
+    logger: Any = None
     output_dir: str = MISSING
 
     def validate(self):
+        from . import loggers
+
+        loggers.validate(self.logger)
         check_device(self.device)
         check_data_sources(self.data_sources)
         check(self.num_samples >= 0, "num_samples", self.num_samples, "must be >= 0")

@@ -204,3 +204,17 @@ def test_ranking_by_validation_needs_runs_with_a_validation_set(tmp_path, capsys
     assert not (tmp_path / "rep").exists()
     assert main([str(tmp_path), "--out", str(tmp_path / "rep")]) == 0
     assert "val PSNR" not in (tmp_path / "rep" / "report.md").read_text()  # no empty column without one
+
+
+def test_where_a_run_was_logged_to_is_not_a_swept_key(tmp_path):
+    from lifted_cli.commands.report import find_runs, group_runs
+
+    metrics = '{"status": "finished", "test": {"psnr": {"mean": 20}, "ssim": {"mean": 0.5}}}'
+    for name, overrides in (("a", "[scheme=mac, logger=mlflow]"), ("b", "['logger=[tensorboard,mlflow]', "
+                                                                       "logger.mlflow.run_name=x, scheme=bregman]")):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "config.yaml").write_text("command: train\nseed: 0\n")
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(overrides)
+        (tmp_path / name / "metrics.json").write_text(metrics)
+    swept, groups = group_runs(find_runs([tmp_path]))
+    assert swept == ["scheme"] and len(groups) == 2

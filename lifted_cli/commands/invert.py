@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
+from .. import loggers
 from ..data import load_mnist
 from ..errors import ConfigError, InputError
 from ..inversion import INVERSION_METHODS, REGULARIZERS, build_regularizer
@@ -116,10 +117,12 @@ def validate(cfg: DictConfig) -> None:
 
 
 def prevalidate(cfg: DictConfig) -> None:
-    """``validate`` and the network: it loads, and ``upto`` names one of its layers."""
+    """``validate``, the network (it loads, and ``upto`` names one of its layers) and the trackers'
+    stores reached."""
     validate(cfg)
     model, _ = load_network(cfg)
     usable_network(model, cfg)
+    loggers.reach(cfg)
 
 
 # ------------------------------------------------------------------------------------- network
@@ -271,7 +274,17 @@ def vector_image(v: torch.Tensor, side: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------- run
 def invert(cfg: DictConfig) -> dict:
     """Run one inversion and write its results folder; returns the metrics. ``cfg`` is a validated
-    ``invert`` config (``validate``)."""
+    ``invert`` config (``validate``). The trackers (``logger``) are reached before any work and get
+    the history and the final metrics."""
+    loggers.prepare(cfg)
+    with loggers.start(cfg, Path(cfg.output_dir)) as trackers:
+        metrics = run_inversion(cfg, trackers)
+        trackers.log_final(metrics, cfg.iterations)
+    return metrics
+
+
+def run_inversion(cfg: DictConfig, trackers: loggers.Loggers) -> dict:
+    """The inversion of ``invert``, each history row also handed to ``trackers``."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
@@ -300,6 +313,7 @@ def invert(cfg: DictConfig) -> dict:
         if not math.isfinite(row["residual"]):
             raise divergence(f"inversion diverged at iteration {it} (residual {row['residual']}); lower step_safety or lr")
         history.append(row)
+        trackers.log_row(row, "iteration")
 
     init = torch.full((f_delta.shape[0], net.blocks[0].in_dim), float(cfg.init), dtype=f_delta.dtype, device=device)
     bar = tqdm(total=cfg.iterations, desc="invert", disable=not (cfg.progress and sys.stderr.isatty()), leave=False)

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ..errors import ConfigError
 from ..runs import save_figure, save_image, write_csv, write_text
 
 IGNORED_KEYS = {"seed", "progress", "data_root", "device", "num_samples", "resume", "checkpoint"}
@@ -138,7 +139,8 @@ def group_runs(runs: list[Run]) -> tuple[list[str], dict[tuple, list[Run]]]:
     finished runs grouped by (command, values of those keys)."""
     finished = [r for r in runs if r.finished]
     keys = sorted({k for r in finished for k in r.overrides})
-    swept = [k for k in keys if k not in IGNORED_KEYS and len({r.overrides.get(k) for r in finished}) > 1]
+    swept = [k for k in keys if k not in IGNORED_KEYS and k.split(".")[0] != "logger"  # where a run was logged to
+             and len({r.overrides.get(k) for r in finished}) > 1]
     groups: dict[tuple, list[Run]] = defaultdict(list)
     for r in finished:
         groups[(r.command, *[r.overrides.get(k, "") for k in swept])].append(r)
@@ -485,35 +487,47 @@ def _main(argv: list[str]) -> int:
                     help="rank the train groups by their test or validation PSNR (best first, column rank); --best and "
                          "--pivot then use it. Choose settings by val (runs trained with val_size > 0)")
     args = ap.parse_args(argv)
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        print(f"lifted report: error: --out {args.out}: is a file; give a folder for the report", file=sys.stderr)
+    try:
+        out, text = make_report(args.folders, args.out, args.baseline, args.pivot, args.best, args.by)
+    except ConfigError as err:
+        print(f"lifted report: error: {err}", file=sys.stderr)
         return 2
-    missing = [str(f) for f in args.folders if not f.is_dir()]
-    if missing:
-        print(f"lifted report: error: not a folder: {', '.join(missing)}", file=sys.stderr)
-        return 2
-    runs = find_runs(args.folders)
-    if not runs:
-        print(f"lifted report: error: no run folder (with .hydra/config.yaml) below {', '.join(map(str, args.folders))}",
-              file=sys.stderr)
-        return 2
-    swept = {k for command in ("train", "invert") for k in group_runs([r for r in runs if r.command == command])[0]}
-    baseline = tuple(args.baseline.split("=", 1)) if args.baseline else None
-    pivot = tuple(args.pivot.split(",")) if args.pivot else None
-    problems = []
-    if baseline is not None and (len(baseline) != 2 or baseline[0] not in swept):
-        problems.append(f"--baseline {args.baseline}: need KEY=VALUE with KEY a swept key")
-    if pivot is not None and (len(pivot) != 2 or not set(pivot) <= swept or pivot[0] == pivot[1]):
-        problems.append(f"--pivot {args.pivot}: need ROW,COL, two different swept keys")
-    if args.best is not None and args.best not in swept:
-        problems.append(f"--best {args.best}: not a swept key")
-    if args.by == "val" and not has_val(runs):
-        problems.append("--by val: no finished train run holds a validation set (train with val_size=N)")
-    if problems:
-        print(f"lifted report: error: {'; '.join(problems)}; swept keys: {', '.join(sorted(swept)) or '(none)'}",
-              file=sys.stderr)
-        return 2
-    out = args.out or Path("results/report") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
-    print(write_report(runs, out, args.folders, baseline, pivot, args.best, args.by), end="")
+    print(text, end="")
     print(f"lifted report: written to {out}")
     return 0
+
+
+def make_report(folders: list, out=None, baseline: str | None = None, pivot: str | None = None,
+                best: str | None = None, by: str | None = None) -> tuple[Path, str]:
+    """The report of the run folders below ``folders`` written into ``out`` (default
+    ``results/report/<date>/<time>``); returns the folder and the Markdown text. ``baseline``
+    (``KEY=VALUE``), ``pivot`` (``ROW,COL``), ``best`` (``KEY``), ``by`` (``test`` or ``val``): the
+    derived tables and the ranking of ``--baseline``, ``--pivot``, ``--best``, ``--by``. ConfigError
+    (one line) for folders or options that cannot make a report."""
+    folders = [Path(f) for f in folders]
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder for the report")
+    missing = [str(f) for f in folders if not f.is_dir()]
+    if missing:
+        raise ConfigError(f"not a folder: {', '.join(missing)}")
+    runs = find_runs(folders)
+    if not runs:
+        raise ConfigError(f"no run folder (with .hydra/config.yaml) below {', '.join(map(str, folders))}")
+    swept = {k for command in ("train", "invert") for k in group_runs([r for r in runs if r.command == command])[0]}
+    base = tuple(baseline.split("=", 1)) if baseline else None
+    table = tuple(pivot.split(",")) if pivot else None
+    problems = []
+    if base is not None and (len(base) != 2 or base[0] not in swept):
+        problems.append(f"--baseline {baseline}: need KEY=VALUE with KEY a swept key")
+    if table is not None and (len(table) != 2 or not set(table) <= swept or table[0] == table[1]):
+        problems.append(f"--pivot {pivot}: need ROW,COL, two different swept keys")
+    if best is not None and best not in swept:
+        problems.append(f"--best {best}: not a swept key")
+    if by is not None and by not in SCORES:
+        problems.append(f"--by {by}: allowed: {', '.join(SCORES)}")
+    if by == "val" and not has_val(runs):
+        problems.append("--by val: no finished train run holds a validation set (train with val_size=N)")
+    if problems:
+        raise ConfigError(f"{'; '.join(problems)}; swept keys: {', '.join(sorted(swept)) or '(none)'}")
+    out = Path(out) if out is not None else Path("results/report") / time.strftime("%Y-%m-%d") / time.strftime("%H-%M-%S")
+    return out, write_report(runs, out, folders, base, table, best, by)

@@ -28,7 +28,7 @@ from ..errors import ConfigError, InputError, LiftedError
 from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
-from .. import parallel
+from .. import loggers, parallel
 from ..parallel import PARALLEL
 from ..registry import check_choice, check_nonnegative, check_positive, fail, typed
 from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
@@ -116,10 +116,12 @@ def maps_images_to_images(model) -> bool:
 
 
 def prevalidate(cfg: DictConfig) -> None:
-    """``validate`` and a build on the CPU (on a forked RNG, so no run's seed is touched)."""
+    """``validate``, a build on the CPU (on a forked RNG, so no run's seed is touched) and the
+    trackers' stores reached."""
     validate(cfg)
     with torch.random.fork_rng(devices=[]):
         build(cfg, torch.device("cpu"))
+    loggers.reach(cfg)
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -250,6 +252,7 @@ class Session:
     comm: Optional[parallel.Comm] = None  # the process group of a parallel run
     comm_seconds: list = field(default_factory=list)  # time in collectives, per step
     comm_bytes: list = field(default_factory=list)  # bytes this rank handed to collectives, per step
+    trackers: loggers.Loggers = field(default_factory=loggers.Loggers)  # logger=...: rank 0 logs, others hold none
 
     @property
     def batches(self) -> int:
@@ -356,6 +359,7 @@ class Session:
         self.save_checkpoint(epoch + 1, 0, None, {})
         if self.writer:
             write_csv(self.out / "history.csv", at.history)
+            self.trackers.log_row(row, "epoch")
             log.info("epoch %d/%d: %s", epoch + 1, cfg.epochs, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
 
 
@@ -401,7 +405,10 @@ def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dic
 
     ``parallel=data|layer`` outside a launched process starts the ranks here (``parallel.launch``),
     each of which runs this function; a rank joins its process group, and all but rank 0 write
-    nothing (rank 0's folder is everybody's, so torchrun makes one folder per run)."""
+    nothing (rank 0's folder is everybody's, so torchrun makes one folder per run). The trackers
+    (``logger``) are reached here, before any work, and rank 0 alone logs."""
+    if parallel.env_rank() == 0:
+        loggers.prepare(cfg)
     if cfg.parallel.name != "none" and not parallel.launched():
         # what would fail in every rank fails here, before any process starts or the folder changes
         with torch.random.fork_rng(devices=[]):
@@ -427,18 +434,21 @@ def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dic
             on_ready()
         stop = DeferredInterrupt()
         show = bool(cfg.progress) and sys.stderr.isatty()
-        try:
-            for epoch in tqdm(range(run.at.epoch, cfg.epochs), desc="epochs", disable=not (show and run.writer),
-                              initial=run.at.epoch, total=cfg.epochs):
-                run.epoch(epoch, stop, show)
-        finally:
-            stop.restore()
-        parallel.gather_model(comm, run.model)
-        if not run.writer:
-            return {}
-        extra = parallel.metrics(comm, run.comm_seconds, run.comm_bytes)
-        return finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test,
-                      run.y_test, run.x_train.shape[0], aux_bytes, run.clock, extra, run.val)
+        with loggers.start(cfg, run.out, enabled=run.writer) as run.trackers:
+            try:
+                for epoch in tqdm(range(run.at.epoch, cfg.epochs), desc="epochs", disable=not (show and run.writer),
+                                  initial=run.at.epoch, total=cfg.epochs):
+                    run.epoch(epoch, stop, show)
+            finally:
+                stop.restore()
+            parallel.gather_model(comm, run.model)
+            if not run.writer:
+                return {}
+            extra = parallel.metrics(comm, run.comm_seconds, run.comm_bytes)
+            metrics = finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test,
+                             run.y_test, run.x_train.shape[0], aux_bytes, run.clock, extra, run.val)
+            run.trackers.log_final(metrics, cfg.epochs)
+            return metrics
     finally:
         parallel.leave(comm)
 
@@ -515,7 +525,8 @@ def resume(folder: str, changes: list[str]) -> dict:
             raise ConfigError(f"resume={folder}: {change}: give a plain value (no interpolation) on resume")
     try:
         given = OmegaConf.from_dotlist(changes)
-        base = {"parallel": dict(name="none", nproc=None, backend="auto", timeout_s=300.0), **saved}  # older checkpoints
+        base = {"parallel": dict(name="none", nproc=None, backend="auto", timeout_s=300.0), "logger": None,
+                **saved}  # older checkpoints
         cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in base.items() if k != "output_dir"}), given)
         cfg.resume, cfg.output_dir = str(path), str(path)
         validate(cfg, resuming=True)
