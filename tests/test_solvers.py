@@ -386,3 +386,23 @@ def test_convolution_step_by_conjugate_gradients_is_the_exact_ridge_step(transpo
     st.a[1] = blk.pre(u, None)
     assert problem.operator_weight_step(st, 1, anchor, tau, iters=200) < 200  # converged before the cap
     torch.testing.assert_close(torch.cat([q.detach().flatten() for q in blk.parameters()]), want, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("cg_iters", [0, 3])
+def test_cg_iters_chooses_the_step_of_convolution_blocks(monkeypatch, cg_iters):
+    """cg_iters=0 (default): convolution blocks take the backtracked gradient step; cg_iters > 0: the
+    majorised step by conjugate gradients, on every convolution block and no other."""
+    model = small_net("conv_ae")
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0] * len(model.blocks), output="clamped")
+    convs = [l for l in range(1, problem.L + 1) if problem.operator_majorizable(l)]
+    assert convs and not any(problem.majorizable(l) for l in convs)
+    called = []
+    original = LiftedProblem.operator_weight_step
+    monkeypatch.setattr(LiftedProblem, "operator_weight_step",
+                        lambda self, st, l, *a: called.append(l) or original(self, st, l, *a))
+    isgm = solver("isgm", problem, cg_iters=cg_iters)
+    isgm.begin_epoch(0)
+    y, x = images(s=6)
+    stats = isgm.step(y, x)
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert called == (convs if cg_iters else [])

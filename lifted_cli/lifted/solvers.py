@@ -330,12 +330,12 @@ class ISGMConfig(LiftedSolverConfig):
     w_metric: str = "majorizer"
     w_step: Optional[float] = None
     momentum: float = 0.8
-    cg_iters: int = 10
+    cg_iters: int = 0
 
     def validate(self):
         super().validate()
         check_positive("tau", self.tau)
-        check_positive("cg_iters", self.cg_iters)
+        check_nonnegative("cg_iters", self.cg_iters)
         check_interval("tau_decay", self.tau_decay, 0.0, 1.0, closed_low=False, closed_high=True)
         check_choice("w_metric", self.w_metric, ("majorizer", "scalar"))
         check_positive("w_step", self.w_step, allow_none=True)
@@ -692,7 +692,7 @@ class ISGM(LiftedSolver):
             if self.cfg.w_metric == "majorizer" and p.majorizable(l):
                 p.implicit_weight_step(st, l, anchor, self.tau, at_anchor=self.inner == 0)
                 continue
-            if self.cfg.w_metric == "majorizer" and p.operator_majorizable(l):
+            if self.cfg.w_metric == "majorizer" and self.cfg.cg_iters and p.operator_majorizable(l):
                 p.operator_weight_step(st, l, anchor, self.tau, self.cfg.cg_iters)
                 continue
             grads = p.weight_gradients(st, l)
