@@ -189,7 +189,8 @@ def main(argv=None) -> int:
         f"Command: `{command}`", "",
         f"MNIST denoising; {args.train_size} training images, {args.val_size} validation images held out of the "
         f"training split (`val_size`, `val_seed=2024`), {args.epochs} epoch(s), seed 0; {machine('cpu')}; "
-        f"{time.strftime('%Y-%m-%d')}; {wall / 60:.1f} min for the sweeps run now. Every pair gets the same budget: "
+        f"{time.strftime('%Y-%m-%d')}; {wall / 60:.1f} min for the sweeps this invocation ran (sweeps already finished in "
+        "the runs folder are read, not run again). Every pair gets the same budget: "
         "the nine settings of its grid (`GRIDS` in scripts/tune.py). Settings are ranked by validation PSNR; the "
         "test PSNR of the chosen setting (on the first "
         f"{args.test_size} test images) is shown, never used to choose. One seed per setting: differences of a "
