@@ -150,7 +150,7 @@ def robustness_study(runs_dir: Path, sizes: list[str], log) -> tuple[list[str], 
 
         finite = [v for g in grids.values() for row in g for v in row if not math.isnan(v)]
         vmin, vmax = (min(finite), max(finite)) if finite else (0, 1)
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"wspace": 0.4})
         for ax, (method, (k1, v1, k2, v2)) in zip(axes, ROBUSTNESS.items()):
             im = ax.imshow(grids[method], vmin=vmin, vmax=vmax, cmap="viridis")
             for i, row in enumerate(grids[method]):
@@ -211,7 +211,8 @@ def main(argv=None) -> int:
             f"MNIST, the default MLP (784-512-512-784) and each scheme's default solver (its tuned defaults where "
             f"configs/tuned has them); {args.train_size} training images, {args.val_size} validation images held out, "
             f"{args.test_size or 10000} test images, {args.epochs} epoch(s), seed 0; {machine('cpu')}; "
-            f"{time.strftime('%Y-%m-%d')}; sweeps {wall / 60:.1f} min. PSNR: mean over the test images "
+            f"{time.strftime('%Y-%m-%d')}; {wall / 60:.1f} min for the sweeps this invocation ran (finished sweeps in the runs "
+            "folder are read, not run again). PSNR: mean over the test images "
             "(scikit-image, data range 1). One seed per cell.", "", *table, "", f"![{name}]({name})", "",
             "All runs: [report.md](report.md) (`lifted report`).", ""]
     (tmp / f"{args.study}.md").write_text("\n".join(text))
