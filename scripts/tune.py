@@ -28,6 +28,8 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,8 +59,6 @@ def swept_keys(grid: list[str]) -> list[str]:
 
 def defaults(arch: str, scheme: str, keys: list[str]) -> dict:
     """The pair's current values of the swept keys (its tuned file left out), from ``--cfg job``."""
-    import subprocess
-
     out = subprocess.run([*lifted(), "train", f"arch={arch}", f"scheme={scheme}", *untuned(arch, scheme), "--cfg", "job"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     cfg = yaml.safe_load(out)
@@ -168,8 +168,6 @@ def main(argv=None) -> int:
                 print(f"{arch} {scheme}: best {rows[-1]['best']} (val {rows[-1]['best_val_psnr']:.2f} dB)", flush=True)
     wall = time.time() - t0
     tmp = out.with_name(out.name + ".tmp")
-    import shutil
-
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for row in rows:

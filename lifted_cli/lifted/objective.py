@@ -648,7 +648,7 @@ class LiftedProblem:
         g = jt(kappa * (self.acts[l - 1](st.a[l]) - st.z[l]))
         rhs = {n: -(g[n] + (theta[n] - q0) / tau) for n, q0 in zip(names, anchor)}
         step = {n: torch.zeros_like(v) for n, v in theta.items()}
-        res, direction = {n: v.clone() for n, v in rhs.items()}, {n: v.clone() for n, v in rhs.items()}
+        res, direction = rhs, {n: v.clone() for n, v in rhs.items()}  # CG from D = 0: the residual is the rhs
         rr = first = dot(res, res)
         taken = 0
         while taken < iters and rr > 1e-12 * first:
