@@ -45,6 +45,36 @@ def test_invert_encoder_of_a_trained_autoencoder(tmp_path, fake_mnist, trained_a
 
 
 @pytest.mark.slow
+def test_images_val_inverts_the_validation_images_the_run_held_out(tmp_path, fake_mnist):
+    from types import SimpleNamespace
+
+    from lifted_cli.commands.invert import checkpoint_network, make_data, usable_network
+    from lifted_cli.data import load_train_val
+
+    run = tmp_path / "run"
+    r = lifted("train", f"data_root={fake_mnist}", "val_size=8", "val_seed=5", "test_size=8", "epochs=1", "batch_size=16",
+               "arch.hidden=[32,16,32]", "progress=false", "num_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = SimpleNamespace(checkpoint=str(run), arch=None, upto="layer2", outputs=None, images="val", num_images=4,
+                          data_root=str(fake_mnist), data_sources=["local"], seed=0, noise="relative", delta=0.0)
+    model, source = checkpoint_network(cfg)
+    net, _, side = usable_network(model, cfg)
+    truth, _, _ = make_data(cfg, net, side, torch.device("cpu"), source)
+    held = load_train_val(fake_mnist, None, 8, torch.Generator().manual_seed(5))[1][:4]
+    assert torch.equal(truth, held.reshape(4, -1))  # the run's own held-out images, in their order
+    test = make_data(SimpleNamespace(**{**vars(cfg), "images": "test"}), net, side, torch.device("cpu"), source)[0]
+    assert not torch.equal(truth, test)
+    out = tmp_path / "inv"
+    r = lifted("invert", f"checkpoint={run}", "upto=layer2", "images=val", "num_images=4", "iterations=5",
+               f"data_root={fake_mnist}", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "metrics.json").read_text())["images_from"] == "val"
+    r = lifted("invert", f"checkpoint={run}", "upto=layer2", "images=val", "num_images=9", f"data_root={fake_mnist}",
+               "progress=false", "hydra.run.dir=refused", cwd=tmp_path)
+    assert r.returncode == 2 and "num_images=9" in r.stderr and not (tmp_path / "refused").exists()
+
+
+@pytest.mark.slow
 def test_invert_plain_state_dict_and_outputs_file(tmp_path):
     torch.manual_seed(0)
     seq = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 6), torch.nn.ReLU())
@@ -89,6 +119,9 @@ def test_invert_bad_inputs_fail_with_one_line_and_no_folder(tmp_path, trained_au
         "method": ([f"checkpoint={trained_autoencoder}", "method=newton"], "method=newton"),
         "regularizer": ([f"checkpoint={trained_autoencoder}", "regularizer=tv2"], "regularizer=tv2"),
         "tv_without_weight": ([f"checkpoint={trained_autoencoder}", "alpha=0"], "alpha=0"),
+        "images": ([f"checkpoint={trained_autoencoder}", "images=train"], "images=train"),
+        "val_without_split": ([f"checkpoint={trained_autoencoder}", "images=val"], "trained without a validation split"),
+        "val_perceptron": (["network=random_perceptron", "images=val"], "images=val"),
     }
     for name, (args, needle) in cases.items():
         r = lifted("invert", *args, "progress=false", "hydra.run.dir=out", cwd=tmp_path)

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .. import loggers
-from ..data import load_mnist
+from ..data import load_mnist, load_train_val
 from ..errors import ConfigError, InputError
 from ..inversion import INVERSION_METHODS, REGULARIZERS, build_regularizer
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
@@ -64,6 +64,7 @@ class InvertConfig(RunConfig):
     noise: str = "relative"
     outputs: Optional[str] = None
     truth: Optional[str] = None
+    images: str = "test"
     num_images: int = 16
     iterations: int = 500
     init: float = 0.5
@@ -93,6 +94,10 @@ class InvertConfig(RunConfig):
         check_nonnegative("delta", self.delta)
         check_choice("noise", self.noise, ("relative", "absolute"))
         check_choice("output", self.output, ("clamped", "free"))
+        check_choice("images", self.images, ("test", "val"))
+        if self.images == "val":
+            check(self.network == "checkpoint" and self.outputs is None, "images", self.images,
+                  "the validation images of a lifted train run: needs network=checkpoint and no outputs file")
         for key in ("num_images", "iterations", "data_weight", "rho", "primal_step", "hidden_weight", "power_iters", "lr",
                     "log_every"):
             check_positive(key, getattr(self, key))
@@ -120,8 +125,9 @@ def prevalidate(cfg: DictConfig) -> None:
     """``validate``, the network (it loads, and ``upto`` names one of its layers) and the trackers'
     stores reached."""
     validate(cfg)
-    model, _ = load_network(cfg)
+    model, source = load_network(cfg)
     usable_network(model, cfg)
+    validation_split(cfg, source)
     loggers.reach(cfg)
 
 
@@ -165,11 +171,12 @@ def checkpoint_network(cfg) -> tuple[UnifiedNet, dict]:
         except (ConfigError, KeyError, TypeError, ValueError) as err:
             raise InputError(f"{path}: its network description is not usable ({err})") from None
         state, source = ckpt["model"], "lifted train checkpoint"
+        held = {"val_size": ckpt["config"].get("val_size", 0), "val_seed": ckpt["config"].get("val_seed")}
     elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         if cfg.arch is None:
             raise InputError(f"{path} is a plain state_dict: describe the network with arch=sequential "
                              "arch.widths=[IN,...,OUT] arch.activations=[...]")
-        arch, state, source = cfg.arch, ckpt, "state_dict"
+        arch, state, source, held = cfg.arch, ckpt, "state_dict", None
     else:
         raise InputError(f"{path} is neither a lifted train checkpoint nor a state_dict of tensors")
     try:
@@ -183,7 +190,10 @@ def checkpoint_network(cfg) -> tuple[UnifiedNet, dict]:
     except RuntimeError as err:
         detail = [ln.strip() for ln in str(err).splitlines() if ln.strip()][1:3]
         raise InputError(f"{path} does not match the described network ({'; '.join(detail)[:300]})") from None
-    return model, {"network": source, "checkpoint": str(path), "arch": OmegaConf.to_container(arch, resolve=True)}
+    info = {"network": source, "checkpoint": str(path), "arch": OmegaConf.to_container(arch, resolve=True)}
+    if held is not None:
+        info["validation"] = held
+    return model, info
 
 
 #: where the network to invert comes from (option ``network``)
@@ -229,8 +239,27 @@ def usable_network(model: UnifiedNet, cfg) -> tuple[UnifiedNet, int, int]:
 
 
 # ---------------------------------------------------------------------------------------- data
-def make_data(cfg, net: UnifiedNet, side: int, device) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
-    """(truth inputs or None, clean outputs f or None, noisy outputs f_delta)."""
+def validation_split(cfg, source: dict) -> tuple[int, int] | None:
+    """``images=val``: (val_size, val_seed) of the checkpoint's training run, whose held-out
+    validation images are inverted (to choose alpha and the like without the test set); None for
+    ``images=test``. ConfigError when the run held out none, or fewer than ``num_images``."""
+    if cfg.images != "val":
+        return None
+    held = source.get("validation") or {}
+    size, seed = int(held.get("val_size") or 0), held.get("val_seed")
+    if size == 0 or seed is None:
+        raise ConfigError(f"images=val: {source.get('checkpoint')} was trained without a validation split; "
+                          "train it with val_size=N, or invert images=test")
+    if cfg.num_images > size:
+        raise ConfigError(f"num_images={cfg.num_images}: the checkpoint's run held out val_size={size} validation images")
+    return size, int(seed)
+
+
+def make_data(cfg, net: UnifiedNet, side: int, device, source: dict | None = None
+              ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(truth inputs or None, clean outputs f or None, noisy outputs f_delta). The inputs are the
+    first ``num_images`` test images, or with ``images=val`` the first of the validation images that
+    the checkpoint's training run held out (drawn as ``lifted train`` draws them, from its val_seed)."""
     out_dim = net.blocks[-1].out_dim
     if cfg.outputs is not None:
         f_delta = load_tensor(cfg.outputs, "outputs").to(device)
@@ -243,7 +272,11 @@ def make_data(cfg, net: UnifiedNet, side: int, device) -> tuple[torch.Tensor | N
                 raise InputError(f"truth={cfg.truth} has shape {tuple(truth.shape)}; need ({f_delta.shape[0]}, {side * side})")
         return truth, None, f_delta
     require_mnist(cfg)
-    x = load_mnist(cfg.data_root, train=False, size=cfg.num_images)
+    held = validation_split(cfg, source or {})
+    if held is None:
+        x = load_mnist(cfg.data_root, train=False, size=cfg.num_images)
+    else:
+        x = load_train_val(cfg.data_root, None, held[0], torch.Generator().manual_seed(held[1]))[1][:cfg.num_images]
     if side != 28:
         x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1)
     truth = x.reshape(x.shape[0], -1).to(device)
@@ -294,7 +327,7 @@ def run_inversion(cfg: DictConfig, trackers: loggers.Loggers) -> dict:
     net = net.to(device).eval()
     for p in net.parameters():
         p.requires_grad_(False)
-    truth, f, f_delta = make_data(cfg, net, side, device)
+    truth, f, f_delta = make_data(cfg, net, side, device, source)
     reg = build_regularizer(cfg.regularizer, side)
     log.info("device: %s; network: %s, layers 1..%d of %d; %d outputs of size %d; method %s, J=%s, alpha=%g, delta=%g",
              device, source["network"], k, model.depth, f_delta.shape[0], f_delta.shape[1], cfg.method, cfg.regularizer,
@@ -336,6 +369,7 @@ def run_inversion(cfg: DictConfig, trackers: loggers.Loggers) -> dict:
         "status": "finished",
         "method": cfg.method, "regularizer": cfg.regularizer, "alpha": cfg.alpha, "delta": cfg.delta, "noise": cfg.noise,
         "iterations": cfg.iterations, "init": cfg.init, "box": cfg.box, "seconds": seconds, "images": int(f_delta.shape[0]),
+        "images_from": "outputs file" if cfg.outputs is not None else cfg.images,
         "layers_inverted": k, "network_depth": model.depth, "output_dim": int(f_delta.shape[1]),
         "residual": last["residual"], "objective": last["objective"],
         "source": source, "device": str(device), "torch_version": torch.__version__, "seed": cfg.seed,
