@@ -60,9 +60,9 @@ def lifted() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "lifted_cli"]
 
 
-def sweep(args: list[str], folder: Path, log, seconds: float | None = None) -> bool:
-    """One ``lifted train -m``; stopped after ``seconds`` (its finished jobs are kept). False when stopped."""
-    cmd = [*lifted(), "train", "-m", *args, f"hydra.sweep.dir={folder}", "hydra.sweep.subdir=${hydra.job.num}"]
+def sweep(args: list[str], folder: Path, log, seconds: float | None = None, command: str = "train") -> bool:
+    """One ``lifted <command> -m``; stopped after ``seconds`` (its finished jobs are kept). False when stopped."""
+    cmd = [*lifted(), command, "-m", *args, f"hydra.sweep.dir={folder}", "hydra.sweep.subdir=${hydra.job.num}"]
     print("$ " + " ".join(["lifted", *cmd[1:]]), file=log, flush=True)
     print("$ " + " ".join(["lifted", *cmd[1:]]), flush=True)
     try:
@@ -72,7 +72,7 @@ def sweep(args: list[str], folder: Path, log, seconds: float | None = None) -> b
         return False
     # 2: some combinations were refused and skipped; a sweep refused as a whole leaves no run
     if status > 2 or not any(folder.glob("*/metrics.json")):
-        raise SystemExit(f"lifted train -m failed (status {status}, no finished run in {folder}); see {log.name}")
+        raise SystemExit(f"lifted {command} -m failed (status {status}, no finished run in {folder}); see {log.name}")
     return True
 
 

@@ -9,14 +9,19 @@
   hyperparameters: the penalty weight lambda x ISGM's tau (lifted Bregman) and Adam's learning rate x
   weight decay (back-propagation): which degrades more gracefully? Heatmaps ``robustness.png``, and
   per method the share of the grid within 1 dB of its best setting and the spread.
+* ``--study inversion``: the MLP and the convolutional autoencoder, each trained by lifted Bregman
+  and by back-propagation, their encoders inverted by both inversion methods: alpha chosen on the
+  network's held-out validation images (``lifted invert images=val``) at one noise level, then the
+  test images at four: does a lifted-trained network invert better or more stably? ``inversion.png``.
 
 Each run: ``--train-size`` training images (default 10,000), ``--val-size`` held out (5,000),
-``--epochs`` (3), the default MLP (784-512-512-784) and each scheme's default solver. Outputs in
-``--out`` (default ``results/benchmarks/study_<study>``): ``<study>.md``, ``<study>.csv``, the
-picture, and ``report.md`` (``lifted report`` of all runs).
+``--epochs`` (3), the default MLP (784-512-512-784; the inversion study: the two autoencoders) and
+each scheme's default solver. Outputs in ``--out`` (default ``results/benchmarks/study_<study>``):
+``<study>.md``, ``<study>.csv``, the picture, and ``report.md`` (``lifted report`` of all runs).
 
     scripts/studies.py --study activations
     scripts/studies.py --study robustness
+    scripts/studies.py --study inversion
     scripts/studies.py --study activations --quick      # a smoke run (512 / 128 images, 1 epoch)
 
 Extra ``key=value`` arguments go to every ``lifted train``.
@@ -172,7 +177,112 @@ def robustness_study(runs_dir: Path, sizes: list[str], log) -> tuple[list[str], 
     return lines, rows, picture
 
 
-STUDIES = {"activations": activations_study, "robustness": robustness_study}
+#: the inversion study's networks: the ``lifted train`` experiment, the encoder inverted (``upto``) and the
+#: alpha grids searched on the validation images, per inversion method (lifted at half of back-propagation's
+#: alpha: eliminating the free output leaves it half of back-propagation's data weight, README)
+INVERSION_NETS = {
+    "autoencoder": ("layer2", {"backprop": ["5e-05", "0.00015", "0.0006", "0.003"],
+                               "lifted_bregman": ["2.5e-05", "7.5e-05", "0.0003", "0.0015"]}),
+    "conv_autoencoder": ("layer3", {"backprop": ["0.0003", "0.001", "0.003", "0.01"],
+                                    "lifted_bregman": ["0.00015", "0.0005", "0.0015", "0.005"]}),
+}
+INVERSION_METHODS = {"lifted_bregman": "lifted Bregman inversion", "backprop": "back-propagation inversion"}
+#: the noise level at which alpha is chosen (on the validation images), and the levels reported (test images)
+CHOOSE_DELTA, DELTAS = "0.05", ["0", "0.01", "0.05", "0.1"]
+
+
+def inversion_study(runs_dir: Path, sizes: list[str], log, invert_args: list[str], images: int = 16
+                    ) -> tuple[list[str], list[dict], callable]:
+    """Each autoencoder trained by lifted Bregman and by back-propagation (held-out validation images
+    included), then its encoder inverted by both methods: alpha chosen per (network, trainer, method)
+    on the network's validation images at delta = CHOOSE_DELTA, then the test images at every delta."""
+    rows = []
+    for net, (upto, alphas) in INVERSION_NETS.items():
+        trained_dir = runs_dir / net / "trained"
+        if not any(trained_dir.glob("*/metrics.json")):
+            sweep([f"experiment={net}", f"scheme={','.join(METHODS)}", *sizes], trained_dir, log)
+        trained = {r["overrides"]["scheme"]: r for r in read_runs(trained_dir)}
+        for trainer in METHODS:
+            if trainer not in trained:
+                continue
+            checkpoint = trained[trainer]["folder"]
+            for method, grid in alphas.items():
+                base = [f"experiment=autoencoder_inversion", f"checkpoint={checkpoint}", f"upto={upto}", f"method={method}",
+                        "progress=false", "num_samples=4", *invert_args]
+                folder = runs_dir / net / f"{trainer}-trained" / method
+                if not any((folder / "val").glob("*/metrics.json")):
+                    sweep([*base, "images=val", f"alpha={','.join(grid)}", f"delta={CHOOSE_DELTA}"], folder / "val", log,
+                          command="invert")
+                val = {norm(r["overrides"]["alpha"]): r["metrics"]["recovered"]["psnr"]["mean"] for r in read_runs(folder / "val")}
+                alpha = max(grid, key=lambda a: val.get(norm(a), -math.inf))
+                if not any((folder / "test").glob("*/metrics.json")):
+                    sweep([*base, "images=test", f"alpha={alpha}", f"delta={','.join(DELTAS)}"], folder / "test", log,
+                          command="invert")
+                test = {norm(r["overrides"]["delta"]): r["metrics"]["recovered"] for r in read_runs(folder / "test")}
+                row = {"network": net, "trained_by": trainer, "network_test_psnr": psnr(trained[trainer]),
+                       "method": method, "alpha": float(alpha), "val_psnr": val.get(norm(alpha))}
+                for d in DELTAS:
+                    rec = test.get(norm(d))
+                    row[f"psnr_{d}"] = rec["psnr"]["mean"] if rec else None
+                    row[f"rel_error_{d}"] = rec["rel_error"]["mean"] if rec else None
+                e0, e1 = row[f"rel_error_{DELTAS[0]}"], row[f"rel_error_{DELTAS[-1]}"]
+                row["error_growth"] = (e1 - e0) if None not in (e0, e1) else None
+                rows.append(row)
+    lines = [f"alpha chosen per network, trainer and method on {images} of the network's validation images at delta = "
+             f"{CHOOSE_DELTA} (grids in `INVERSION_NETS`), then held fixed: recovered test PSNR (dB) and relative "
+             f"error `||u - u_true|| / ||u_true||` (mean over {images} test images) at each noise level delta; growth: the "
+             f"error's increase from delta {DELTAS[0]} to {DELTAS[-1]} (the stability).", "",
+             "| network | trained by (its denoising test PSNR) | inverted by | alpha | val PSNR | "
+             + " | ".join(f"PSNR delta {d}" for d in DELTAS) + " | " + " | ".join(f"error delta {d}" for d in DELTAS)
+             + " | growth |", "|---|---|---|---|---|" + "---|" * (2 * len(DELTAS) + 1)]
+    for r in rows:
+        lines.append(f"| {r['network']} | {r['trained_by']} ({fmt(r['network_test_psnr'])}) | {r['method']} | {r['alpha']:g} | "
+                     f"{fmt(r['val_psnr'])} | " + " | ".join(fmt(r[f'psnr_{d}']) for d in DELTAS) + " | "
+                     + " | ".join("" if r[f"rel_error_{d}"] is None else f"{r[f'rel_error_{d}']:.3f}" for d in DELTAS)
+                     + f" | {'' if r['error_growth'] is None else format(r['error_growth'], '+.3f')} |")
+    lines += ["", "Lifted-trained minus back-propagation-trained network, same inversion method (recovered test PSNR, dB):",
+              "", "| network | inverted by | " + " | ".join(f"delta {d}" for d in DELTAS) + " |",
+              "|---|---|" + "---|" * len(DELTAS)]
+    for net in INVERSION_NETS:
+        for method in INVERSION_METHODS:
+            pair = {r["trained_by"]: r for r in rows if r["network"] == net and r["method"] == method}
+            if len(pair) < 2:
+                continue
+            diffs = [None if None in (pair["bregman"][f"psnr_{d}"], pair["backprop"][f"psnr_{d}"])
+                     else pair["bregman"][f"psnr_{d}"] - pair["backprop"][f"psnr_{d}"] for d in DELTAS]
+            lines.append(f"| {net} | {method} | " + " | ".join(fmt(v, True) if v is not None else "" for v in diffs) + " |")
+
+    def picture(out: Path) -> str:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, len(INVERSION_NETS), figsize=(5.2 * len(INVERSION_NETS), 3.8))
+        styles = {"bregman": "-", "backprop": "--"}
+        colours = {"lifted_bregman": "C0", "backprop": "C1"}
+        for ax, net in zip(axes, INVERSION_NETS):
+            for r in (r for r in rows if r["network"] == net):
+                ys = [r[f"psnr_{d}"] if r[f"psnr_{d}"] is not None else math.nan for d in DELTAS]
+                ax.plot([float(d) for d in DELTAS], ys, styles[r["trained_by"]], color=colours[r["method"]], marker="o",
+                        label=f"trained {r['trained_by']}, inverted {r['method']} (alpha {r['alpha']:g})")
+            ax.set_xlabel("noise level delta")
+            ax.set_ylabel("recovered test PSNR (dB)")
+            ax.set_title(f"{net} encoder")
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "inversion.png", dpi=120)
+        plt.close(fig)
+        return "inversion.png"
+
+    return lines, rows, picture
+
+
+STUDIES = {"activations": activations_study, "robustness": robustness_study, "inversion": inversion_study}
+#: what each study trains, for its report
+NETWORKS = {"activations": "the default MLP (784-512-512-784)", "robustness": "the default MLP (784-512-512-784)",
+            "inversion": "`experiment=autoencoder` (MLP 784-512-300-512-784) and `experiment=conv_autoencoder`, "
+                         "their encoders inverted by `lifted invert experiment=autoencoder_inversion`"}
 
 
 def main(argv=None) -> int:
@@ -197,7 +307,11 @@ def main(argv=None) -> int:
              "num_samples=4", *([f"test_size={args.test_size}"] if args.test_size else []), *args.extra]
     t0 = time.time()
     with open(runs_dir / "sweeps.log", "a") as log:
-        table, rows, picture = STUDIES[args.study](runs_dir, sizes, log)
+        if args.study == "inversion":
+            invert_args = ["iterations=50", "num_images=4"] if args.quick else []
+            table, rows, picture = inversion_study(runs_dir, sizes, log, invert_args, 4 if args.quick else 16)
+        else:
+            table, rows, picture = STUDIES[args.study](runs_dir, sizes, log)
     wall = time.time() - t0
     tmp = stage_report(out, runs_dir)
     name = picture(tmp)
@@ -208,7 +322,7 @@ def main(argv=None) -> int:
         w.writerows(rows)
     command = "scripts/studies.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = [f"# Study: {args.study}", "", f"Command: `{command}`", "",
-            f"MNIST, the default MLP (784-512-512-784) and each scheme's default solver (its tuned defaults where "
+            f"MNIST, {NETWORKS[args.study]}, each scheme's default solver (its tuned defaults where "
             f"configs/tuned has them); {args.train_size} training images, {args.val_size} validation images held out, "
             f"{args.test_size or 10000} test images, {args.epochs} epoch(s), seed 0; {machine('cpu')}; "
             f"{time.strftime('%Y-%m-%d')}; {wall / 60:.1f} min for the sweeps this invocation ran (finished sweeps in the runs "
