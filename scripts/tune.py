@@ -19,6 +19,7 @@ and with ``--write-configs`` the chosen settings become the pair's defaults:
 
     scripts/tune.py --archs mlp,resnet --write-configs      # 10,000 / 5,000 images, 3 epochs
     scripts/tune.py --quick                                 # a smoke run (512 / 128 images, 1 epoch)
+    scripts/tune.py --stage refine --archs mlp,resnet --write-configs   # the second grids (REFINE)
 
 Extra ``key=value`` arguments go to every ``lifted train``.
 """
@@ -48,6 +49,13 @@ GRIDS = {
     "fenchel": ("bcd", ["scheme.penalty_weight=0.3,1,3", "solver.weight_update=gd,nesterov,adam"]),
     "contrastive": ("adam", ["solver.lr=3e-4,1e-3,3e-3", "scheme.beta=0.03,0.1,0.3"]),
 }
+#: ``--stage refine``: a second grid, swept with the first stage's tuned values in force, for the schemes
+#: whose first-stage table left a gap (lifted Bregman: how exactly each implicit step is solved) and for
+#: back-propagation, which gets the same nine further settings (a finer learning rate x Adam's beta1)
+REFINE = {
+    "bregman": ("isgm", ["solver.x_sweeps=1,2,4", "solver.n_inner=1,2,3"]),
+    "backprop": ("adam", ["solver.lr=5e-4,1e-3,2e-3", "solver.beta1=0.8,0.9,0.95"]),
+}
 ARCHS = ("mlp", "resnet", "proxnet", "conv_autoencoder", "unrolled_pnn")
 #: the pairs the mathematics does not allow (Fenchel covers relu and identity layers only)
 INVALID = {("proxnet", "fenchel"), ("unrolled_pnn", "fenchel")}
@@ -57,9 +65,10 @@ def swept_keys(grid: list[str]) -> list[str]:
     return [g.split("=", 1)[0] for g in grid]
 
 
-def defaults(arch: str, scheme: str, keys: list[str]) -> dict:
-    """The pair's current values of the swept keys (its tuned file left out), from ``--cfg job``."""
-    out = subprocess.run([*lifted(), "train", f"arch={arch}", f"scheme={scheme}", *untuned(arch, scheme), "--cfg", "job"],
+def defaults(arch: str, scheme: str, keys: list[str], tuned: bool = False) -> dict:
+    """The pair's current values of the swept keys (its tuned file left out unless ``tuned``), from ``--cfg job``."""
+    leave_out = [] if tuned else untuned(arch, scheme)
+    out = subprocess.run([*lifted(), "train", f"arch={arch}", f"scheme={scheme}", *leave_out, "--cfg", "job"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     cfg = yaml.safe_load(out)
     values = {}
@@ -101,22 +110,35 @@ def summarise(arch: str, scheme: str, runs: list[dict], keys: list[str], default
     }
 
 
-def write_config(row: dict, header: str) -> Path:
-    """configs/tuned/<arch>_<scheme>_<solver>.yaml: the chosen values of the swept keys."""
+def write_config(row: dict, header: str, merge: bool = False) -> Path:
+    """configs/tuned/<arch>_<scheme>_<solver>.yaml: the chosen values of the swept keys (``merge``: added
+    to the values the file holds already, whose header lines are kept above the new ones)."""
+    path = REPO / "configs" / "tuned" / f"{row['arch']}_{row['scheme']}_{row['solver']}.yaml"
     nested: dict = {}
+    if merge and path.is_file():
+        old = path.read_text()
+        nested = yaml.safe_load(old) or {}
+        header = "\n".join(ln[2:] for ln in old.splitlines() if ln.startswith("# ") and "@package" not in ln) + "\n" + header
     for key, value in row["values"].items():
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    path = REPO / "configs" / "tuned" / f"{row['arch']}_{row['scheme']}_{row['solver']}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "# @package _global_\n" + "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(nested, sort_keys=True)
     tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def shown(path: Path) -> str:
+    """A path as the reports name it: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 def fmt(v: float) -> str:
@@ -135,19 +157,26 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, default=None, help="runs folder (default results/benchmark-runs/tune-<time>)")
     ap.add_argument("--out", type=Path, default=None, help="report folder (default results/benchmarks/tuning)")
     ap.add_argument("--write-configs", action="store_true", help="write configs/tuned/<arch>_<scheme>_<solver>.yaml")
+    ap.add_argument("--stage", choices=("first", "refine"), default="first",
+                    help="first: GRIDS, tuned files left out; refine: REFINE (bregman, backprop) with the first stage's "
+                         "tuned values in force, merged into their files with --write-configs")
     ap.add_argument("extra", nargs="*", help="key=value arguments for every lifted train")
     args = ap.parse_args(argv)
+    refine = args.stage == "refine"
+    grids = REFINE if refine else GRIDS
+    if refine and args.schemes == ",".join(GRIDS):
+        args.schemes = ",".join(REFINE)
     archs, schemes = args.archs.split(","), args.schemes.split(",")
-    bad = [s for s in schemes if s not in GRIDS]
+    bad = [s for s in schemes if s not in grids]
     if bad:
-        ap.error(f"--schemes: unknown {', '.join(bad)}; allowed: {', '.join(GRIDS)}")
+        ap.error(f"--schemes: unknown {', '.join(bad)} for --stage {args.stage}; allowed: {', '.join(grids)}")
     if args.quick:
         args.train_size, args.val_size, args.test_size, args.epochs = 512, 128, 128, 1
     if args.write_configs and args.quick:
         ap.error("--write-configs: settings are chosen on full tuning runs, not on --quick")
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     runs_dir = args.runs or REPO / "results" / "benchmark-runs" / f"tune-{stamp}"
-    out = args.out or REPO / "results" / "benchmarks" / ("tuning_quick" if args.quick else "tuning")
+    out = args.out or REPO / "results" / "benchmarks" / (("tuning_refine" if refine else "tuning") + ("_quick" if args.quick else ""))
     runs_dir.mkdir(parents=True, exist_ok=True)
     sizes = [f"train_size={args.train_size}", f"val_size={args.val_size}", f"test_size={args.test_size}",
              f"epochs={args.epochs}", "progress=false", "num_samples=0", *args.extra]
@@ -159,12 +188,13 @@ def main(argv=None) -> int:
                 if (arch, scheme) in INVALID:
                     continue
                 folder = runs_dir / f"{arch}_{scheme}"
-                grid = GRIDS[scheme][1]
+                grid = grids[scheme][1]
+                leave_out = [] if refine else untuned(arch, scheme)
                 if not any(folder.glob("*/metrics.json")):  # a rerun into the same --runs keeps finished sweeps
-                    sweep([f"arch={arch}", f"scheme={scheme}", *untuned(arch, scheme), *grid, *sizes], folder, log)
+                    sweep([f"arch={arch}", f"scheme={scheme}", *leave_out, *grid, *sizes], folder, log)
                 runs = read_runs(folder)
                 keys = swept_keys(grid)
-                rows.append(summarise(arch, scheme, runs, keys, defaults(arch, scheme, keys)))
+                rows.append(summarise(arch, scheme, runs, keys, defaults(arch, scheme, keys, tuned=refine)))
                 print(f"{arch} {scheme}: best {rows[-1]['best']} (val {rows[-1]['best_val_psnr']:.2f} dB)", flush=True)
     wall = time.time() - t0
     tmp = out.with_name(out.name + ".tmp")
@@ -183,13 +213,14 @@ def main(argv=None) -> int:
         w.writerows(rows)
     command = "scripts/tune.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
-        "# Tuning every scheme x architecture on a validation split", "",
+        "# Tuning every scheme x architecture on a validation split"
+        + (" (second stage: REFINE, with the first stage's tuned values in force)" if refine else ""), "",
         f"Command: `{command}`", "",
         f"MNIST denoising; {args.train_size} training images, {args.val_size} validation images held out of the "
         f"training split (`val_size`, `val_seed=2024`), {args.epochs} epoch(s), seed 0; {machine('cpu')}; "
         f"{time.strftime('%Y-%m-%d')}; {wall / 60:.1f} min for the sweeps this invocation ran (sweeps already finished in "
         "the runs folder are read, not run again). Every pair gets the same budget: "
-        "the nine settings of its grid (`GRIDS` in scripts/tune.py). Settings are ranked by validation PSNR; the "
+        f"the nine settings of its grid (`{'REFINE' if refine else 'GRIDS'}` in scripts/tune.py). Settings are ranked by validation PSNR; the "
         "test PSNR of the chosen setting (on the first "
         f"{args.test_size} test images) is shown, never used to choose. One seed per setting: differences of a "
         "few hundredths of a dB are within run-to-run noise.", "",
@@ -199,7 +230,7 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"| {r['arch']} | {r['scheme']} | {r['solver']} | {r['best']} | {fmt(r['best_val_psnr'])} | "
                      f"{r['default']} | {fmt(r['default_val_psnr'])} | {fmt(r['worst_val_psnr'])} | {fmt(r['best_test_psnr'])} |")
-    lines += ["", "Grids: " + "; ".join(f"{s} ({GRIDS[s][0]}): {' x '.join(GRIDS[s][1])}" for s in schemes), "",
+    lines += ["", "Grids: " + "; ".join(f"{s} ({grids[s][0]}): {' x '.join(grids[s][1])}" for s in schemes), "",
               "Every setting of a pair, ranked: " + ", ".join(f"[{r['arch']}_{r['scheme']}]({r['arch']}_{r['scheme']}.md)"
                                                         for r in rows), ""]
     if args.write_configs:
@@ -208,8 +239,8 @@ def main(argv=None) -> int:
             header = (f"Tuned by `{command}` ({time.strftime('%Y-%m-%d')}): the best validation PSNR "
                       f"({r['best_val_psnr']:.2f} dB) of the {r['settings']} settings of its grid\n"
                       f"on {args.train_size} training / {args.val_size} validation images, {args.epochs} epochs "
-                      f"(default {r['default']}: {fmt(r['default_val_psnr'])} dB). Report: results/benchmarks/tuning/")
-            written.append(write_config(r, header).relative_to(REPO))
+                      f"(default {r['default']}: {fmt(r['default_val_psnr'])} dB). Report: {shown(out)}/")
+            written.append(write_config(r, header, merge=refine).relative_to(REPO))
         lines += ["Written: " + ", ".join(f"`{p}`" for p in written), ""]
     (tmp / "tuning.md").write_text("\n".join(lines))
     publish(tmp, out)
