@@ -9,7 +9,12 @@ on the CPU or NCCL with ``--device cuda``), every process count in ``--nproc``:
   depth 4;
 * ``data_weak``: 128 samples per process (global batch 128 P);
 * ``layer``: lifted Bregman ISGM (Jacobi, persistent warm start) with the layers shared out, depths
-  8, 16, 32 (weak scaling: depth 8 on one process against depth 16 on two).
+  8, 16, 32 (weak scaling: depth 8 on one process against depth 16 on two);
+* ``grid``: the same at depth 16 on a data x layer grid of 2 layer ranges, each shared by P/2
+  processes (P >= 4 only; its P = 1 is the layer group's).
+
+``data_strong`` also runs lifted MAC (BCD with its tuned Adam W-steps): gradient W-steps whose
+gradients are all-reduced, the data-parallel form without ISGM's sample-coupled majorised step.
 
 Per run, from metrics.json: the median time per mini-batch step, its part in collectives (waiting
 for the other ranks included; DDP's all-reduces overlap its backward pass and are not timed), the
@@ -44,6 +49,7 @@ GROUPS = {
     "data_strong": lambda p: [
         ["scheme=bregman", "solver.layer_order=jacobi", "solver.warm_start=forward,persistent", "arch.depth=4",
          "parallel=data", f"parallel.nproc={p}", "batch_size=128"],
+        ["scheme=mac", "solver.layer_order=jacobi", "arch.depth=4", "parallel=data", f"parallel.nproc={p}", "batch_size=128"],
         ["scheme=backprop", "arch.depth=4", "parallel=data", f"parallel.nproc={p}", "batch_size=128"]],
     "data_weak": lambda p: [
         ["scheme=bregman", "solver.layer_order=jacobi", "solver.warm_start=forward,persistent", "arch.depth=4",
@@ -52,7 +58,13 @@ GROUPS = {
     "layer": lambda p: [
         ["scheme=bregman", "solver.layer_order=jacobi", "solver.warm_start=persistent", "arch.depth=8,16,32",
          "parallel=layer", f"parallel.nproc={p}", "batch_size=128"]],
+    # the data x layer grid: 2 layer ranges, each held by P/2 processes; against the layer group's P = 1
+    "grid": lambda p: [
+        ["scheme=bregman", "solver.layer_order=jacobi", "solver.warm_start=persistent", "arch.depth=16",
+         "parallel=grid", f"parallel.nproc={p}", f"parallel.layer_ranks={GRID_LAYER_RANKS}", "batch_size=128"]]
+        if p >= 2 * GRID_LAYER_RANKS else [],
 }
+GRID_LAYER_RANKS = 2
 
 
 # ------------------------------------------------------------------------------ calibration
@@ -104,21 +116,36 @@ def bytes_model(mode: str, scheme: str, depth: int, batch: int, world: int, x_sw
     * lifted data-parallel (ISGM, majorised steps): its rows of X_l = U_{l-1} and R_l for every layer,
       all-gathered to the P - 1 others: (B/P) sum_l (n_{l-1} + n_l) 4 (P - 1), plus the statistics;
     * DDP: every gradient once per step: 4 sum_l (n_{l-1} n_l + n_l);
+    * lifted data-parallel BCD (gradient W-steps): every block's gradient all-reduced, as DDP, plus
+      the statistics;
     * layer-parallel, rank 0 (it has no rank below): its top state up, at the warm start and after
       every sweep: (x_sweeps + 1) B n 4, plus the statistics (an epoch whose samples are seen for
-      the first time adds the forward pipeline's B n 4).
+      the first time adds the forward pipeline's B n 4);
+    * grid, rank 0: the Gram rows of its layer range all-gathered in its column of P/C processes and
+      its share B C/P of the boundary exchanges.
 
     Measured above the model: a persistent data-parallel share is padded to the largest one of the
     batch (a sample's rank is fixed, so the shares differ)."""
     n = widths(depth)
     stats = 8 * 4
+    gradients = 4.0 * sum(n[i] * n[i + 1] + n[i + 1] for i in range(len(n) - 1))
     if mode == "data" and scheme == "backprop":  # DDP all-reduces on one process too
-        return 4.0 * sum(n[i] * n[i + 1] + n[i + 1] for i in range(len(n) - 1))
+        return gradients
     if world == 1:
         return 0.0
+    if mode == "data" and scheme != "bregman":  # BCD: every block's gradient all-reduced, as DDP
+        return gradients + stats
     if mode == "data":
         share = math.ceil(batch / world)
         return share * sum(n[i] + n[i + 1] for i in range(len(n) - 1)) * 4 * (world - 1) + stats
+    if mode == "grid":  # rank 0: the rows of its layer range within its column, and its boundary with the next range
+        from lifted_cli.parallel import partition
+
+        column = world // GRID_LAYER_RANKS
+        share = math.ceil(batch / column)
+        first, last = partition([n[i] * n[i + 1] + n[i + 1] for i in range(len(n) - 1)], GRID_LAYER_RANKS)[0]
+        rows = share * sum(n[i - 1] + n[i] for i in range(first, last + 1)) * 4 * (column - 1)
+        return rows + (x_sweeps + 1) * share * WIDTH * 4 + stats
     return (x_sweeps + 1) * batch * WIDTH * 4 + stats
 
 
@@ -145,7 +172,7 @@ def rows_of(runs: list[dict]) -> list[dict]:
     key = lambda x: (x["group"], x["mode"], x["method"], x["warm_start"], x["L"], x["P"])
     rows.sort(key=key)
     for row in rows:  # efficiency against P = 1 of the same series
-        if row["group"] == "layer":
+        if row["group"] in ("layer", "grid"):
             base = [x for x in rows if x["group"] == "layer" and x["P"] == 1 and x["L"] == row["L"]]
             weak = [x for x in rows if x["group"] == "layer" and x["P"] == 1 and x["L"] - 1 == (row["L"] - 1) // row["P"]]
         else:
@@ -201,12 +228,15 @@ def plot(rows, out: Path) -> None:
         pts = sorted((r["P"], r["ms_per_step"], r["comm_ms"]) for r in rows
                      if (r["group"], r["method"], r["warm_start"], r["L"]) == (g, method, ws, L))
         ax = axes[0 if g == "data_strong" else 1]
+        if g == "grid":  # from the layer group's P = 1 of the same depth
+            pts = sorted(pts + [(r["P"], r["ms_per_step"], r["comm_ms"]) for r in rows
+                                if (r["group"], r["P"], r["L"]) == ("layer", 1, L)])
         ax.plot([p for p, _, _ in pts], [t for _, t, _ in pts], marker="o",
-                label=f"{method}{'' if ws == '-' else f' ({ws})'}, L={L}")
+                label=f"{'grid ' if g == 'grid' else ''}{method}{'' if ws == '-' else f' ({ws})'}, L={L}")
         if not any(math.isnan(c) for _, _, c in pts):
             ax.plot([p for p, _, _ in pts], [c for _, _, c in pts], marker="x", linestyle=":", color=ax.lines[-1].get_color())
     for ax, title in zip(axes, ["data-parallel, global batch 128 (dotted: in collectives)",
-                                "layer-parallel (dotted: in collectives)"]):
+                                "layer-parallel and grid (dotted: in collectives)"]):
         ax.set_xlabel("processes P")
         ax.set_ylabel("ms per step")
         ax.set_title(title)
