@@ -654,14 +654,36 @@ def gather_model(comm: Comm | None, model) -> None:
                 comm._end(t0, t.numel() * t.element_size())
 
 
-def metrics(comm: Comm | None, comm_seconds: list, comm_bytes: list) -> dict:
+def rank_times(comm: Comm | None, step_seconds: list, comm_seconds: list) -> list | None:
+    """Every rank's medians over the given steps (called by every rank: one all-gather): the step,
+    its time in collectives (waits included) and the rest, the rank's own work. Unequal work shows
+    as unequal ``compute_ms``: the faster ranks wait in their collectives for the slowest."""
+    import numpy as np
+
+    if comm is None:
+        return None
+    n = min(len(step_seconds), len(comm_seconds))
+    steps, comms = np.asarray(step_seconds[-n:] if n else [], float), np.asarray(comm_seconds[-n:] if n else [], float)
+    nan = float("nan")
+    mine = torch.tensor([np.median(steps) * 1e3 if n else nan, np.median(comms) * 1e3 if n else nan,
+                         np.median(steps - comms) * 1e3 if n else nan], dtype=torch.float64, device=comm.device)
+    parts = [torch.empty_like(mine) for _ in range(comm.world)]
+    dist.all_gather(parts, mine)
+    return [{"rank": r, "step_ms": float(p[0]), "comm_ms": float(p[1]), "compute_ms": float(p[2])} for r, p in enumerate(parts)]
+
+
+def metrics(comm: Comm | None, comm_seconds: list, comm_bytes: list, ranks: list | None = None) -> dict:
     """metrics.json's ``parallel``: mode, world, backend, grid, and rank 0's medians per step of the
     time spent in collectives (``comm_ms``, waiting for the other ranks included; DDP's overlapped
-    all-reduces are not timed) and of the bytes it handed to them (``comm_bytes_per_step``)."""
+    all-reduces are not timed) and of the bytes it handed to them (``comm_bytes_per_step``); ``ranks``:
+    every rank's medians over the last epoch's steps (``rank_times``)."""
     import numpy as np
 
     if comm is None:
         return {"parallel": {"mode": "none", "world_size": 1, "backend": None, "grid": [1, 1]}}
     median = float(np.median(comm_seconds)) * 1e3 if comm_seconds else float("nan")
-    return {"parallel": {**comm.describe(), "comm_ms": median,
-                         "comm_bytes_per_step": float(np.median(comm_bytes)) if comm_bytes else float("nan")}}
+    out = {**comm.describe(), "comm_ms": median,
+           "comm_bytes_per_step": float(np.median(comm_bytes)) if comm_bytes else float("nan")}
+    if ranks is not None:
+        out["ranks"] = ranks
+    return {"parallel": out}

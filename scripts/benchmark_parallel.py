@@ -150,6 +150,15 @@ def bytes_model(mode: str, scheme: str, depth: int, batch: int, world: int, x_sw
 
 
 # ------------------------------------------------------------------------------------ rows
+def rank_spread(ranks: list | None) -> dict:
+    """The slowest rank's own work per step (median over the last epoch) and its ratio to the fastest's:
+    above 1, the others wait for it in their collectives."""
+    work = [r["compute_ms"] for r in ranks or [] if not math.isnan(r["compute_ms"])]
+    if len(work) < 2:
+        return {}
+    return {"slowest_compute_ms": max(work), "imbalance": max(work) / min(work) if min(work) > 0 else math.nan}
+
+
 def rows_of(runs: list[dict]) -> list[dict]:
     rows = []
     for r in runs:
@@ -167,6 +176,7 @@ def rows_of(runs: list[dict]) -> list[dict]:
                      "L": depth + 1, "batch": batch, "P": world, "ms_per_step": step, "comm_ms": comm,
                      "compute_ms": step - comm if not math.isnan(comm) else math.nan,
                      "s_per_epoch": last["seconds"], "test_psnr": m["test"]["psnr"]["mean"],
+                     **rank_spread(par.get("ranks")),
                      "bytes_measured": last.get("comm_bytes", math.nan),
                      "bytes_model": bytes_model(mode, scheme, depth, batch, world, persistent=ws == "persistent")})
     key = lambda x: (x["group"], x["mode"], x["method"], x["warm_start"], x["L"], x["P"])
@@ -194,7 +204,8 @@ def rows_of(runs: list[dict]) -> list[dict]:
 
 COLUMNS = [("group", "group", None), ("method", "method", None), ("warm_start", "warm start", None), ("L", "L", None),
            ("batch", "global batch", None), ("P", "P", None), ("ms_per_step", "ms/step", 1), ("comm_ms", "comm ms", 1),
-           ("compute_ms", "compute ms", 1), ("speedup_step", "step speed-up", 2), ("strong_eff_step", "strong eff. (step)", 2),
+           ("compute_ms", "compute ms", 1), ("slowest_compute_ms", "slowest rank's compute ms", 1),
+           ("imbalance", "compute slowest / fastest rank", 2), ("speedup_step", "step speed-up", 2), ("strong_eff_step", "strong eff. (step)", 2),
            ("strong_eff_epoch", "strong eff. (epoch)", 2), ("weak_eff_step", "weak eff. (step)", 2),
            ("weak_eff_epoch", "weak eff. (epoch)", 2), ("s_per_epoch", "s/epoch", 2),
            ("bytes_measured", "bytes/step measured", 0), ("bytes_model", "bytes/step model", 0), ("test_psnr", "test PSNR", 2)]
@@ -211,7 +222,8 @@ def write_tables(rows, out: Path, header: list[str]) -> None:
     lines += ["", "strong efficiency: T(P = 1) / (P T(P)) at the same global batch (layer: same depth); weak: "
               "T(P = 1) / T(P) with P times the work (data_weak: P times the batch, "
               "so per epoch it counts per sample; layer: P times the depth). comm ms: median time per step in collectives (waits for other ranks "
-              "included); DDP's overlapped all-reduces are not timed. bytes/step: what rank 0 hands to collectives "
+              "included); compute ms: rank 0's step minus its comm ms; slowest rank's compute: the largest over the ranks "
+              "(metrics.json `parallel.ranks`), and its ratio to the smallest; DDP's overlapped all-reduces are not timed. bytes/step: what rank 0 hands to collectives "
               "(DDP: its gradient buckets); model: `bytes_model` in the script."]
     (out / "parallel.md").write_text("\n".join(lines) + "\n")
 

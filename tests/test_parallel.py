@@ -177,6 +177,11 @@ def test_data_parallel_equals_one_process(runs, case):
     m = metrics(two)
     assert m["parallel"]["mode"] == "data" and m["parallel"]["world_size"] == 2 and m["parallel"]["backend"] == "gloo"
     assert m["parallel"]["comm_ms"] >= 0
+    ranks = m["parallel"]["ranks"]  # every rank's own medians, gathered to rank 0
+    assert [r["rank"] for r in ranks] == [0, 1]
+    for r in ranks:
+        assert r["step_ms"] > 0 and 0 <= r["comm_ms"] <= r["step_ms"]
+        assert r["compute_ms"] == pytest.approx(r["step_ms"] - r["comm_ms"], abs=0.5 * r["step_ms"])
     assert_same_run(one, two)
 
 

@@ -252,6 +252,7 @@ class Session:
     comm: Optional[parallel.Comm] = None  # the process group of a parallel run
     comm_seconds: list = field(default_factory=list)  # time in collectives, per step
     comm_bytes: list = field(default_factory=list)  # bytes this rank handed to collectives, per step
+    epoch_start: tuple = (0, 0)  # where the current epoch's steps begin in clock.seconds and comm_seconds
     trackers: loggers.Loggers = field(default_factory=loggers.Loggers)  # logger=...: rank 0 logs, others hold none
 
     @property
@@ -288,6 +289,7 @@ class Session:
         sums, seconds = dict(at.partial.get("sums", {})), at.partial.get("seconds", 0.0)
         self.clock = self.clock or StepClock(self.device)
         first_step, first_comm = len(self.clock.seconds), len(self.comm_seconds)
+        self.epoch_start = (first_step, first_comm)
         t0 = time.perf_counter()
         bar = tqdm(total=self.batches, initial=at.batch, desc=f"epoch {epoch + 1}", leave=False,
                    disable=not (show and self.writer))
@@ -442,9 +444,11 @@ def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dic
             finally:
                 stop.restore()
             parallel.gather_model(comm, run.model)
+            steps = run.clock.seconds[run.epoch_start[0]:] if run.clock else []
+            ranks = parallel.rank_times(comm, steps, run.comm_seconds[run.epoch_start[1]:])
             if not run.writer:
                 return {}
-            extra = parallel.metrics(comm, run.comm_seconds, run.comm_bytes)
+            extra = parallel.metrics(comm, run.comm_seconds, run.comm_bytes, ranks)
             metrics = finish(cfg, run.out, run.model, run.scheme, run.solver, run.device, run.at.history, run.x_test,
                              run.y_test, run.x_train.shape[0], aux_bytes, run.clock, extra, run.val)
             run.trackers.log_final(metrics, cfg.epochs)
