@@ -171,7 +171,8 @@ def checkpoint_network(cfg) -> tuple[UnifiedNet, dict]:
         except (ConfigError, KeyError, TypeError, ValueError) as err:
             raise InputError(f"{path}: its network description is not usable ({err})") from None
         state, source = ckpt["model"], "lifted train checkpoint"
-        held = {"val_size": ckpt["config"].get("val_size", 0), "val_seed": ckpt["config"].get("val_seed")}
+        config = ckpt["config"] if isinstance(ckpt["config"], dict) else {}  # a bad one failed on its arch above
+        held = {"val_size": config.get("val_size", 0), "val_seed": config.get("val_seed")}
     elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         if cfg.arch is None:
             raise InputError(f"{path} is a plain state_dict: describe the network with arch=sequential "
@@ -246,13 +247,18 @@ def validation_split(cfg, source: dict) -> tuple[int, int] | None:
     if cfg.images != "val":
         return None
     held = source.get("validation") or {}
-    size, seed = int(held.get("val_size") or 0), held.get("val_seed")
-    if size == 0 or seed is None:
+    try:  # the checkpoint's own record: data, checked like any input
+        size = int(held.get("val_size") or 0)
+        seed = None if held.get("val_seed") is None else int(held["val_seed"])
+    except (TypeError, ValueError):
+        raise InputError(f"images=val: {source.get('checkpoint')} records val_size={held.get('val_size')!r}, "
+                         f"val_seed={held.get('val_seed')!r}; need integers") from None
+    if size <= 0 or seed is None:
         raise ConfigError(f"images=val: {source.get('checkpoint')} was trained without a validation split; "
                           "train it with val_size=N, or invert images=test")
     if cfg.num_images > size:
         raise ConfigError(f"num_images={cfg.num_images}: the checkpoint's run held out val_size={size} validation images")
-    return size, int(seed)
+    return size, seed
 
 
 def make_data(cfg, net: UnifiedNet, side: int, device, source: dict | None = None
