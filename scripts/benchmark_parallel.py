@@ -10,6 +10,8 @@ on the CPU or NCCL with ``--device cuda``), every process count in ``--nproc``:
 * ``data_weak``: 128 samples per process (global batch 128 P);
 * ``layer``: lifted Bregman ISGM (Jacobi, persistent warm start) with the layers shared out, depths
   8, 16, 32 (weak scaling: depth 8 on one process against depth 16 on two);
+* ``data_large``: global batch 2048 (16 steps per epoch), lifted MAC and DDP back-propagation: where
+  the work that grows with the samples outweighs the fixed cost of a step;
 * ``grid``: the same at depth 16 on a data x layer grid of 2 layer ranges, each shared by P/2
   processes (P >= 4 only; its P = 1 is the layer group's).
 
@@ -58,6 +60,12 @@ GROUPS = {
     "layer": lambda p: [
         ["scheme=bregman", "solver.layer_order=jacobi", "solver.warm_start=persistent", "arch.depth=8,16,32",
          "parallel=layer", f"parallel.nproc={p}", "batch_size=128"]],
+    # a large global batch: per-step work that grows with the samples, against the fixed cost of a step
+    # (gradient W-steps only: ISGM's sample-space systems would be 2048 x 2048 on every rank)
+    "data_large": lambda p: [
+        ["scheme=mac", "solver.layer_order=jacobi", "arch.depth=4", "parallel=data", f"parallel.nproc={p}",
+         f"batch_size={LARGE_BATCH}"],
+        ["scheme=backprop", "arch.depth=4", "parallel=data", f"parallel.nproc={p}", f"batch_size={LARGE_BATCH}"]],
     # the data x layer grid: 2 layer ranges, each held by P/2 processes; against the layer group's P = 1
     "grid": lambda p: [
         ["scheme=bregman", "solver.layer_order=jacobi", "solver.warm_start=persistent", "arch.depth=16",
@@ -65,6 +73,7 @@ GROUPS = {
         if p >= 2 * GRID_LAYER_RANKS else [],
 }
 GRID_LAYER_RANKS = 2
+LARGE_BATCH = 2048  # data_large: 16 steps per epoch (its own training-set size)
 
 
 # ------------------------------------------------------------------------------ calibration
@@ -187,7 +196,7 @@ def rows_of(runs: list[dict]) -> list[dict]:
             weak = [x for x in rows if x["group"] == "layer" and x["P"] == 1 and x["L"] - 1 == (row["L"] - 1) // row["P"]]
         else:
             same = lambda x: (x["method"], x["warm_start"]) == (row["method"], row["warm_start"]) and x["P"] == 1
-            base = [x for x in rows if x["group"] == "data_strong" and same(x)]
+            base = [x for x in rows if x["group"] == ("data_large" if row["group"] == "data_large" else "data_strong") and same(x)]
             weak = base
         if base and row["group"] != "data_weak":
             b = base[0]
@@ -239,15 +248,15 @@ def plot(rows, out: Path) -> None:
     for g, method, ws, L in series:
         pts = sorted((r["P"], r["ms_per_step"], r["comm_ms"]) for r in rows
                      if (r["group"], r["method"], r["warm_start"], r["L"]) == (g, method, ws, L))
-        ax = axes[0 if g == "data_strong" else 1]
+        ax = axes[0 if g in ("data_strong", "data_large") else 1]
         if g == "grid":  # from the layer group's P = 1 of the same depth
             pts = sorted(pts + [(r["P"], r["ms_per_step"], r["comm_ms"]) for r in rows
                                 if (r["group"], r["P"], r["L"]) == ("layer", 1, L)])
         ax.plot([p for p, _, _ in pts], [t for _, t, _ in pts], marker="o",
-                label=f"{'grid ' if g == 'grid' else ''}{method}{'' if ws == '-' else f' ({ws})'}, L={L}")
+                label=f"{'grid ' if g == 'grid' else 'batch 2048 ' if g == 'data_large' else ''}{method}{'' if ws == '-' else f' ({ws})'}, L={L}")
         if not any(math.isnan(c) for _, _, c in pts):
             ax.plot([p for p, _, _ in pts], [c for _, _, c in pts], marker="x", linestyle=":", color=ax.lines[-1].get_color())
-    for ax, title in zip(axes, ["data-parallel, global batch 128 (dotted: in collectives)",
+    for ax, title in zip(axes, ["data-parallel, global batch 128 unless said (dotted: in collectives)",
                                 "layer-parallel and grid (dotted: in collectives)"]):
         ax.set_xlabel("processes P")
         ax.set_ylabel("ms per step")
@@ -298,7 +307,9 @@ def main(argv=None) -> int:
                         continue  # its P = 1 is data_strong's
                     for k, args in enumerate(GROUPS[group](p)):
                         folder = runs_dir / group / f"P{p}-{k}"
-                        cmd = [*lifted(), "train", "-m", *args, *common, f"hydra.sweep.dir={folder}",
+                        size = [f"train_size={16 * LARGE_BATCH}" if a.startswith("train_size=") else a for a in common] \
+                            if group == "data_large" and not a.quick else common
+                        cmd = [*lifted(), "train", "-m", *args, *size, f"hydra.sweep.dir={folder}",
                                "hydra.sweep.subdir=${hydra.job.num}"]
                         print("$ OMP_NUM_THREADS=1 " + " ".join(["lifted", *cmd[1:]]), file=log, flush=True)
                         print("$ " + " ".join(["lifted", *cmd[1:]]), flush=True)
@@ -318,7 +329,8 @@ def main(argv=None) -> int:
               f"Command: `{cmd}`; {len(rows)} runs in `{runs_dir.relative_to(REPO) if runs_dir.is_relative_to(REPO) else runs_dir}`"
               + ("" if a.report_only else f"; sweeps took {wall:.0f} s") + ".",
               f"Machine: {machine(a.device)}; every process one thread (OMP_NUM_THREADS=1).",
-              f"Settings: MNIST denoising, mlp of width {WIDTH}, 2 epochs of {train_size} training images (the figures are "
+              f"Settings: MNIST denoising, mlp of width {WIDTH}, 2 epochs of {train_size} training images ({16 * LARGE_BATCH} "
+              "for data_large; the figures are "
               "the second epoch's: medians over its steps), test PSNR on 500 after it.",
               f"gloo between two processes here (calibration.json): {cal or 'not measured'}."]
     write_tables(rows, tmp, header)
