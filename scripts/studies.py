@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -207,7 +206,7 @@ def inversion_study(runs_dir: Path, sizes: list[str], log, invert_args: list[str
                 continue
             checkpoint = trained[trainer]["folder"]
             for method, grid in alphas.items():
-                base = [f"experiment=autoencoder_inversion", f"checkpoint={checkpoint}", f"upto={upto}", f"method={method}",
+                base = ["experiment=autoencoder_inversion", f"checkpoint={checkpoint}", f"upto={upto}", f"method={method}",
                         "progress=false", "num_samples=4", *invert_args]
                 folder = runs_dir / net / f"{trainer}-trained" / method
                 if not any((folder / "val").glob("*/metrics.json")):
