@@ -76,6 +76,17 @@ def test_mac_penalty_continuation_schedule():
     assert [s[0] for s in seen] == [0.5, 1.0, 2.0, 3.0] and all(s[-1] == 1.0 for s in seen)
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_gradient_solvers_learning_rate_schedule(solver):
+    """lr_e = lr * lr_decay^e, set from the epoch index (a resumed run at epoch 3 gets epoch 3's lr)."""
+    _, opt = build_training(small_net("mlp"), scheme_cfg("backprop"), solver_cfg(solver, lr=0.01, lr_decay=0.5))
+    seen = []
+    for e in (0, 1, 2, 5):
+        opt.begin_epoch(e)
+        seen.append([g["lr"] for g in opt.optimizer.param_groups])
+    assert seen == [[0.01], [0.005], [0.0025], [0.01 / 32]]
+
+
 @pytest.mark.slow
 def test_contrastive_gradient_tends_to_the_backprop_gradient():
     """(1/beta)[grad_W E(X_beta) - grad_W E(X_0)] -> grad_W loss(N(y)) as beta -> 0 (Zach &

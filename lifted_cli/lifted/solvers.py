@@ -68,10 +68,12 @@ class AdamConfig(Schema):
     beta1: float = 0.9
     beta2: float = 0.999
     weight_decay: float = 0.0
+    lr_decay: float = 1.0
 
     def validate(self):
         check_positive("lr", self.lr)
         check_nonnegative("weight_decay", self.weight_decay)
+        check_interval("lr_decay", self.lr_decay, 0.0, 1.0, closed_low=False, closed_high=True)
         check_momentum("beta1", self.beta1)
         check_momentum("beta2", self.beta2)
 
@@ -82,10 +84,12 @@ class SGDConfig(Schema):
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
+    lr_decay: float = 1.0
 
     def validate(self):
         check_positive("lr", self.lr)
         check_nonnegative("weight_decay", self.weight_decay)
+        check_interval("lr_decay", self.lr_decay, 0.0, 1.0, closed_low=False, closed_high=True)
         check_momentum("momentum", self.momentum)
 
 
@@ -126,7 +130,11 @@ class GradientSolver:
         return stats
 
     def begin_epoch(self, epoch: int) -> None:
-        pass
+        """lr_e = lr * lr_decay^e for epoch e = 0, 1, ...: the same exponential schedule as ISGM's
+        tau_decay (what torch's ExponentialLR gives stepped once per epoch), set from the epoch so a
+        resumed run continues it."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.cfg.lr * self.cfg.lr_decay**epoch
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict()}
