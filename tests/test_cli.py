@@ -174,7 +174,7 @@ BAD_INPUTS = [
     _bad("train", "arch.output_activation=clamp:1:0", fragment="clamp:1:0"), _bad("train", "scheme=nope", fragment="scheme/nope"),
     _bad("train", "solver=adam", fragment="minimised by solver=isgm|bcd"), _bad("train", "solver.tau=0"),
     _bad("train", "solver.tau_decay=2"), _bad("train", "scheme=backprop", "solver.lr_decay=0"), _bad("train", "solver.momentum=1"), _bad("train", "solver.step_safety=nan"),
-    _bad("train", "scheme=mac", "scheme.mu_growth=0.5"), _bad("train", "scheme.penalty_weight=-1"),
+    _bad("train", "scheme=mac", "scheme.mu_growth=0.5"), _bad("train", "scheme.penalty_weight=-1"), _bad("train", "scheme.output_weight=0"),
     _bad("train", "scheme.output=tied"), _bad("train", "+epochss=3", fragment="epochss"),
     _bad("train", "+dataset.sigmaa=1", fragment="dataset.sigmaa"), _bad("train", "data_sources=[ftp]", fragment="data_sources"),
     _bad("train", "num_samples=-1"), _bad("train", "experiment=perceptron_inversion", fragment="experiment of `lifted invert`"),

@@ -76,6 +76,16 @@ def test_mac_penalty_continuation_schedule():
     assert [s[0] for s in seen] == [0.5, 1.0, 2.0, 3.0] and all(s[-1] == 1.0 for s in seen)
 
 
+def test_output_weight_replaces_the_last_layers_weight_at_any_depth():
+    for hidden in ([16], [16, 16, 16]):
+        model = MLP([784, *hidden, 784], ["relu"] * len(hidden) + ["identity"])
+        sch, _ = build_training(model, scheme_cfg("bregman", penalty_weight=30.0, output_weight=1.0), solver_cfg("isgm"))
+        assert sch.problem.lambdas == [30.0] * len(hidden) + [1.0]
+    sch, _ = build_training(MLP([784, 16, 16, 784], ["relu", "relu", "identity"]), scheme_cfg("bregman", penalty_weight=2.0, layer_weights=[1.0, 3.0, 5.0]),
+                            solver_cfg("isgm"))
+    assert sch.problem.lambdas == [2.0, 6.0, 10.0]  # without it: penalty_weight x layer_weights
+
+
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 def test_gradient_solvers_learning_rate_schedule(solver):
     """lr_e = lr * lr_decay^e, set from the epoch index (a resumed run at epoch 3 gets epoch 3's lr)."""

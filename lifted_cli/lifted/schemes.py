@@ -129,11 +129,14 @@ class LiftedSchemeConfig(Schema):
 class BregmanSchemeConfig(LiftedSchemeConfig):
     name: str = "bregman"
     penalty_weight: float = 1.0
+    output_weight: Optional[float] = None
     output: str = "auto"
 
     def validate(self):
         super().validate()
         check_positive("penalty_weight", self.penalty_weight)
+        if self.output_weight is not None:
+            check_positive("output_weight", self.output_weight)
         check_choice("output", self.output, OUTPUTS)
 
 
@@ -175,6 +178,10 @@ class LiftedScheme(Scheme):
         self.cfg = cfg
         self.model = model
         self.weights = layer_weights(cfg, model.depth, self.base_weight())
+        if getattr(cfg, "output_weight", None) is not None:
+            # the last layer's weight on its own (with a clamped output: the data term's against the
+            # hidden layers' penalties), whatever the depth
+            self.weights[-1] = float(cfg.output_weight)
         self.problem = LiftedProblem(model, penalty, self.weights, cfg.rho, cfg.output, cfg.sparsity, cfg.sparsity_layer)
 
     def base_weight(self) -> float:
