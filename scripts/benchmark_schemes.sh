@@ -22,5 +22,9 @@ RUNS="results/benchmark-runs/schemes-$MODE-$STAMP"
 SECONDS=0
 sweep train -m "scheme=$SCHEMES" "arch=$ARCHS" \
   "${SIZES[@]}" progress=false "$@" "hydra.sweep.dir=$RUNS"
-report "$OUT" "$RUNS" --pivot arch,scheme --baseline scheme=backprop
+# the pivot table needs two swept keys, the baseline a back-propagation run beside the others
+EXTRA=()
+if [[ "$ARCHS" == *,* && "$SCHEMES" == *,* ]]; then EXTRA+=(--pivot arch,scheme); fi
+if [[ ",$SCHEMES," == *,backprop,* && "$SCHEMES" == *,* ]]; then EXTRA+=(--baseline scheme=backprop); fi
+report "$OUT" "$RUNS" "${EXTRA[@]}"
 echo "benchmark_schemes.sh ($MODE): ${SECONDS} s wall time; report in $OUT/report.md" | tee "$OUT/wall_time.txt"
