@@ -97,6 +97,31 @@ def test_gradient_solvers_learning_rate_schedule(solver):
     assert seen == [[0.01], [0.005], [0.0025], [0.01 / 32]]
 
 
+@pytest.mark.parametrize("update", ["gd", "adam"])
+def test_bcd_weight_step_schedule(update):
+    """BCD's fixed weight step (or Adam's rate) at epoch e is lr * lr_decay^e: a step at epoch 2 with
+    lr 0.04 and lr_decay 0.5 moves the weights exactly as a step at epoch 0 with lr 0.01."""
+    y, x = images()
+    moved = []
+    for lr, decay, epoch in ((0.04, 0.5, 2), (0.01, 1.0, 0)):
+        net = small_net("mlp")
+        _, opt = build_training(net, scheme_cfg("mac"), solver_cfg("bcd", weight_update=update, lr=lr, lr_decay=decay))
+        opt.begin_epoch(epoch)
+        opt.step(y.view(-1, 1, 28, 28), x.view(-1, 1, 28, 28))
+        moved.append(torch.cat([q.detach().flatten() for q in net.parameters()]))
+    start = torch.cat([q.detach().flatten() for q in small_net("mlp").parameters()])
+    assert not torch.allclose(moved[0], start)
+    torch.testing.assert_close(moved[0], moved[1])
+
+
+def test_bcd_schedule_needs_a_fixed_step():
+    """A line-searched step (gd, lr=null) has nothing to anneal: refused with one line."""
+    with pytest.raises(Exception, match="lr_decay=0.5: must be 1 with weight_update=gd and lr=null"):
+        SOLVERS.get("bcd").schema(name="bcd", lr_decay=0.5).validate()
+    SOLVERS.get("bcd").schema(name="bcd", lr_decay=0.5, lr=0.1).validate()
+    SOLVERS.get("bcd").schema(name="bcd", lr_decay=0.5, weight_update="adam").validate()
+
+
 @pytest.mark.slow
 def test_contrastive_gradient_tends_to_the_backprop_gradient():
     """(1/beta)[grad_W E(X_beta) - grad_W E(X_0)] -> grad_W loss(N(y)) as beta -> 0 (Zach &

@@ -37,7 +37,7 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from ..registry import Registry, Schema, check_choice, check_interval, check_nonnegative, check_positive
+from ..registry import Registry, Schema, check, check_choice, check_interval, check_nonnegative, check_positive
 from .objective import LiftedProblem, LiftedState
 from .stacking import Stack, gather
 
@@ -758,11 +758,17 @@ class BCDConfig(LiftedSolverConfig):
     momentum: float = 0.9
     beta1: float = 0.9
     beta2: float = 0.999
+    lr_decay: float = 1.0
 
     def validate(self):
         super().validate()
         check_choice("weight_update", self.weight_update, list(WEIGHT_UPDATES))
         check_positive("lr", self.lr, allow_none=True)
+        check_interval("lr_decay", self.lr_decay, 0.0, 1.0, closed_low=False, closed_high=True)
+        searched = WEIGHT_UPDATES[self.weight_update][1] and self.lr is None
+        check(self.lr_decay == 1.0 or not searched, "lr_decay", self.lr_decay,
+              f"must be 1 with weight_update={self.weight_update} and lr=null (the line search sets its own step); "
+              "set a fixed lr or use weight_update=adam")
         check_momentum("momentum", self.momentum)
         check_momentum("beta1", self.beta1)
         check_momentum("beta2", self.beta2)
@@ -772,11 +778,25 @@ class BCDConfig(LiftedSolverConfig):
 class BCD(LiftedSolver):
     """Mini-batch block-coordinate descent: alternate X-steps and block-local W-steps, the W-step
     by ``weight_update`` = gd (step ``lr``, or backtracking when null), heavyball, nesterov
-    (momentum ``momentum``) or adam (learning rate ``lr``)."""
+    (momentum ``momentum``) or adam (learning rate ``lr``). A fixed step or Adam's learning rate is
+    annealed per epoch by ``lr_decay``."""
+
+    def __init__(self, cfg, scheme):
+        super().__init__(cfg, scheme)
+        self.begin_epoch(0)  # self.lr: the fixed weight step of this epoch (None: backtracking)
 
     def _make_optimizer(self, groups):
         make, self.line_search, _ = WEIGHT_UPDATES[self.cfg.weight_update]
         return make(groups, self.cfg)
+
+    def begin_epoch(self, epoch: int) -> None:
+        """lr_e = lr * lr_decay^e for epoch e = 0, 1, ... (back-propagation's ``lr_decay``), set from
+        the epoch so that a resumed run continues it; Adam's rate lives in its parameter groups."""
+        base = self.cfg.lr if self.cfg.lr is not None or self.line_search else 1e-3
+        self.lr = None if base is None else base * self.cfg.lr_decay**epoch
+        if not self.line_search:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr
 
     def stacking_limit(self) -> str | None:
         _, line_search, stateless = WEIGHT_UPDATES[self.cfg.weight_update]
@@ -793,7 +813,7 @@ class BCD(LiftedSolver):
                 grads = p.stack_weight_gradients(st, unit)
                 lr = None
                 if self.line_search:
-                    lr = self.cfg.lr
+                    lr = self.lr
                     if lr is None:  # plain gd: each block's own step, folded into its gradient
                         gamma = self.stack_backtracking_step_size(st, unit, grads)
                         grads = {n: g * gamma.view((-1,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
@@ -804,7 +824,7 @@ class BCD(LiftedSolver):
             grads = p.weight_gradients(st, l)
             lr = None
             if self.line_search:
-                lr = self.cfg.lr if self.cfg.lr is not None else self.backtracking_step_size(st, l, grads)
+                lr = self.lr if self.lr is not None else self.backtracking_step_size(st, l, grads)
             self._apply(l, grads, lr)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
