@@ -6,8 +6,8 @@
 # same way (results/benchmarks/tuning_findings.md, section 7). The report ranks the settings by
 # validation PSNR (`--by val`) and names the best lr_decay per (arch, scheme) (`--best solver.lr_decay`).
 #
-#   scripts/tune_annealing.sh            # the full budget (about 25 minutes with two jobs on a 2-core CPU)
-#   scripts/tune_annealing.sh --quick    # 2,000 training / 500 validation images, 2 epochs
+#   scripts/tune_annealing.sh            # the full budget (64 minutes with two jobs on a 2-core CPU, beside other sweeps)
+#   scripts/tune_annealing.sh --quick    # 2,500 training / 500 validation images, 2 epochs
 #
 # Extra arguments go to `lifted train` (e.g. hydra/launcher=joblib hydra.launcher.n_jobs=2, device=cuda).
 set -euo pipefail
