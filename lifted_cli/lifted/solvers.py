@@ -733,6 +733,10 @@ class ISGM(LiftedSolver):
             q.sub_(gamma.view((-1,) + (1,) * (q.dim() - 1)) * grads[name])
 
 
+#: Adam's rate for the BCD W-step when ``lr`` is null
+ADAM_LR = 1e-3
+
+
 def _sgd_rule(momentum: bool, nesterov: bool = False):
     return lambda groups, cfg: torch.optim.SGD(groups, lr=1.0, momentum=cfg.momentum if momentum else 0.0, nesterov=nesterov)
 
@@ -745,7 +749,7 @@ WEIGHT_UPDATES = {
     "gd": (_sgd_rule(False), True, True),
     "heavyball": (_sgd_rule(True), True, False),
     "nesterov": (_sgd_rule(True, nesterov=True), True, False),
-    "adam": (lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr if cfg.lr is not None else 1e-3,
+    "adam": (lambda groups, cfg: torch.optim.Adam(groups, lr=cfg.lr if cfg.lr is not None else ADAM_LR,
                                                   betas=(cfg.beta1, cfg.beta2)), False, False),
 }
 
@@ -792,7 +796,9 @@ class BCD(LiftedSolver):
     def begin_epoch(self, epoch: int) -> None:
         """lr_e = lr * lr_decay^e for epoch e = 0, 1, ... (back-propagation's ``lr_decay``), set from
         the epoch so that a resumed run continues it; Adam's rate lives in its parameter groups."""
-        base = self.cfg.lr if self.cfg.lr is not None or self.line_search else 1e-3
+        base = self.cfg.lr
+        if base is None and not self.line_search:
+            base = ADAM_LR
         self.lr = None if base is None else base * self.cfg.lr_decay**epoch
         if not self.line_search:
             for group in self.optimizer.param_groups:
