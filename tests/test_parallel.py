@@ -163,6 +163,9 @@ DATA_CASES = {
     "isgm_jacobi_stacked": ["arch.depth=3", "arch.width=24", "solver.layer_order=jacobi", "epochs=1"],
     # residual blocks: the exact steps in (W, b) and in V gather four row blocks each
     "isgm_resnet_gauss_seidel": ["arch=resnet", "arch.width=16", "arch.depth=3", "epochs=1"],
+    # unrolled blocks: the Gauss-Newton step by conjugate gradients, its sums and its line search over both ranks
+    "isgm_unrolled_cg": ["arch=unrolled_pnn", "arch.depth=2", "arch.channels=2", "arch.kernel=3", "solver.cg_iters=2",
+                         "epochs=1"],
     "bcd_resnet": ["arch=resnet", "arch.width=16", "arch.depth=3", "solver=bcd", "solver.layer_order=jacobi", "epochs=1"],
     # sgd: Adam's normalisation would turn a rounding-level gradient into a step of lr in either run
     "backprop_ddp": ["scheme=backprop", "solver=sgd", "arch.hidden=[16]", "epochs=1", "train_size=33"],

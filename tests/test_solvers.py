@@ -352,7 +352,7 @@ def test_convolution_step_by_conjugate_gradients_is_the_exact_ridge_step(transpo
     blk = ConvBlock(2, 3, 2 if transposed else 4, 2, Identity(), transposed=transposed)
     problem = LiftedProblem.__new__(LiftedProblem)  # one block, no network around it
     problem.blocks, problem.acts, problem.lambdas, problem.penalty = [blk], [blk.act], [0.6], BregmanPenalty()
-    problem.comm, problem.stack_of = None, {}
+    problem.comm, problem.stack_of, problem.L, problem.output = None, {}, 1, "clamped"
     assert problem.operator_majorizable(1)
     g = torch.Generator().manual_seed(1)
     s, tau = 5, 0.7
@@ -388,12 +388,124 @@ def test_convolution_step_by_conjugate_gradients_is_the_exact_ridge_step(transpo
     torch.testing.assert_close(torch.cat([q.detach().flatten() for q in blk.parameters()]), want, atol=1e-8, rtol=1e-8)
 
 
+def _last_unrolled_block(seed: int, shift: float, scale: float = 0.1):
+    """A two-layer unrolled PNN, a batch of auxiliaries, and its last block (layer 2: its input u_1 is
+    not zero, so its pre-activation is not affine in L, and it carries the read-out loss) moved
+    ``shift`` away from the anchor; ``scale``: the size of u_1 and u_2. Returns what the tests need."""
+    from lifted_cli.lifted.stacking import _Method
+    from lifted_cli.nets.activations import Identity
+    from lifted_cli.nets.blocks import ConvAnalysis, UnifiedNet, UnrolledBlock
+
+    torch.manual_seed(seed)
+    op = ConvAnalysis(1, 3)
+    blk = UnrolledBlock(op, 0.5, Identity())
+    model = UnifiedNet([UnrolledBlock(ConvAnalysis(1, 3), 0.5, Identity()), blk], readout_op=op, zero_input=True)
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0, 0.6], output="free")
+    g = torch.Generator().manual_seed(seed + 1)
+    s = 4
+    y, x = images(s=s, seed=seed + 2)
+    u1, u2, z = (scale * torch.randn(s, blk.out_dim, generator=g) for _ in range(3))
+    anchor = [q.detach().clone() for q in blk.parameters()]
+    with torch.no_grad():
+        for q in blk.parameters():
+            q.add_(shift * torch.randn(q.shape, generator=g))
+    st = SimpleNamespace(u=[None, u1, u2], z=[None, None, z], a=[None, None, blk.pre(u1, y)], y=y, target=x)
+    flat0 = torch.cat([q.flatten() for q in anchor])
+
+    def parts(flat):
+        return {"op.weight": flat.view(op.weight.shape)}
+
+    def pre_of(flat):
+        return torch.func.functional_call(_Method(blk), {f"block.{n}": v for n, v in parts(flat).items()}, ("pre", u1, y))
+
+    def residual_of(flat):  # the read-out residual y - L^* u_2 - x
+        return y - torch.func.functional_call(_Adjoint(op), parts(flat), (u2,)) - x
+
+    def subproblem_of(flat, tau):
+        return (0.3 * (pre_of(flat) - z).pow(2).sum() + 0.5 * residual_of(flat).pow(2).sum()) / s \
+            + (flat - flat0).pow(2).sum() / (2 * tau)
+
+    return SimpleNamespace(blk=blk, problem=problem, st=st, anchor=anchor, s=s, pre_of=pre_of,
+                           residual_of=residual_of, subproblem_of=subproblem_of)
+
+
+class _Adjoint(torch.nn.Module):
+    def __init__(self, op):
+        super().__init__()
+        self.op = op
+
+    def forward(self, u):
+        return self.op.adjoint(u)
+
+
+def _flat(blk):
+    return torch.cat([q.detach().flatten() for q in blk.parameters()])
+
+
+def test_unrolled_block_step_is_the_line_searched_gauss_newton_step(float64):
+    """An unrolled block's pre-activation u - tau L (L^* u - y) is quadratic in L: ISGM's operator step
+    minimises the majoriser of its linearisation plus the read-out loss (exactly quadratic in L) and the
+    anchor term. Close to the anchor the full Gauss-Newton step is accepted: it equals the step computed
+    here with explicit Jacobians, and the ISGM subproblem decreases."""
+    c = _last_unrolled_block(seed=0, shift=0.01)
+    tau = 0.7
+    assert c.problem.operator_majorizable(2)
+    theta = _flat(c.blk).requires_grad_(True)
+    grad = torch.autograd.grad(c.subproblem_of(theta, tau), theta)[0]
+    Ja = torch.autograd.functional.jacobian(c.pre_of, theta.detach()).reshape(-1, theta.numel())
+    Jr = torch.autograd.functional.jacobian(c.residual_of, theta.detach()).reshape(-1, theta.numel())
+    H = (0.6 * Ja.t() @ Ja + Jr.t() @ Jr) / c.s + torch.eye(theta.numel()) / tau
+    want = theta.detach() - torch.linalg.solve(H, grad)
+    before = float(c.subproblem_of(theta.detach(), tau))
+    assert c.problem.operator_weight_step(c.st, 2, c.anchor, tau, iters=50) < 50  # CG's relative residual 1e-6
+    assert float((want - theta.detach()).norm()) > 1e-2  # a full step of this length, not a halved one,
+    torch.testing.assert_close(_flat(c.blk), want, atol=1e-6, rtol=0)  # to CG's accuracy
+    assert float(c.subproblem_of(_flat(c.blk), tau)) < before
+
+
+def test_unrolled_block_step_is_searched_where_gauss_newton_overshoots(float64, monkeypatch):
+    """Where the Gauss-Newton model is far from the subproblem, its full step increases it; the step is
+    then halved until the subproblem decreases. One 1x1 filter w (L = w I, tau_arch = 1/2), u_1 = y and
+    no read-out (u_2 = 0): a(w) = y (1 + w/2 - w^2/2), whose derivative y (1/2 - w) nearly vanishes at
+    w = 0.49. With a target z = a + y and a long anchor step, the full step is about +100."""
+    from lifted_cli.nets.activations import Identity
+    from lifted_cli.nets.blocks import ConvAnalysis, UnifiedNet, UnrolledBlock
+
+    op = ConvAnalysis(1, 1)
+    blk = UnrolledBlock(op, 0.5, Identity())
+    model = UnifiedNet([UnrolledBlock(ConvAnalysis(1, 1), 0.5, Identity()), blk], readout_op=op, zero_input=True)
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0, 1.0], output="free")
+    y, x = images(s=3)
+    with torch.no_grad():
+        op.weight.fill_(0.49)
+    a = blk.pre(y, y)
+    torch.testing.assert_close(a, y * (1 + 0.49 / 2 - 0.49 ** 2 / 2))
+    st = SimpleNamespace(u=[None, y, torch.zeros_like(y)], z=[None, None, a + y], a=[None, None, a], y=y, target=x)
+    tau, w0 = 1e6, 0.49
+    anchor = [op.weight.detach().clone()]
+
+    def subproblem(w):
+        return float(0.5 * (y * (1 + w / 2 - w ** 2 / 2) - (a + y)).pow(2).sum() / 3 + (w - w0) ** 2 / (2 * tau))
+
+    slope = float((-y * y * (0.5 - w0)).sum())  # sum_i (a_i - z_i) a'_i = -y . y (1/2 - w)
+    full = -slope / (float((y * y).sum()) * (0.5 - w0) ** 2 + 3 / tau)  # the Gauss-Newton step, 1 parameter
+    assert full > 50 and subproblem(w0 + full) > subproblem(w0)
+    problem.operator_weight_step(st, 2, anchor, tau, iters=5)
+    step = float(op.weight) - w0
+    halvings = round(-torch.log2(torch.tensor(step / full)).item())
+    assert halvings >= 1
+    assert step == pytest.approx(full * 2.0 ** -halvings, rel=1e-6)
+    assert subproblem(w0 + step) < subproblem(w0)
+
+
 @pytest.mark.parametrize("cg_iters", [0, 3])
-def test_cg_iters_chooses_the_step_of_convolution_blocks(monkeypatch, cg_iters):
-    """cg_iters=0 (default): convolution blocks take the backtracked gradient step; cg_iters > 0: the
-    majorised step by conjugate gradients, on every convolution block and no other."""
-    model = small_net("conv_ae")
-    problem = LiftedProblem(model, BregmanPenalty(), [1.0] * len(model.blocks), output="clamped")
+@pytest.mark.parametrize("arch", ["conv_ae", "unrolled_pnn"])
+def test_cg_iters_chooses_the_step_of_operator_blocks(monkeypatch, cg_iters, arch):
+    """cg_iters=0 (default): convolution and unrolled blocks take the backtracked gradient step;
+    cg_iters > 0: the (majorised or Gauss-Newton) step by conjugate gradients, on every such block and
+    no other."""
+    model = small_net(arch)
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0] * len(model.blocks), output="auto")
     convs = [l for l in range(1, problem.L + 1) if problem.operator_majorizable(l)]
     assert convs and not any(problem.majorizable(l) for l in convs)
     called = []

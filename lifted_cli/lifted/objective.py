@@ -602,26 +602,51 @@ class LiftedProblem:
 
     def operator_majorizable(self, l: int) -> bool:
         """The majorised implicit step applies in operator form (conjugate gradients): a block without
-        state whose pre-activation is affine in its parameters but has no closed form (convolutions)."""
+        state whose pre-activation is affine in its parameters but has no closed form (convolutions),
+        or is smooth in them (unrolled blocks: the step of their linearisation, line-searched)."""
         blk = self.blocks[l - 1]
-        return (self.penalty.majorizable and blk.params_affine and not blk.has_state and blk.affine() is None
-                and l not in self.stack_of)
+        return (self.penalty.majorizable and (blk.params_affine or blk.params_smooth) and not blk.has_state
+                and blk.affine() is None and l not in self.stack_of)
+
+    def _quadratic_terms(self, st: LiftedState, l: int):
+        """The architecture and read-out terms of E in block l's parameters (the last unrolled block's
+        read-out loss 1/2 w ||y - L_K^* u_K - x||^2 for fixed u_K), which are quadratic in them: their
+        gradient and their exact Hessian-vector product, each a mean over samples (and processes);
+        (None, None) where block l has none."""
+        params = self.block_params(l)
+        with torch.enable_grad():
+            extra = self._block_terms(st, l, st.a[l], True) / st.y.shape[0]
+            if not extra.requires_grad:
+                return None, None
+            grads = [g if g is not None else torch.zeros_like(q)
+                     for g, q in zip(torch.autograd.grad(extra, params, create_graph=True, allow_unused=True), params)]
+
+        def hvp(d):
+            with torch.enable_grad():
+                out = torch.autograd.grad(grads, params, grad_outputs=d, retain_graph=True, allow_unused=True)
+            return self._mean([torch.zeros_like(q) if h is None else h for h, q in zip(out, params)])
+
+        return self._mean([g.detach() for g in grads]), hvp
 
     @torch.no_grad()
     def operator_weight_step(self, st: LiftedState, l: int, anchor: list, tau: float, iters: int) -> int:
-        """The majorised implicit step of section 5.5 on a block whose pre-activation a = J theta + c is
-        affine in its parameters theta but is an operator (a convolution), not a matrix: minimise over
-        the step D
+        """The majorised implicit step of section 5.5 on a block whose pre-activation a(theta) is an
+        operator (a convolution), not a matrix: minimise over the step D
 
-            (1/s) sum_i [<g_i, (J D)_i> + kappa/2 ||(J D)_i||^2] + 1/(2 tau) ||theta + D - theta^k||^2,
+            (1/s) sum_i [<g_i, (J D)_i> + kappa/2 ||(J D)_i||^2] + q(D) + 1/(2 tau) ||theta + D - theta^k||^2,
 
-        g_i = kappa (sigma(a_l^i) - z_l^i), by conjugate gradients on its normal equations
-        (kappa/s J^T J + I/tau) D = -(J^T g/s + (theta - theta^k)/tau), with J D = a(D) - a(0) (two
-        forward maps, no matrix) and J^T by one vector-Jacobian product of the map. CG from D = 0
-        decreases the (convex quadratic) model at every iteration, so ``iters`` iterations, or fewer
-        when the residual falls below 1e-6 of the right-hand side, never increase the ISGM subproblem:
-        it stays a majorise-minimise step. Data-parallel: J^T v is a mean over samples, combined over
-        the processes. Returns the iterations taken."""
+        g_i = kappa (sigma(a_l^i) - z_l^i), J the derivative of a at theta and q the change of the
+        block's quadratic architecture/read-out terms, by conjugate gradients on its normal equations
+        (kappa/s J^T J + H_q + I/tau) D = -(J^T g/s + grad q + (theta - theta^k)/tau); J^T by one
+        vector-Jacobian product of the map. CG from D = 0 decreases this convex quadratic model at every
+        iteration; ``iters`` iterations are taken, or fewer when the residual falls below 1e-6 of the
+        right-hand side. Where a is affine in theta (convolutions), J D = a(D) - a(0) (two forward
+        maps) and the model majorises the ISGM subproblem: the step never increases it. Where a is only
+        smooth (unrolled blocks, quadratic in L), J D is the linearisation's forward-mode product and
+        the model is Gauss-Newton's, no longer a majoriser; the step D is then searched,
+        theta + 2^-j D with the first j that decreases the subproblem by the Armijo rule, and dropped
+        if none of 30 does. Data-parallel: sums over samples are means over the processes. Returns the
+        CG iterations taken."""
         from .stacking import _Method
 
         blk, call = self.blocks[l - 1], _Method(self.blocks[l - 1])
@@ -633,23 +658,34 @@ class LiftedProblem:
             return torch.func.functional_call(call, {f"block.{n}": v for n, v in params.items()}, ("pre", u, y))
 
         kappa = self.lambdas[l - 1] * self.penalty.lip_a
-        offset = pre({n: torch.zeros_like(v) for n, v in theta.items()})
-        _, adjoint = torch.func.vjp(pre, theta)  # a is affine: the adjoint is the same everywhere
+        if blk.params_affine:
+            offset = pre({n: torch.zeros_like(v) for n, v in theta.items()})
+            jvp = lambda d: pre(d) - offset  # noqa: E731
+        else:
+            jvp = lambda d: torch.func.jvp(pre, (theta,), (d,))[1]  # noqa: E731
+        _, adjoint = torch.func.vjp(pre, theta)  # for an affine a the adjoint is the same everywhere
+        extra_grad, extra_hvp = self._quadratic_terms(st, l)
 
         def jt(v):  # J^T v / s, a mean over every process's samples
             out = adjoint(v / s)[0] if s else {n: torch.zeros_like(q) for n, q in theta.items()}
             return dict(zip(names, self._mean([out[n] for n in names])))
 
         def normal(d):
-            jtj = jt(pre(d) - offset)
-            return {n: kappa * jtj[n] + d[n] / tau for n in names}
+            jtj = jt(jvp(d))
+            out = {n: kappa * jtj[n] + d[n] / tau for n in names}
+            if extra_hvp is not None:
+                for n, h in zip(names, extra_hvp([d[n] for n in names])):
+                    out[n] += h
+            return out
 
         dot = lambda a, b: sum(float((a[n] * b[n]).sum()) for n in names)  # noqa: E731
         g = jt(kappa * (self.acts[l - 1](st.a[l]) - st.z[l]))
+        if extra_grad is not None:
+            g = {n: g[n] + e for n, e in zip(names, extra_grad)}
         rhs = {n: -(g[n] + (theta[n] - q0) / tau) for n, q0 in zip(names, anchor)}
         step = {n: torch.zeros_like(v) for n, v in theta.items()}
-        res, direction = rhs, {n: v.clone() for n, v in rhs.items()}  # CG from D = 0: the residual is the rhs
-        rr = first = dot(res, res)
+        res, direction = {n: v.clone() for n, v in rhs.items()}, {n: v.clone() for n, v in rhs.items()}
+        rr = first = dot(res, res)  # CG from D = 0: the residual is the rhs
         taken = 0
         while taken < iters and rr > 1e-12 * first:
             h = normal(direction)
@@ -661,8 +697,29 @@ class LiftedProblem:
             for n in names:
                 direction[n].mul_(rr / previous).add_(res[n])
             taken += 1
-        for n, q in blk.named_parameters():
-            q.add_(step[n])
+        params = dict(blk.named_parameters())
+        if blk.params_affine:
+            for n in names:
+                params[n].add_(step[n])
+            return taken
+
+        def subproblem():
+            return self.block_energy(st, l) + sum(
+                float((params[n] - q0).pow(2).sum()) for n, q0 in zip(names, anchor)) / (2 * tau)
+
+        f0 = subproblem()
+        slope = -dot(rhs, step)  # <grad, D> < 0: D minimises a convex model whose gradient at 0 is -rhs
+        slack = 10 * torch.finfo(step[names[0]].dtype).eps * (abs(f0) + 1.0)
+        saved = {n: v.clone() for n, v in theta.items()}
+        gamma = 1.0
+        for _ in range(30):
+            for n in names:
+                torch.add(saved[n], step[n], alpha=gamma, out=params[n].data)
+            if subproblem() <= f0 + 1e-4 * gamma * slope + slack:
+                return taken
+            gamma *= 0.5
+        for n in names:
+            params[n].copy_(saved[n])
         return taken
 
     def _param_index(self, l: int, q: torch.Tensor) -> int:

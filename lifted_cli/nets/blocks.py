@@ -97,6 +97,9 @@ class Block(nn.Module):
     #: applies in the operator's own form (``LiftedProblem.operator_weight_step``), where ``affine``
     #: has no closed form (convolutions)
     params_affine = False
+    #: the pre-activation is a smooth but not affine function of the block's parameters: ISGM's operator
+    #: step then minimises the majoriser of its linearisation (Gauss-Newton) and line-searches the step
+    params_smooth = False
 
     def post_weight(self):
         """V when u_l = S_l u_{l-1} + V z_l with V a plain parameter used nowhere else: the
@@ -379,6 +382,8 @@ class UnrolledBlock(Block):
         self.op = op
         self.tau = tau
         self.in_dim = self.out_dim = self.z_dim = op.dim
+
+    params_smooth = True  # a = u - tau L (L^* u - y) is quadratic in L
 
     def stack_key(self):
         return (self.tau, type(self.op))
