@@ -630,8 +630,8 @@ class LiftedProblem:
 
     @torch.no_grad()
     def operator_weight_step(self, st: LiftedState, l: int, anchor: list, tau: float, iters: int) -> int:
-        """The majorised implicit step of section 5.5 on a block whose pre-activation a(theta) is an
-        operator (a convolution), not a matrix: minimise over the step D
+        """The implicit step of section 5.5 on a block whose pre-activation a(theta) is an operator (a
+        convolution, an unrolled iteration), not a matrix: minimise over the step D
 
             (1/s) sum_i [<g_i, (J D)_i> + kappa/2 ||(J D)_i||^2] + q(D) + 1/(2 tau) ||theta + D - theta^k||^2,
 
