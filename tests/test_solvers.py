@@ -388,10 +388,10 @@ def test_convolution_step_by_conjugate_gradients_is_the_exact_ridge_step(transpo
     torch.testing.assert_close(torch.cat([q.detach().flatten() for q in blk.parameters()]), want, atol=1e-8, rtol=1e-8)
 
 
-def _last_unrolled_block(seed: int, shift: float, scale: float = 0.1):
+def _last_unrolled_block(seed: int, shift: float):
     """A two-layer unrolled PNN, a batch of auxiliaries, and its last block (layer 2: its input u_1 is
     not zero, so its pre-activation is not affine in L, and it carries the read-out loss) moved
-    ``shift`` away from the anchor; ``scale``: the size of u_1 and u_2. Returns what the tests need."""
+    ``shift`` away from the anchor. Returns what the tests need."""
     from lifted_cli.lifted.stacking import _Method
     from lifted_cli.nets.activations import Identity
     from lifted_cli.nets.blocks import ConvAnalysis, UnifiedNet, UnrolledBlock
@@ -404,7 +404,7 @@ def _last_unrolled_block(seed: int, shift: float, scale: float = 0.1):
     g = torch.Generator().manual_seed(seed + 1)
     s = 4
     y, x = images(s=s, seed=seed + 2)
-    u1, u2, z = (scale * torch.randn(s, blk.out_dim, generator=g) for _ in range(3))
+    u1, u2, z = (0.1 * torch.randn(s, blk.out_dim, generator=g) for _ in range(3))
     anchor = [q.detach().clone() for q in blk.parameters()]
     with torch.no_grad():
         for q in blk.parameters():
@@ -463,7 +463,7 @@ def test_unrolled_block_step_is_the_line_searched_gauss_newton_step(float64):
     assert float(c.subproblem_of(_flat(c.blk), tau)) < before
 
 
-def test_unrolled_block_step_is_searched_where_gauss_newton_overshoots(float64, monkeypatch):
+def test_unrolled_block_step_is_searched_where_gauss_newton_overshoots(float64):
     """Where the Gauss-Newton model is far from the subproblem, its full step increases it; the step is
     then halved until the subproblem decreases. One 1x1 filter w (L = w I, tau_arch = 1/2), u_1 = y and
     no read-out (u_2 = 0): a(w) = y (1 + w/2 - w^2/2), whose derivative y (1/2 - w) nearly vanishes at
