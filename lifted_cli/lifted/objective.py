@@ -703,11 +703,11 @@ class LiftedProblem:
                 params[n].add_(step[n])
             return taken
 
-        def subproblem():
-            return self.block_energy(st, l) + sum(
+        def subproblem(a=None):
+            return self.block_energy(st, l, a) + sum(
                 float((params[n] - q0).pow(2).sum()) for n, q0 in zip(names, anchor)) / (2 * tau)
 
-        f0 = subproblem()
+        f0 = subproblem(st.a[l])  # the pre-activation at theta is current (g above is built from it)
         slope = -dot(rhs, step)  # <grad, D> < 0: D minimises a convex model whose gradient at 0 is -rhs
         slack = 10 * torch.finfo(step[names[0]].dtype).eps * (abs(f0) + 1.0)
         saved = {n: v.clone() for n, v in theta.items()}
