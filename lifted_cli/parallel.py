@@ -654,19 +654,26 @@ def gather_model(comm: Comm | None, model) -> None:
                 comm._end(t0, t.numel() * t.element_size())
 
 
+def step_medians_ms(step_seconds: list, comm_seconds: list) -> list:
+    """One rank's medians in ms over its last common steps: step, collectives, and the per-step
+    difference (the median of differences, not the difference of medians, so it is the rank's work
+    in a typical step; the two differ when step times are noisy). NaN when there is no step."""
+    import numpy as np
+
+    n = min(len(step_seconds), len(comm_seconds))
+    if n == 0:
+        return [float("nan")] * 3
+    steps, comms = np.asarray(step_seconds[-n:], float), np.asarray(comm_seconds[-n:], float)
+    return [float(np.median(steps) * 1e3), float(np.median(comms) * 1e3), float(np.median(steps - comms) * 1e3)]
+
+
 def rank_times(comm: Comm | None, step_seconds: list, comm_seconds: list) -> list | None:
     """Every rank's medians over the given steps (called by every rank: one all-gather): the step,
     its time in collectives (waits included) and the rest, the rank's own work. Unequal work shows
     as unequal ``compute_ms``: the faster ranks wait in their collectives for the slowest."""
-    import numpy as np
-
     if comm is None:
         return None
-    n = min(len(step_seconds), len(comm_seconds))
-    steps, comms = np.asarray(step_seconds[-n:] if n else [], float), np.asarray(comm_seconds[-n:] if n else [], float)
-    nan = float("nan")
-    mine = torch.tensor([np.median(steps) * 1e3 if n else nan, np.median(comms) * 1e3 if n else nan,
-                         np.median(steps - comms) * 1e3 if n else nan], dtype=torch.float64, device=comm.device)
+    mine = torch.tensor(step_medians_ms(step_seconds, comm_seconds), dtype=torch.float64, device=comm.device)
     parts = [torch.empty_like(mine) for _ in range(comm.world)]
     dist.all_gather(parts, mine)
     return [{"rank": r, "step_ms": float(p[0]), "comm_ms": float(p[1]), "compute_ms": float(p[2])} for r, p in enumerate(parts)]
