@@ -184,8 +184,8 @@ def test_data_parallel_equals_one_process(runs, case):
     assert [r["rank"] for r in ranks] == [0, 1]
     for r in ranks:
         assert r["step_ms"] > 0 and 0 <= r["comm_ms"] <= r["step_ms"]
-        # a median of per-step differences: within the range of step times, not step_ms - comm_ms
-        # (timing noise on a busy machine separates the two; step_medians_ms is checked exactly below)
+        # a median of per-step differences, so not step_ms - comm_ms (a difference of medians): timing
+        # noise on a busy machine separates the two; step_medians_ms is checked exactly below
         assert 0 <= r["compute_ms"]
     assert_same_run(one, two)
 
