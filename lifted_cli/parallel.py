@@ -4,11 +4,13 @@
 mini-batch (and of the persistent auxiliary variables); the X-steps are local, and the sums over
 samples that the W-steps need (ISGM's sample-space Gram matrices, the weight gradients, the block
 energies of the line searches) are combined with collectives, so every process holds the same
-weights and the iterates are those of one process on the same global batches. Back-propagation
-runs under ``DistributedDataParallel``. ``parallel=layer``: every process owns a contiguous range of
-layers (``lifted/partition.py``). ``parallel=grid``: both at once, on a data x layer grid of processes
+weights and the iterates are those of one process on the same global batches; gradient solvers
+(back-propagation, contrastive) average their gradients in one all-reduce. ``parallel=layer``: every
+process owns a contiguous range of layers and exchanges the states and gradients at its boundaries
+with its neighbours. ``parallel=grid``: both at once, on a data x layer grid of processes
 (``parallel.layer_ranks`` layer ranges, each held by world / layer_ranks processes that share out the
-samples).
+samples). ``parallelize`` hands a rank's layers and communicator to the mathematics (``lifted``),
+which is written for one process and never asks whether it is distributed.
 
 Processes come from torch's own launcher: ``torchrun`` (or SLURM through it) sets the rendezvous
 environment, or ``lifted train parallel=data parallel.nproc=P`` starts P processes itself with
@@ -22,6 +24,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -36,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from .errors import ConfigError, LiftedError, RunError
+from .lifted.layout import Layout
 from .registry import Registry, Schema, check_choice, check_positive, fail
 
 log = logging.getLogger("lifted.parallel")
@@ -291,23 +295,29 @@ class Comm:
         self.mean_([out])
         return out
 
-    def all_rows(self, t: torch.Tensor, dim: int = 0) -> torch.Tensor:
-        """The rows (along ``dim``) of every rank's share, in the global batch's order."""
-        if self.data_world == 1:
-            return t
+    def all_rows(self, tensors: list, dim: int = 0) -> list:
+        """The rows (samples along ``dim``) of every rank's share of each tensor, in the global
+        batch's order: one all-gather for all of them."""
+        if self.data_world == 1 or not tensors:
+            return tensors
+        flat = [t.movedim(dim, 0).reshape(t.shape[dim], math.prod(t.movedim(dim, 0).shape[1:])) for t in tensors]
+        local = torch.cat(flat, dim=1)
         n = max(self.counts)
-        local = t.movedim(dim, 0)
         if local.shape[0] < n:
-            local = torch.cat([local, local.new_zeros((n - local.shape[0],) + local.shape[1:])])
+            local = torch.cat([local, local.new_zeros((n - local.shape[0], local.shape[1]))])
         local = local.contiguous()
         parts = [torch.empty_like(local) for _ in range(self.data_world)]
         t0 = self._begin()
         dist.all_gather(parts, local, group=self.data_group)
         self._end(t0, local.numel() * local.element_size() * (self.data_world - 1))
-        out = local.new_empty((self.batch,) + local.shape[1:])
+        full = local.new_empty((self.batch, local.shape[1]))
         for q, part in enumerate(parts):
-            out[self.positions[q]] = part[:self.counts[q]]
-        return out.movedim(0, dim)
+            full[self.positions[q]] = part[:self.counts[q]]
+        out = []
+        for t, cols in zip(tensors, full.split([f.shape[1] for f in flat], dim=1)):
+            shape = t.movedim(dim, 0).shape[1:]
+            out.append(cols.reshape(self.batch, *shape).movedim(0, dim))
+        return out
 
     def combine_stats(self, stats: dict, flag: bool = False) -> tuple[dict, bool]:
         """The batch statistics of the whole run, and whether any rank raised ``flag`` (a deferred
@@ -326,9 +336,12 @@ class Comm:
         return dict(zip(keys, out[:-1])), out[-1] > 0
 
     def exchange(self, sends: list, recvs: list) -> None:
-        """Point-to-point with the neighbours in one batch: ``sends`` and ``recvs`` are
-        (tensor, peer) pairs (``batch_isend_irecv``)."""
-        ops = [dist.P2POp(dist.isend, t, peer) for t, peer in sends] + [dist.P2POp(dist.irecv, t, peer) for t, peer in recvs]
+        """Point-to-point with the neighbouring layer ranges in one batch: ``sends`` and ``recvs`` are
+        (tensor, ``"below"`` | ``"above"``) pairs, the ranks r - 1 and r + 1 of this rank's row
+        (``batch_isend_irecv``)."""
+        peer = {"below": self.rank - 1, "above": self.rank + 1}
+        ops = ([dist.P2POp(dist.isend, t, peer[side]) for t, side in sends]
+               + [dist.P2POp(dist.irecv, t, peer[side]) for t, side in recvs])
         if not ops:
             return
         t0 = self._begin()
@@ -399,12 +412,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(cfg_dict: dict, error_dir: str):
-    """The body of every rank that lifted starts itself: train, and on failure leave a one-line
-    reason (and exit status) for the launching process before failing."""
+def _worker(fn, cfg_dict: dict, error_dir: str):
+    """The body of every rank that lifted starts itself: ``fn(cfg)`` (``lifted train``'s ``train``),
+    and on failure leave a one-line reason (and exit status) for the launching process before failing."""
     from omegaconf import OmegaConf
 
-    from .commands.train import train
     from .runs import configure_logging
 
     rank = env_rank()
@@ -416,7 +428,7 @@ def _worker(cfg_dict: dict, error_dir: str):
     else:
         logging.getLogger().setLevel(logging.WARNING)
     try:
-        metrics = train(cfg)
+        metrics = fn(cfg)
         return metrics if rank == 0 else None
     except BaseException as err:
         code = err.exit_code if isinstance(err, LiftedError) else 1
@@ -446,9 +458,9 @@ def _failure(err, error_dir: Path) -> LiftedError:
     return RankFailed(f"rank {rank} ended with exit status {code}; the other ranks were stopped")
 
 
-def launch(cfg) -> dict:
-    """Start ``world_size(cfg)`` ranks of this run on this machine with torch's elastic launcher
-    and wait for them; returns rank 0's metrics. A failing or killed rank stops the others within
+def launch(cfg, fn) -> dict:
+    """Start ``world_size(cfg)`` ranks of this run on this machine with torch's elastic launcher,
+    each running ``fn(cfg)`` (a module-level function), and wait for them; returns rank 0's metrics. A failing or killed rank stops the others within
     a second (the launcher's monitor) and is reported in one line (RankFailed)."""
     from omegaconf import OmegaConf
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -464,7 +476,7 @@ def launch(cfg) -> dict:
              backend_for(cfg, planned_device(cfg)))
     with tempfile.TemporaryDirectory(prefix="lifted-ranks-") as error_dir:
         try:
-            results = elastic_launch(config, _worker)(OmegaConf.to_container(cfg, resolve=True), error_dir)
+            results = elastic_launch(config, _worker)(fn, OmegaConf.to_container(cfg, resolve=True), error_dir)
         except ChildFailedError as err:
             raise _failure(err, Path(error_dir)) from None
     return results[0]
@@ -504,69 +516,28 @@ def layer_ranges(blocks, world: int) -> list[tuple[int, int]]:
     return partition([sum(q.numel() for q in blk.parameters()) for blk in blocks], world)
 
 
-def check_build(cfg, solver) -> None:
+def check_build(cfg, model) -> None:
     """What needs the built network: layer-parallel needs at least one layer per layer range."""
     if cfg.parallel.name not in ("layer", "grid"):
         return
-    L, ranks = solver.problem.L, grid_shape(cfg)[1]
+    L, ranks = model.depth, grid_shape(cfg)[1]
     if ranks > L:
         key, what = ("parallel.layer_ranks", "layer range") if cfg.parallel.name == "grid" else ("parallel.nproc", "process")
         raise ConfigError(f"{key}={ranks}: layer-parallel gives every {what} at least one layer, and this "
                           f"network has {L}; use at most {L} {what}{'s' if what == 'layer range' else 'es'} or parallel=data")
 
 
-def configure(comm: Comm | None):
-    """The hook that ``build_training`` calls between the scheme and the solver: layer-parallel
-    hands this rank's layers to the lifted problem, so the solver is built on them alone."""
-    if comm is None or not comm.owns_layers:
-        return None
-    from .lifted.partition import LayerPart
-
-    def hand_out(scheme):
-        p = scheme.problem
-        first, last = layer_ranges(p.blocks, comm.layer_world)[comm.layer_rank]
-        p.part = LayerPart(comm, p, first, last)
-
-    return hand_out
-
-
-def attach(comm: Comm | None, scheme, solver) -> None:
-    """Data-parallel (alone or on a grid): the lifted problem combines its W-step sums over the
-    ranks that share out the samples; back-propagation is wrapped in DistributedDataParallel; another
-    gradient scheme has its gradients averaged."""
-    if comm is None or not comm.shares_samples:
-        return
-    problem = getattr(solver, "problem", None)
-    if problem is not None:
-        problem.comm = comm
-        return
-    solver.comm = comm
-    if hasattr(scheme, "loss"):
-        from torch.nn.parallel import DistributedDataParallel
-
-        solver.ddp = DistributedDataParallel(_Loss(scheme))
-        solver.ddp.register_comm_hook(comm, _counted_allreduce)
-
-
-def _counted_allreduce(comm: Comm, bucket):
-    """DDP's own all-reduce of a gradient bucket, its bytes counted."""
-    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-
-    buffer = bucket.buffer()
-    comm.bytes += buffer.numel() * buffer.element_size()
-    return allreduce_hook(None, bucket)
-
-
-class _Loss(torch.nn.Module):
-    """A scheme's loss as a module, the form DistributedDataParallel wraps."""
-
-    def __init__(self, scheme):
-        super().__init__()
-        self.model = scheme.model
-        self._loss = scheme.loss
-
-    def forward(self, y, x, batch):
-        return self._loss(y, x, batch)
+def parallelize(comm: Comm | None, model) -> Layout:
+    """How this process takes part in a run, given to the lifted mathematics at construction (which
+    never asks whether it is distributed): the range of layers it owns (layer-parallel and grid: a
+    contiguous range per column of the grid, balanced by the blocks' parameter counts) and the
+    communicator (its sums over samples combined over the ranks of its column; its boundary states
+    exchanged with the neighbours in its row). Gradient solvers average their gradients with the
+    same communicator. One process: every layer, the identity communicator."""
+    if comm is None:
+        return Layout()
+    layers = layer_ranges(list(model.blocks), comm.layer_world)[comm.layer_rank] if comm.owns_layers else None
+    return Layout(comm=comm, layers=layers)
 
 
 def total(comm: Comm | None, nbytes: int) -> int:
@@ -681,8 +652,7 @@ def rank_times(comm: Comm | None, step_seconds: list, comm_seconds: list) -> lis
 
 def metrics(comm: Comm | None, comm_seconds: list, comm_bytes: list, ranks: list | None = None) -> dict:
     """metrics.json's ``parallel``: mode, world, backend, grid, and rank 0's medians per step of the
-    time spent in collectives (``comm_ms``, waiting for the other ranks included; DDP's overlapped
-    all-reduces are not timed) and of the bytes it handed to them (``comm_bytes_per_step``); ``ranks``:
+    time spent in collectives (``comm_ms``, waiting for the other ranks included) and of the bytes it handed to them (``comm_bytes_per_step``); ``ranks``:
     every rank's medians over the last epoch's steps (``rank_times``)."""
     import numpy as np
 

@@ -7,16 +7,50 @@ measured under the same machine load. The first two steps of each variant are no
 
     scripts/compare_steps.py "arch=mlp arch.depth=16 arch.width=256" "scheme=backprop" \\
         "solver.layer_order=jacobi solver.stacked=false" "solver.layer_order=jacobi solver.stacked=true"
+
+With ``--against REV`` every variant is also built by the lifted of that git revision (exported into
+a temporary folder and imported as a second package), and the two versions' steps alternate too:
+is the working tree faster or slower than REV, measured under the same load?
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import shutil
+import statistics
+import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+REPO = Path(__file__).resolve().parent.parent
+
+
+def export(rev: str, dest: Path, package: str) -> None:
+    """The package of ``rev`` with its configs inside, importable as ``package`` from ``dest``."""
+    archive = subprocess.run(["git", "archive", rev, "lifted_cli", "configs"], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+    shutil.move(str(dest / "configs"), str(dest / "lifted_cli" / "configs"))
+    (dest / "lifted_cli").rename(dest / package)
+
+
+def build_solvers(package: str, base: str, variants: list[str], device: str, samples: int) -> list:
+    """The solvers of every variant, built by ``package`` (its configs composed right after it is
+    imported: the two packages register schemas of the same names with Hydra)."""
+    import torch
+    from hydra import compose, initialize_config_module
+
+    build = importlib.import_module(f"{package}.commands.train").build
+    solvers = []
+    for v in variants:
+        with initialize_config_module(config_module=f"{package}.configs", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[*base.split(), *v.split(), f"device={device}"])
+        torch.manual_seed(cfg.seed)
+        solver = build(cfg, torch.device(device))[2]
+        solver.prepare(samples)
+        solvers.append(solver)
+    return solvers
 
 
 def main(argv=None) -> int:
@@ -27,38 +61,44 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--against", default=None, help="a git revision to time beside the working tree")
     a = ap.parse_args(argv)
     import torch
-    from hydra import compose, initialize_config_module
 
-    from lifted_cli.commands.train import build
+    sys.path.insert(0, str(REPO))
     from lifted_cli.runs import StepClock, tune_allocator
 
     torch.set_num_threads(a.threads)
     tune_allocator()
     device = torch.device(a.device)
-    solvers = []
-    for v in a.variants:
-        with initialize_config_module(config_module="lifted_cli.configs", version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[*a.base.split(), *v.split(), f"device={a.device}"])
-        torch.manual_seed(cfg.seed)
-        solver = build(cfg, device)[2]
-        solver.prepare(4 * a.batch)
-        solvers.append(solver)
-    g = torch.Generator().manual_seed(3)
-    x = torch.rand(4 * a.batch, 1, 28, 28, generator=g)
-    y = x + 0.1 * torch.randn(x.shape, generator=g)
-    x, y = x.to(device), y.to(device)
-    clocks = [StepClock(device) for _ in solvers]
-    for r in range(a.steps):
-        idx = torch.arange(a.batch, device=device) + a.batch * (r % 4)
-        for solver, clock in zip(solvers, clocks):
-            clock.start()
-            solver.step(y[idx], x[idx], idx)
-            clock.stop()
+    samples = 4 * a.batch
+    runs = []  # (label, solver)
+    with tempfile.TemporaryDirectory(prefix="compare-steps-") as tmp:
+        if a.against:
+            export(a.against, Path(tmp), "lifted_cli_against")
+            sys.path.insert(0, tmp)
+            runs += [(f"[{a.against}] {v}", s)
+                     for v, s in zip(a.variants, build_solvers("lifted_cli_against", a.base, a.variants, a.device, samples))]
+        runs += [(f"[working tree] {v}" if a.against else v, s)
+                 for v, s in zip(a.variants, build_solvers("lifted_cli", a.base, a.variants, a.device, samples))]
+        g = torch.Generator().manual_seed(3)
+        x = torch.rand(samples, 1, 28, 28, generator=g)
+        y = x + 0.1 * torch.randn(x.shape, generator=g)
+        x, y = x.to(device), y.to(device)
+        clocks = [StepClock(device) for _ in runs]
+        for r in range(a.steps):
+            idx = torch.arange(a.batch, device=device) + a.batch * (r % 4)
+            for (_, solver), clock in zip(runs, clocks):
+                clock.start()
+                solver.step(y[idx], x[idx], idx)
+                clock.stop()
     print(f"base: {a.base} ({a.threads} thread(s), {a.device}, {a.steps - 2} steps counted)")
-    for v, clock in zip(a.variants, clocks):
-        print(f"{v:60s} median {clock.median_ms(2):8.2f} ms  min {min(clock.seconds[2:]) * 1e3:8.2f} ms")
+    width = max(len(label) for label, _ in runs)
+    for (label, _), clock in zip(runs, clocks):
+        counted = [t * 1e3 for t in clock.seconds[2:]]
+        spread = statistics.quantiles(counted, n=4) if len(counted) > 1 else [counted[0]] * 3
+        print(f"{label:{width}s} median {statistics.median(counted):8.2f} ms  quartiles {spread[0]:8.2f} {spread[2]:8.2f}"
+              f"  min {min(counted):8.2f} ms")
     return 0
 
 

@@ -84,6 +84,12 @@ def images(s: int = 6, seed: int = 1):
     return (x + 0.3 * torch.randn(s, 784, generator=g)), x
 
 
+def select(problem, l: int):
+    """(stack, ks): the stack of a lifted problem that holds layer ``l``, and the selection of ``l`` alone."""
+    stack = next(s for s in problem.stacks if s.first <= l <= s.last)
+    return stack, slice(l - stack.first, l - stack.first + 1)
+
+
 def run_lifted(args, cwd, check=True, timeout=300):
     """``lifted <args>`` in a subprocess (the console script as a user runs it)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")

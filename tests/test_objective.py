@@ -1,5 +1,6 @@
 """lifted/objective.py: the lifted objective, its per-variable gradients and proxes against autograd
-and closed forms, the majorised implicit step (docs/method.md, section 4)."""
+and closed forms (docs/method.md, section 4); the operations are the stacks' (a layer alone is a
+stack of one)."""
 
 import pytest
 import torch
@@ -7,7 +8,8 @@ from omegaconf import OmegaConf
 
 from lifted_cli.lifted.objective import LiftedProblem
 from lifted_cli.lifted.penalties import BregmanPenalty, QuadraticPenalty
-from tests.conftest import SMALL_ARCHS, batch, images, net, small_net
+from lifted_cli.lifted.stacks import ALL
+from tests.conftest import SMALL_ARCHS, batch, images, net, select, small_net
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -89,7 +91,8 @@ def test_x_gradient_matches_autograd_of_the_smooth_part(arch):
             return total / y.shape[0]
 
         (auto,) = torch.autograd.grad(smooth(v), v)
-        ours = problem.x_gradient(st, kind, l) / y.shape[0]
+        stack, ks = select(problem, l)
+        ours = problem.x_gradient(st, stack, kind, ks)[0] / y.shape[0]
         assert torch.allclose(ours, auto, atol=1e-9), (kind, l)
 
 
@@ -108,7 +111,7 @@ def test_weight_gradients_match_autograd_of_the_objective(arch):
             problem.set_var(st, "u", l, st.u[l] + 0.1 * torch.randn(st.u[l].shape, generator=g))
     for l in range(1, model.depth + 1):
         blk = model.blocks[l - 1]
-        params = problem.block_params(l)
+        params = list(blk.parameters())
         with torch.enable_grad():
             a = blk.pre(st.u[l - 1], y)
             total = problem.penalty.energy_a(blk.act, st.z[l], a).sum()
@@ -117,9 +120,10 @@ def test_weight_gradients_match_autograd_of_the_objective(arch):
             if l == model.depth and not model.readout_identity:
                 total = total + 0.5 * ((model.readout(st.u[-1], y) - x) ** 2).sum()
             auto = torch.autograd.grad(total / y.shape[0], params)
-        ours = problem.weight_gradients(st, l)
-        for p, q in zip(ours, auto):
-            assert torch.allclose(p, q, atol=1e-9)
+        stack, _ = select(problem, l)
+        ours = problem.weight_gradients(st, stack)
+        for name, q in zip(stack.names, auto):
+            assert torch.allclose(ours[name][0], q, atol=1e-9)
 
 
 def test_sparsity_prox_composition_is_exact():
@@ -129,7 +133,7 @@ def test_sparsity_prox_composition_is_exact():
     v = torch.linspace(-3, 3, 61)
     mu = 0.4
     expected = torch.sign(v) * torch.relu(v.abs() - mu * 2.0 * 0.2 - mu * 0.3) / (1 + mu * 2.0)
-    assert torch.allclose(problem.x_prox("z", 1, v, mu), expected)
+    assert torch.allclose(problem.x_prox(problem.stacks[0], "z", ALL, v[None], [mu])[0], expected)
 
 
 def test_bad_problem_setups():

@@ -104,8 +104,8 @@ class HalfBregmanConfig(BregmanSchemeConfig):
     name: str = "half_bregman"
 
 
-def build_half_bregman(cfg, model):
-    return LiftedScheme(cfg, model, HalfBregman())
+def build_half_bregman(cfg, model, layout=None):
+    return LiftedScheme(cfg, model, HalfBregman(), layout)
 
 
 @dataclass

@@ -7,13 +7,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lifted_cli.lifted import build_training
+from lifted_cli.lifted import Layout, build_training
 from lifted_cli.lifted.objective import LiftedProblem
 from lifted_cli.lifted.penalties import BregmanPenalty
 from lifted_cli.lifted.schemes import BregmanSchemeConfig
 from lifted_cli.lifted.solvers import SOLVERS
 from lifted_cli.nets.activations import ReLU
-from tests.conftest import batch, images, net, small_net
+from lifted_cli.lifted.stacks import ALL
+from tests.conftest import batch, images, net, select, small_net
 
 pytestmark = pytest.mark.usefixtures("float64")
 
@@ -121,11 +122,12 @@ def test_residual_block_steps_are_exact_ridge_steps(at_anchor, stacked):
     data z_l -> u_l - u_{l-1}, weight rho. The W-step must land on both minimisers, from the anchor
     or from a point away from it, per block and for a stack of blocks."""
     model = small_net("resnet", act="identity")
-    problem = LiftedProblem(model, BregmanPenalty(), [0.7] * len(model.blocks), rho=1.3, output="clamped")
+    problem = LiftedProblem(model, BregmanPenalty(), [0.7] * len(model.blocks), rho=1.3, output="clamped",
+                            layout=Layout(grouped=stacked))
     res = [l for l in range(1, problem.L + 1) if problem.blocks[l - 1].has_state]
-    assert len(res) == 2 and all(problem.majorizable(l) for l in res)
-    if stacked:
-        problem.stack([(res[0], res[-1])])
+    units = [s for s in problem.stacks if s.has_state]
+    assert len(res) == 2 and all(problem.majorizable(s) for s in units)
+    assert [s.d for s in units] == ([2] if stacked else [1, 1])
     y, t = images(s=9, seed=3)
     st = problem.init_state(y.flatten(1), t.flatten(1))
     g = torch.Generator().manual_seed(5)
@@ -133,11 +135,11 @@ def test_residual_block_steps_are_exact_ridge_steps(at_anchor, stacked):
         st.u[l] = st.u[l] + 0.1 * torch.randn(st.u[l].shape, generator=g, dtype=st.u[l].dtype)
         st.z[l] = st.z[l] + 0.1 * torch.randn(st.z[l].shape, generator=g, dtype=st.z[l].dtype)
     tau = 0.4
-    anchor = {l: [q.detach().clone() for q in problem.block_params(l)] for l in res}
+    anchor = {l: [q.detach().clone() for q in problem.blocks[l - 1].parameters()] for l in res}
     if not at_anchor:
         with torch.no_grad():
             for l in res:
-                for q in problem.block_params(l):
+                for q in problem.blocks[l - 1].parameters():
                     q.add_(0.05 * torch.randn(q.shape, generator=g, dtype=q.dtype))
     problem.refresh(st)
     expected = {}
@@ -148,13 +150,10 @@ def test_residual_block_steps_are_exact_ridge_steps(at_anchor, stacked):
         Wb = _ridge(X, st.z[l], torch.cat([W0, b0[:, None]], 1), 0.7, tau)
         V = _ridge(st.z[l], st.u[l] - st.u[l - 1], V0, 1.3, tau)
         expected[l] = {"linear.weight": Wb[:, :-1], "linear.bias": Wb[:, -1], "V": V}
-    if stacked:
-        stack = problem.stacks[0]
-        stacked_anchor = [torch.stack([anchor[l][i] for l in res]) for i in range(len(stack.names))]
-        problem.stack_implicit_weight_step(st, stack, stacked_anchor, tau, at_anchor=at_anchor)
-    else:
-        for l in res:
-            problem.implicit_weight_step(st, l, anchor[l], tau, at_anchor=at_anchor)
+    rows = problem.majorizer_inputs(st, units)
+    for stack in units:
+        stacked_anchor = [torch.stack([anchor[l][i] for l in stack.layers()]) for i in range(len(stack.names))]
+        problem.implicit_weight_step(st, stack, rows[stack.first], stacked_anchor, tau, at_anchor=at_anchor)
     for l in res:
         for name, got in problem.blocks[l - 1].named_parameters():
             torch.testing.assert_close(got.detach(), expected[l][name], atol=1e-9, rtol=1e-9, msg=f"{l} {name}")
@@ -292,11 +291,15 @@ def test_a_red_black_sweep_is_odd_layers_from_the_state_then_even_layers_from_th
     ours = copy(st)
     rb.xs.sweep(ours)
     expected = copy(st)  # by hand: a Jacobi step restricted to odd layers, refresh, then to even layers
-    odd = {l: jac.xs.problem.x_prox("z", l, st.z[l] - 0.1 * problem.x_gradient(st, "z", l), 0.1) for l in (1, 3)}
+    def step(state, l):
+        stack, ks = select(problem, l)
+        return problem.x_prox(stack, "z", ks, state.z[l][None] - 0.1 * problem.x_gradient(state, stack, "z", ks), [0.1])[0]
+
+    odd = {l: step(st, l) for l in (1, 3)}
     for l, v in odd.items():
         problem.set_var(expected, "z", l, v)
     problem.refresh(expected)
-    even = {l: problem.x_prox("z", l, expected.z[l] - 0.1 * problem.x_gradient(expected, "z", l), 0.1) for l in (2, 4)}
+    even = {l: step(expected, l) for l in (2, 4)}
     for l, v in even.items():
         problem.set_var(expected, "z", l, v)
     for l in range(1, 5):
@@ -344,16 +347,15 @@ def test_convolution_step_by_conjugate_gradients_is_the_exact_ridge_step(transpo
     in (W, b) whose matrix is the Jacobian of the convolution: conjugate gradients land on its
     minimiser (computed here with the explicit Jacobian), from a point away from the anchor; with
     one iteration the subproblem already does not increase."""
-    from lifted_cli.lifted.stacking import _Method
+    from lifted_cli.lifted.stacks import _Method
     from lifted_cli.nets.activations import Identity
-    from lifted_cli.nets.blocks import ConvBlock
+    from lifted_cli.nets.blocks import ConvBlock, UnifiedNet
 
     torch.manual_seed(0)
     blk = ConvBlock(2, 3, 2 if transposed else 4, 2, Identity(), transposed=transposed)
-    problem = LiftedProblem.__new__(LiftedProblem)  # one block, no network around it
-    problem.blocks, problem.acts, problem.lambdas, problem.penalty = [blk], [blk.act], [0.6], BregmanPenalty()
-    problem.comm, problem.stack_of, problem.L, problem.output = None, {}, 1, "clamped"
-    assert problem.operator_majorizable(1)
+    problem = LiftedProblem(UnifiedNet([blk]), BregmanPenalty(), [0.6], output="free")  # one block
+    stack = problem.stacks[0]
+    assert problem.operator_majorizable(stack)
     g = torch.Generator().manual_seed(1)
     s, tau = 5, 0.7
     u = torch.randn(s, blk.in_dim, generator=g)
@@ -381,10 +383,10 @@ def test_convolution_step_by_conjugate_gradients_is_the_exact_ridge_step(transpo
         return float(0.3 * (pre_of(flat) - z).pow(2).sum() / s + (flat - flat0).pow(2).sum() / (2 * tau))
 
     before = subproblem()
-    assert problem.operator_weight_step(st, 1, anchor, tau, iters=1) == 1
+    assert problem.operator_weight_step(st, stack, anchor, tau, iters=1) == 1
     assert subproblem() <= before + 1e-12
     st.a[1] = blk.pre(u, None)
-    assert problem.operator_weight_step(st, 1, anchor, tau, iters=200) < 200  # converged before the cap
+    assert problem.operator_weight_step(st, stack, anchor, tau, iters=200) < 200  # converged before the cap
     torch.testing.assert_close(torch.cat([q.detach().flatten() for q in blk.parameters()]), want, atol=1e-8, rtol=1e-8)
 
 
@@ -392,7 +394,7 @@ def _last_unrolled_block(seed: int, shift: float):
     """A two-layer unrolled PNN, a batch of auxiliaries, and its last block (layer 2: its input u_1 is
     not zero, so its pre-activation is not affine in L, and it carries the read-out loss) moved
     ``shift`` away from the anchor. Returns what the tests need."""
-    from lifted_cli.lifted.stacking import _Method
+    from lifted_cli.lifted.stacks import _Method
     from lifted_cli.nets.activations import Identity
     from lifted_cli.nets.blocks import ConvAnalysis, UnifiedNet, UnrolledBlock
 
@@ -449,7 +451,8 @@ def test_unrolled_block_step_is_the_line_searched_gauss_newton_step(float64):
     here with explicit Jacobians, and the ISGM subproblem decreases."""
     c = _last_unrolled_block(seed=0, shift=0.01)
     tau = 0.7
-    assert c.problem.operator_majorizable(2)
+    stack = c.problem.stacks[1]
+    assert c.problem.operator_majorizable(stack)
     theta = _flat(c.blk).requires_grad_(True)
     grad = torch.autograd.grad(c.subproblem_of(theta, tau), theta)[0]
     Ja = torch.autograd.functional.jacobian(c.pre_of, theta.detach()).reshape(-1, theta.numel())
@@ -457,7 +460,7 @@ def test_unrolled_block_step_is_the_line_searched_gauss_newton_step(float64):
     H = (0.6 * Ja.t() @ Ja + Jr.t() @ Jr) / c.s + torch.eye(theta.numel()) / tau
     want = theta.detach() - torch.linalg.solve(H, grad)
     before = float(c.subproblem_of(theta.detach(), tau))
-    assert c.problem.operator_weight_step(c.st, 2, c.anchor, tau, iters=50) < 50  # CG's relative residual 1e-6
+    assert c.problem.operator_weight_step(c.st, stack, c.anchor, tau, iters=50) < 50  # CG's relative residual 1e-6
     assert float((want - theta.detach()).norm()) > 1e-2  # a full step of this length, not a halved one,
     torch.testing.assert_close(_flat(c.blk), want, atol=1e-6, rtol=0)  # to CG's accuracy
     assert float(c.subproblem_of(_flat(c.blk), tau)) < before
@@ -490,7 +493,7 @@ def test_unrolled_block_step_is_searched_where_gauss_newton_overshoots(float64):
     slope = float((-y * y * (0.5 - w0)).sum())  # sum_i (a_i - z_i) a'_i = -y . y (1/2 - w)
     full = -slope / (float((y * y).sum()) * (0.5 - w0) ** 2 + 3 / tau)  # the Gauss-Newton step, 1 parameter
     assert full > 50 and subproblem(w0 + full) > subproblem(w0)
-    problem.operator_weight_step(st, 2, anchor, tau, iters=5)
+    problem.operator_weight_step(st, problem.stacks[1], anchor, tau, iters=5)
     step = float(op.weight) - w0
     halvings = round(-torch.log2(torch.tensor(step / full)).item())
     assert halvings >= 1
@@ -506,12 +509,12 @@ def test_cg_iters_chooses_the_step_of_operator_blocks(monkeypatch, cg_iters, arc
     no other."""
     model = small_net(arch)
     problem = LiftedProblem(model, BregmanPenalty(), [1.0] * len(model.blocks), output="auto")
-    convs = [l for l in range(1, problem.L + 1) if problem.operator_majorizable(l)]
-    assert convs and not any(problem.majorizable(l) for l in convs)
+    convs = [s.first for s in problem.stacks if problem.operator_majorizable(s)]
+    assert convs and not any(problem.majorizable(s) for s in problem.stacks if s.first in convs)
     called = []
     original = LiftedProblem.operator_weight_step
     monkeypatch.setattr(LiftedProblem, "operator_weight_step",
-                        lambda self, st, l, *a: called.append(l) or original(self, st, l, *a))
+                        lambda self, st, stack, *a: called.append(stack.first) or original(self, st, stack, *a))
     isgm = solver("isgm", problem, cg_iters=cg_iters)
     isgm.begin_epoch(0)
     y, x = images(s=6)

@@ -100,8 +100,8 @@ def build(cfg: DictConfig, device: torch.device, comm=None):
         if not maps_images_to_images(model):
             raise ValueError(f"training maps {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} images to images of the same size; this network does not")
         model = model.to(device)
-        scheme, solver = build_training(model, cfg.scheme, cfg.solver, parallel.configure(comm))
-        parallel.check_build(cfg, solver)
+        parallel.check_build(cfg, model)
+        scheme, solver = build_training(model, cfg.scheme, cfg.solver, parallel.parallelize(comm, model))
     except ValueError as err:  # ConfigError included: the builders' own checks
         raise ConfigError(f"{where}: {err}") from None
     return model, scheme, solver
@@ -386,7 +386,6 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
                  val[0].shape[0], cfg.val_seed, x_train.shape[0])
     torch.manual_seed(cfg.seed)
     model, scheme, solver = build(cfg, device, comm)
-    parallel.attach(comm, scheme, solver)
     n = x_train.shape[0]
     local = len(range(comm.data_rank, n, comm.data_world)) if comm is not None and comm.shares_samples else n
     aux_bytes = parallel.total(comm, solver.prepare(local))  # every rank joins the sum, with or without samples
@@ -421,7 +420,7 @@ def train(cfg: DictConfig, checkpoint: dict | None = None, on_ready=None) -> dic
                         torch.Generator(), torch.Generator(), torch.device("cpu"))
         if on_ready is not None:
             on_ready()
-        return parallel.launch(cfg)
+        return parallel.launch(cfg, train)
     comm = parallel.join(cfg)
     try:
         if comm is not None:
@@ -485,7 +484,7 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "metric_implementation": IMPLEMENTATION,
         "hyperparameters": {**scheme.hyperparameters(), "solver": solver.hyperparameters()},
         "aux_memory_gb": aux_bytes / 1e9,
-        "stacks": [[st.first, st.last] for st in getattr(getattr(solver, "problem", None), "stacks", [])],
+        "stacks": [[st.first, st.last] for st in getattr(getattr(solver, "problem", None), "stacks", []) if st.d > 1],
         # median wall time of a mini-batch step (CUDA-synchronised) and peak memory, over this process's steps
         "step_ms": clock.median_ms() if clock else math.nan,
         "steps_timed": len(clock.seconds) if clock else 0,

@@ -57,7 +57,7 @@ class LiftedInversion:
         self.st = self.problem.init_state(u0, f_delta)
         self.xs = AuxiliaryUpdater(self.problem, "gauss_seidel", step_safety, power_iters)
         p = self.problem
-        w_norm_sq = self.xs.norm_sq("pre", 1)
+        w_norm_sq = float(self.xs.norms(p.stacks[0], "pre")[0])
         lip = p.lambdas[0] * p.penalty.lip_a * w_norm_sq
         first = model.blocks[0]
         if first.has_state and first.skip:
@@ -83,7 +83,7 @@ class LiftedInversion:
 
     def grad_u(self) -> torch.Tensor:
         """Gradient in u of the smooth part: lambda_1 W_1^T (sigma(W_1 u + b_1) - z_1) (- rho r_1 for a skip)."""
-        return self.problem.downstream_gradient(self.st, 0)
+        return self.problem.input_gradient(self.st)
 
     @torch.no_grad()
     def objective(self) -> torch.Tensor:

@@ -15,8 +15,11 @@ Every scheme also has ``begin_epoch(epoch)`` (e.g. MAC's penalty continuation), 
 (``penalties.LayerPenalty``) and a registration::
 
     @SCHEMES.register("my_penalty", LiftedSchemeConfig, form="lifted")
-    def build_my_scheme(cfg, model):
-        return LiftedScheme(cfg, model, MyPenalty())
+    def build_my_scheme(cfg, model, layout=None):
+        return LiftedScheme(cfg, model, MyPenalty(), layout)
+
+``layout`` (``layout.Layout``): the layers a process owns, their grouping into stacks and the
+communicator; a scheme hands it to its lifted problem.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ..registry import Registry, Schema, check, check_choice, check_interval, check_nonnegative, check_positive
+from .layout import Layout
 from .objective import LiftedProblem
 from .penalties import BregmanPenalty, FenchelPenalty, LayerPenalty, QuadraticPenalty
 from .solvers import LAYER_ORDERS, AuxiliaryUpdater
@@ -80,7 +84,7 @@ class BackpropScheme(Scheme):
     """Back-propagation baseline: the gradient of (1/|S|) sum_i 1/2 ||N(y_i) - x_i||^2 (+ alpha ||u_l||_1)
     through autograd."""
 
-    def __init__(self, cfg, model: nn.Module):
+    def __init__(self, cfg, model: nn.Module, layout=None):
         self.model = model
         self.cfg = cfg
         layer = cfg.sparsity_layer
@@ -174,7 +178,7 @@ class LiftedScheme(Scheme):
     """A lifted scheme: the lifted objective of ``objective.LiftedProblem`` with the layer penalty
     ``penalty``, every layer weighted by ``penalty_weight`` (times ``layer_weights``)."""
 
-    def __init__(self, cfg, model: nn.Module, penalty: LayerPenalty):
+    def __init__(self, cfg, model: nn.Module, penalty: LayerPenalty, layout: Layout | None = None):
         self.cfg = cfg
         self.model = model
         self.weights = layer_weights(cfg, model.depth, self.base_weight())
@@ -182,7 +186,8 @@ class LiftedScheme(Scheme):
             # the last layer's weight on its own (with a clamped output: the data term's against the
             # hidden layers' penalties), whatever the depth
             self.weights[-1] = float(cfg.output_weight)
-        self.problem = LiftedProblem(model, penalty, self.weights, cfg.rho, cfg.output, cfg.sparsity, cfg.sparsity_layer)
+        self.problem = LiftedProblem(model, penalty, self.weights, cfg.rho, cfg.output, cfg.sparsity, cfg.sparsity_layer,
+                                     layout=layout)
 
     def base_weight(self) -> float:
         return self.cfg.penalty_weight
@@ -192,16 +197,16 @@ class LiftedScheme(Scheme):
 
 
 @SCHEMES.register("bregman", BregmanSchemeConfig, form="lifted")
-def build_bregman(cfg, model) -> LiftedScheme:
+def build_bregman(cfg, model, layout=None) -> LiftedScheme:
     """Lifted Bregman (Wang & Benning 2023): lambda_l B_Psi_l; no activation is ever differentiated."""
-    return LiftedScheme(cfg, model, BregmanPenalty())
+    return LiftedScheme(cfg, model, BregmanPenalty(), layout)
 
 
 @SCHEMES.register("fenchel", FenchelSchemeConfig, form="lifted")
-def build_fenchel(cfg, model) -> LiftedScheme:
+def build_fenchel(cfg, model, layout=None) -> LiftedScheme:
     """Fenchel lifted networks (Gu, Askari, El Ghaoui 2020): 2 lambda_l (1/2||z||^2 + 1/2||a_+||^2 - <z, a>),
     z >= 0, ReLU and identity layers only."""
-    return LiftedScheme(cfg, model, FenchelPenalty())
+    return LiftedScheme(cfg, model, FenchelPenalty(), layout)
 
 
 @SCHEMES.register("mac", MACSchemeConfig, form="lifted")
@@ -210,8 +215,8 @@ class MACScheme(LiftedScheme):
     the hidden layers with the continuation mu_e = min(mu * mu_growth^e, mu_max) in epoch e; the
     clamped output layer is the data term 1/2 ||t - sigma(a_L)||^2 (weight 1, as in MAC)."""
 
-    def __init__(self, cfg, model: nn.Module):
-        super().__init__(cfg, model, QuadraticPenalty())
+    def __init__(self, cfg, model: nn.Module, layout=None):
+        super().__init__(cfg, model, QuadraticPenalty(), layout)
         self.begin_epoch(0)
 
     def base_weight(self) -> float:
@@ -260,7 +265,9 @@ class ContrastiveScheme(Scheme):
     (1/beta) [grad_W (beta loss + E)(X_beta) - grad_W E(X_free)] tends to the back-propagation
     gradient as beta -> 0. No activation is differentiated."""
 
-    def __init__(self, cfg, model: nn.Module):
+    def __init__(self, cfg, model: nn.Module, layout=None):
+        # its gradient is a gradient solver's: the processes sharing out a batch average it there, so
+        # the problem here is one process's
         self.cfg = cfg
         self.model = model
         self.beta = float(cfg.beta)
@@ -274,14 +281,14 @@ class ContrastiveScheme(Scheme):
         p = self.problem
         st = p.init_state(y.flatten(1), x.flatten(1))  # free phase: the forward pass
         self.xs.invalidate()
-        free = [p.weight_gradients(st, l, with_loss=False) for l in range(1, p.L + 1)]
+        free = [p.weight_gradients(st, stack, with_loss=False) for stack in p.stacks]
         for _ in range(self.cfg.nudge_steps):
             self.xs.sweep(st)
             p.refresh(st, first=2)
-        for l in range(1, p.L + 1):
-            nudged = p.weight_gradients(st, l)
-            for q, gn, gf in zip(p.block_params(l), nudged, free[l - 1]):
-                q.grad = (gn - gf) / self.beta
+        for stack, gf in zip(p.stacks, free):
+            gn = p.weight_gradients(st, stack)
+            for q, name in zip(stack.tensors, stack.names):
+                q.grad = ((gn[name] - gf[name]) / self.beta).view_as(q)
         return {"loss": st.forward_loss, "objective": p.objective(st) / self.beta, "gap": p.hidden_gap(st)}
 
     def state_dict(self) -> dict:

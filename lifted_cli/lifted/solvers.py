@@ -38,8 +38,9 @@ import torch
 from omegaconf import OmegaConf
 
 from ..registry import Registry, Schema, check, check_choice, check_interval, check_nonnegative, check_positive
-from .objective import LiftedProblem, LiftedState
-from .stacking import Stack, gather
+from .layout import LOCAL
+from .objective import LiftedProblem, LiftedState, axpy, per_block
+from .stacks import ALL, gather
 
 #: the solvers by name; ``info["form"]``: the scheme interface each one minimises
 SOLVERS = Registry("solver")
@@ -95,19 +96,15 @@ class SGDConfig(Schema):
 
 class GradientSolver:
     """A torch optimiser applied to the gradient that the scheme stores in ``.grad``; constrained
-    architectures (proxnet) are projected back after every step.
+    architectures (proxnet) are projected back after every step. ``comm`` averages the stored
+    gradients over the processes that share out the batch, in one all-reduce (the identity in one
+    process)."""
 
-    Data-parallel (``parallel.attach``): ``ddp`` is the scheme's loss under DistributedDataParallel
-    (gradients averaged in buckets during the backward pass), or, for a scheme without a loss to
-    differentiate (contrastive), ``comm`` averages the stored gradients in one all-reduce."""
-
-    ddp = None
-    comm = None
-
-    def __init__(self, cfg, scheme, optimizer: torch.optim.Optimizer):
+    def __init__(self, cfg, scheme, optimizer: torch.optim.Optimizer, comm=LOCAL):
         self.cfg = cfg
         self.scheme = scheme
         self.optimizer = optimizer
+        self.comm = comm
 
     def prepare(self, n_samples: int) -> int:
         """Nothing is kept per training sample: 0 bytes."""
@@ -115,16 +112,8 @@ class GradientSolver:
 
     def step(self, y: torch.Tensor, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
-        if self.ddp is not None:  # DDP averages over the ranks: each divides its share by the per-rank batch
-            per_rank = self.comm.batch / self.comm.world
-            loss = self.ddp(y, x, per_rank)
-            loss.backward()
-            stats = {"loss": float(loss.detach()) * per_rank / max(y.shape[0], 1)}  # this rank's mean
-        else:
-            stats = self.scheme.gradient(y, x)
-            if self.comm is not None:
-                self.comm.mean_([q.grad for group in self.optimizer.param_groups for q in group["params"]
-                                 if q.grad is not None])
+        stats = self.scheme.gradient(y, x)  # means over this process's samples
+        self.comm.mean_([q.grad for group in self.optimizer.param_groups for q in group["params"] if q.grad is not None])
         self.optimizer.step()
         self.scheme.model.project()
         return stats
@@ -147,15 +136,15 @@ class GradientSolver:
 
 
 @SOLVERS.register("adam", AdamConfig, form="gradient")
-def build_adam(cfg, scheme) -> GradientSolver:
+def build_adam(cfg, scheme, comm=LOCAL) -> GradientSolver:
     opt = torch.optim.Adam(scheme.model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    return GradientSolver(cfg, scheme, opt)
+    return GradientSolver(cfg, scheme, opt, comm)
 
 
 @SOLVERS.register("sgd", SGDConfig, form="gradient")
-def build_sgd(cfg, scheme) -> GradientSolver:
+def build_sgd(cfg, scheme, comm=LOCAL) -> GradientSolver:
     opt = torch.optim.SGD(scheme.model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    return GradientSolver(cfg, scheme, opt)
+    return GradientSolver(cfg, scheme, opt, comm)
 
 
 def solvers_for(form: str) -> list[str]:
@@ -164,24 +153,26 @@ def solvers_for(form: str) -> list[str]:
 
 
 @torch.no_grad()
-def power_norm_sq(matvec, rmatvec, v: torch.Tensor, iters: int) -> tuple[float, torch.Tensor]:
-    """Estimate ||A||_2^2 by ``iters`` power iterations on A^T A from the warm start ``v``.
+def power_norm_sq(matvec, rmatvec, v: torch.Tensor, iters: int) -> tuple[list, torch.Tensor]:
+    """Estimate ||A_k||_2^2 of K operators at once by ``iters`` power iterations on A_k^T A_k from the
+    warm starts ``v`` (K, 1, n), ``matvec`` and ``rmatvec`` acting on all of them.
 
-    Returns the Rayleigh quotient ||A v||^2 (v unit; a lower bound that converges to ||A||^2) and
-    the new unit vector."""
+    Returns the Rayleigh quotients ||A_k v_k||^2 (floats; v_k unit: lower bounds that converge to
+    ||A_k||^2) and the new unit vectors (an operator that maps v_k to 0 keeps its v_k)."""
+    dims = tuple(range(1, v.dim()))
     for _ in range(iters):
         w = rmatvec(matvec(v))
-        n = w.norm()
-        if n == 0 or not torch.isfinite(n):
-            break
-        v = w / n
-    return float(matvec(v).pow(2).sum()), v
+        n = torch.linalg.vector_norm(w, dim=dims, keepdim=True)
+        v = torch.where(n > 0, w / n, v)  # NaN (diverged weights) is not > 0 either
+    return matvec(v).pow(2).sum(dim=dims).tolist(), v
 
 
 class AuxiliaryUpdater:
     """X-steps on the auxiliary variables of a lifted problem: proximal gradient with step
-    ``x_step`` or ``step_safety / Lipschitz`` per variable, in ``gauss_seidel`` (top-down) or
-    ``jacobi`` order. Shared by the solvers and by the nudged phase of the contrastive scheme."""
+    ``x_step`` or ``step_safety / Lipschitz`` per variable, in ``gauss_seidel`` order (stack after
+    stack, top-down: the solvers group no blocks in this order), ``jacobi`` (all at once) or
+    ``red_black`` (odd layers at once, then even ones). Shared by the solvers, the nudged phase of
+    the contrastive scheme and the inversion."""
 
     def __init__(self, problem: LiftedProblem, layer_order: str, step_safety: float, power_iters: int, x_step=None):
         self.problem = problem
@@ -190,7 +181,7 @@ class AuxiliaryUpdater:
         self.power_iters = power_iters
         self.fixed_step = x_step
         p = problem
-        ref = p.block_params(1)[0]
+        ref = p.stacks[0].tensors[0]
         gen = torch.Generator().manual_seed(0)
         self.vectors = {}
         for l, blk in enumerate(p.blocks, 1):
@@ -200,56 +191,42 @@ class AuxiliaryUpdater:
         self.vectors[("readout", p.L)] = torch.randn(1, p.blocks[-1].out_dim, generator=gen)
         for key, v in self.vectors.items():
             self.vectors[key] = (v / v.norm()).to(ref.device, ref.dtype)
-        self._norms = {}
+        self.invalidate()
 
     def invalidate(self) -> None:
-        """Forget the norm estimates (the weights moved); the power iterations stay warm-started."""
-        self._norms = {}
+        """Forget the norm estimates and steps (the weights moved); the power iterations stay
+        warm-started."""
+        self._norms, self._steps = {}, {}
 
-    def norm_sq(self, which: str, l: int) -> float:
-        """||W_l||^2 (``pre``), ||V_l||^2 (``post``) or ||K||^2 (``readout``), estimated once per
-        weight update (``invalidate``)."""
-        key = (which, l)
-        if key not in self._norms and l in self.problem.stack_of and which != "readout":
-            stack, k = self.problem.stack_of[l]
-            self._norms[key] = float(self.stack_norm_sq(stack, which)[k])
+    def norms(self, stack, which: str) -> list:
+        """||W_l||^2 (``pre``) or ||V_l||^2 (``post``) of every block of ``stack``, or ||K||^2 of the
+        read-out (``stack`` None, ``readout``), estimated once per weight update (``invalidate``),
+        all blocks of a stack at once."""
+        key = (which, None if stack is None else stack.first)
         if key not in self._norms:
-            blk = self.problem.blocks[l - 1]
-            model = self.problem.model
-            maps = {"pre": (blk.pre_linear, blk.pre_adjoint), "post": (blk.post_linear, blk.post_adjoint),
-                    "readout": (model.readout_linear, model.readout_adjoint)}[which]
-            self._norms[key], self.vectors[key] = power_norm_sq(*maps, self.vectors[key], self.power_iters)
+            if stack is None:
+                model, keys = self.problem.model, [("readout", self.problem.L)]
+                maps = (lambda v: model.readout_linear(v[0])[None], lambda v: model.readout_adjoint(v[0])[None])
+            else:
+                keys = [(which, l) for l in stack.layers()]
+                lin, adj = {"pre": ("pre_linear", "pre_adjoint"), "post": ("post_linear", "post_adjoint")}[which]
+                maps = (lambda v: stack.call(lin, v), lambda v: stack.call(adj, v))
+            v = self.vectors[keys[0]].unsqueeze(0) if len(keys) == 1 else gather([self.vectors[k] for k in keys])
+            self._norms[key], v = power_norm_sq(*maps, v, self.power_iters)
+            self.vectors.update(zip(keys, v.unbind(0)))
         return self._norms[key]
 
-    def stack_norm_sq(self, stack, which: str) -> torch.Tensor:
-        """The squared norms (d,) of ``which`` for every block of a stack: the power iterations of
-        ``norm_sq`` on all blocks at once."""
-        key = (which, stack)
-        if key not in self._norms:
-            layers = stack.layers(stack.select())
-            maps = {"pre": ("pre_linear", "pre_adjoint"), "post": ("post_linear", "post_adjoint")}[which]
-            v = gather([self.vectors[(which, l)] for l in layers])
-            for _ in range(self.power_iters):
-                w = stack.call(maps[1], stack.call(maps[0], v))
-                n = w.flatten(1).norm(dim=1).view(-1, 1, 1)
-                v = torch.where((n > 0) & torch.isfinite(n), w / n, v)
-            self._norms[key] = stack.call(maps[0], v).pow(2).flatten(1).sum(dim=1)
-            for l, vl in zip(layers, v.unbind(0)):
-                self.vectors[(which, l)] = vl
-        return self._norms[key]
-
-    def stack_step_size(self, stack, kind: str, ks: slice) -> torch.Tensor:
-        """``step_size`` of (kind, l) for the selected layers of a stack, shape (K, 1, 1)."""
-        ref = stack.storage[stack.names[0]]
-        if self.fixed_step is not None:
-            return ref.new_full((len(stack.layers(ks)), 1, 1), float(self.fixed_step))
-        lip = self.problem.stack_x_lipschitz(stack, kind, ks, lambda which: self.stack_norm_sq(stack, which), self.norm_sq)
-        return (self.safety / lip.clamp_min(1e-12)).view(-1, 1, 1)
-
-    def step_size(self, kind: str, l: int) -> float:
-        if self.fixed_step is not None:
-            return float(self.fixed_step)
-        return self.safety / max(self.problem.x_lipschitz(kind, l, self.norm_sq), 1e-12)
+    def step_size(self, stack, kind: str, ks: slice) -> list:
+        """The steps (one per selected block) of the variables (kind, l), once per weight update
+        (``invalidate``)."""
+        key = (stack.first, kind, ks.indices(stack.d))
+        if key not in self._steps:
+            if self.fixed_step is not None:
+                self._steps[key] = [float(self.fixed_step)] * len(stack.layers(ks))
+            else:
+                self._steps[key] = [self.safety / max(lip, 1e-12)
+                                    for lip in self.problem.x_lipschitz(stack, kind, ks, self.norms)]
+        return self._steps[key]
 
     @torch.no_grad()
     def sweep(self, st: LiftedState) -> None:
@@ -257,40 +234,29 @@ class AuxiliaryUpdater:
         pre-activations stale; call ``problem.refresh`` after."""
         p = self.problem
 
-        def update(kind, l):
-            mu = self.step_size(kind, l)
-            v = st.u[l] if kind == "u" else st.z[l]
-            return p.x_prox(kind, l, v - mu * p.x_gradient(st, kind, l), mu)
-
-        def jacobi(group, parity=None):
-            """Every variable of ``group`` from the same state; stacked layers in one step per stack."""
-            new = [(var, update(*var)) for var in group if var[1] not in p.stack_of]
+        def jacobi(parity=None):
+            """Every variable of the selected layers from the same state, one step per stack and kind."""
+            new = []
             for stack in p.stacks:
                 ks = stack.select(parity)
-                if not stack.layers(ks):
-                    continue
-                for kind in ("u", "z") if stack.has_state else ("z",):
-                    values = p.stack_x_step(st, stack, kind, ks, self.stack_step_size(stack, kind, ks))
-                    new += [((kind, l), v) for l, v in zip(stack.layers(ks), values.unbind(0))]
-            for (kind, l), v in new:
-                p.set_var(st, kind, l, v)
+                if stack.layers(ks):
+                    new += [(stack, kind, ks, p.x_step(st, stack, kind, ks, self.step_size(stack, kind, ks)))
+                            for kind in p.kinds(stack)]
+            for stack, kind, ks, values in new:
+                p.set_vars(st, kind, stack, ks, values)
 
-        variables = p.variables()
-        if p.part is not None:  # layer-parallel: the back-projection from the layer above arrives first
-            p.part.exchange_down(st, self.norm_sq)
+        p.exchange_down(st, self.norms)  # where other processes own the layers around these
         if self.order == "gauss_seidel":
-            for kind, l in variables:
-                p.set_var(st, kind, l, update(kind, l))
+            for stack in reversed(p.stacks):
+                for kind in p.kinds(stack):
+                    p.set_vars(st, kind, stack, ALL, p.x_step(st, stack, kind, ALL, self.step_size(stack, kind, ALL)))
         elif self.order == "jacobi":
-            jacobi(variables)
+            jacobi()
         else:  # red_black: odd and even layers share no term, so each half is a Jacobi step on separate blocks
-            for parity in (1, 0):
-                group = [var for var in variables if var[1] % 2 == parity]
-                if parity == 0:  # the even layers' inputs (odd states) have moved
-                    p.refresh_parity(st, sorted({l for _, l in group}), parity)
-                jacobi(group, parity)
-        if p.part is not None:  # and the new top state goes up
-            p.part.exchange_up(st)
+            jacobi(1)
+            p.refresh(st, parity=0, free_only=True)  # the even layers' inputs (odd states) have moved
+            jacobi(0)
+        p.exchange_up(st)
 
     def state_dict(self) -> dict:
         return {"vectors": {f"{w}:{l}": v for (w, l), v in self.vectors.items()}}
@@ -351,48 +317,30 @@ class ISGMConfig(LiftedSolverConfig):
 
 
 class LiftedSolver:
-    """Shared machinery: X-steps, block weight gradients, backtracking W-steps, optimiser."""
+    """Shared machinery: X-steps, block weight gradients, backtracking W-steps, persistent
+    auxiliaries; every W-step is taken stack by stack (``problem.stacks``)."""
 
-    def __init__(self, cfg, scheme):
-        problem = scheme.problem
+    def __init__(self, cfg, scheme, comm=None):
+        problem = scheme.problem  # it holds its communicator; ``comm`` is the gradient solvers' argument
         self.problem = problem
         self.cfg = SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))  # plain attributes: read every step
         self.tau = getattr(self.cfg, "tau", None)
-        self._stack(str(cfg.stacked).lower())
         self.xs = AuxiliaryUpdater(problem, cfg.layer_order, cfg.step_safety, cfg.power_iters, cfg.x_step)
-        self.units = problem.units()
-        self.group = {(u.first if isinstance(u, Stack) else u): i for i, u in enumerate(self.units)}
-        groups = [{"params": problem.unit_params(u)} for u in self.units]  # lr: the optimiser's own (cfg.lr for adam)
-        self.optimizer = self._make_optimizer(groups)
+        self.stacks = problem.stacks
+        self.group = {stack.first: i for i, stack in enumerate(self.stacks)}
+        self.optimizer = self._make_optimizer([{"params": stack.tensors} for stack in self.stacks])
         self.gamma = [1.0] * problem.L  # last accepted backtracking step per block
         self.grow = [True] * problem.L  # the last search accepted its first trial: try a longer step
         self.aux: dict | None = None  # persistent warm start: every training sample's free variables
-        self.aux_stacks: list = []  # (kind, layers, store) of the stacks under the persistent warm start
+        self.aux_stores: list = []  # (kind, layers, store (d, samples, width)) per stack and kind
         self.seen: torch.Tensor | None = None
 
-    def stacking_limit(self) -> str | None:
-        """Why this solver's updates cannot be stacked (None: they can)."""
-        if self.cfg.layer_order == "gauss_seidel":
+    @staticmethod
+    def stacking_limit(cfg) -> str | None:
+        """Why the updates of a solver with config ``cfg`` cannot group blocks (None: they can)."""
+        if cfg.layer_order == "gauss_seidel":
             return "layer_order=gauss_seidel updates one layer after another; stacking needs jacobi or red_black"
         return None
-
-    def _stack(self, mode: str) -> None:
-        """Stack the runs of equal blocks (``solver.stacked``): ``auto`` wherever possible, ``true``
-        refused with one line where impossible, ``false`` never."""
-        if mode == "false":
-            return
-        p = self.problem
-        reason = self.stacking_limit()
-        ranges = p.stackable()
-        if reason is None and not ranges:
-            reason = "this network has no two consecutive equal blocks below the output layer"
-        if reason is not None:
-            if mode == "true":
-                from ..registry import fail
-
-                fail("solver.stacked", "true", reason + "; use solver.stacked=auto or false")
-            return
-        p.stack(ranges)
 
     def prepare(self, n_samples: int) -> int:
         """With ``warm_start=persistent``, room for the free auxiliary variables of ``n_samples``
@@ -401,10 +349,10 @@ class LiftedSolver:
         if self.cfg.warm_start != "persistent":
             return 0
         p = self.problem
-        ref = p.block_params(1)[0]
-        dims = {var: (p.blocks[var[1] - 1].out_dim if var[0] == "u" or not p.blocks[var[1] - 1].has_state
-                      else p.blocks[var[1] - 1].z_dim) for var in p.variables()}
-        size = n_samples * sum(dims.values()) * ref.element_size()
+        ref = self.stacks[0].tensors[0]
+        widths = [(stack, kind, stack.template.out_dim if kind == "u" or not stack.has_state else stack.template.z_dim)
+                  for stack in self.stacks for kind in p.kinds(stack)]
+        size = n_samples * sum(stack.d * width for stack, _, width in widths) * ref.element_size()
         if size > self.cfg.aux_memory_gb * 1e9:
             from ..registry import fail
 
@@ -413,16 +361,11 @@ class LiftedSolver:
                  "images (train_size) or use solver.warm_start=forward")
         # a stack's variables of one kind live in one (d, samples, width) tensor: one gather and one
         # scatter per batch, whatever the depth; ``aux`` holds every variable's view
-        self.aux, self.aux_stacks = {}, []
-        for stack in p.stacks:
-            layers = stack.layers(stack.select())
-            for kind in ("u", "z") if stack.has_state else ("z",):
-                store = torch.zeros(stack.d, n_samples, dims[(kind, stack.first)], dtype=ref.dtype, device=ref.device)
-                self.aux_stacks.append((kind, layers, store))
-                self.aux.update({(kind, l): store[k] for k, l in enumerate(layers)})
-        for var, d in dims.items():
-            if var not in self.aux:
-                self.aux[var] = torch.zeros(n_samples, d, dtype=ref.dtype, device=ref.device)
+        self.aux, self.aux_stores = {}, []
+        for stack, kind, width in widths:
+            store = torch.zeros(stack.d, n_samples, width, dtype=ref.dtype, device=ref.device)
+            self.aux_stores.append((kind, stack.layers(), store))
+            self.aux.update({(kind, l): store[k] for k, l in enumerate(stack.layers())})
         self.seen = torch.zeros(n_samples, dtype=torch.bool, device=ref.device)
         return size
 
@@ -438,129 +381,80 @@ class LiftedSolver:
         if all_seen:  # no forward pass: the state starts from the stored variables
             u = [p.model.input_state(y)] + [None] * p.L
             st = LiftedState(y=y, target=x, u=u, z=[None] * (p.L + 1), a=[None] * (p.L + 1), forward_loss=float("nan"))
-            if p.output == "clamped":
+            if p.output == "clamped" and p.owns_output:
                 st.u[p.L] = x.clone()
                 if not p.blocks[-1].has_state:
                     st.z[p.L] = st.u[p.L]
         else:
             st = p.init_state(y, x)
-        stored = {}
-        for kind, layers, store in self.aux_stacks:
-            stored.update({(kind, l): v for l, v in zip(layers, store[:, idx].unbind(0))})
-        for var, store in self.aux.items():
-            if var not in stored:
-                stored[var] = store[idx]
-        for (kind, l), value in stored.items():
-            if not all_seen:
-                current = st.u[l] if kind == "u" else st.z[l]
-                value = torch.where(seen[:, None], value, current)
-            p.set_var(st, kind, l, value)
-        if p.part is not None:  # layer-parallel: the state below this process's layers, from the stored one there
-            p.part.exchange_up(st)
+        for kind, layers, store in self.aux_stores:
+            for l, value in zip(layers, store[:, idx].unbind(0)):
+                if not all_seen:
+                    value = torch.where(seen[:, None], value, st.u[l] if kind == "u" else st.z[l])
+                p.set_var(st, kind, l, value)
+        p.exchange_up(st)  # where another process owns the layers below: the state there, from its store
         p.refresh(st)
         return st
 
     def _store(self, st: LiftedState, idx: torch.Tensor | None) -> None:
         if self.aux is None or idx is None:
             return
-        done = set()
-        for kind, layers, store in self.aux_stacks:
+        for kind, layers, store in self.aux_stores:
             store[:, idx] = gather([st.u[l] if kind == "u" else st.z[l] for l in layers])
-            done.update((kind, l) for l in layers)
-        for (kind, l), store in self.aux.items():
-            if (kind, l) not in done:
-                store[idx] = st.u[l] if kind == "u" else st.z[l]
         self.seen[idx] = True
 
     def _make_optimizer(self, groups):
-        return torch.optim.SGD(groups, lr=1.0)
+        return None
 
     @torch.no_grad()
-    def backtracking_step_size(self, st: LiftedState, l: int, grads, anchor=None) -> float:
-        """(docs/method.md, section 5.8) Largest gamma in {c gamma_prev, c gamma_prev/2, ...} (c = 2 after a search that accepted
-        its first trial, else 1) with the Armijo condition
-        f(theta - gamma g) <= f(theta) - gamma/2 ||g||^2 on the block energy f (plus the ISGM anchor
-        1/(2 tau) ||theta - theta^k||^2 when given; ``grads`` must include its gradient). The
-        parameters are left unchanged."""
-        p = self.problem
-        params = p.block_params(l)
-
-        def energy(a=None):
-            f = p.block_energy(st, l, a)
-            if anchor is not None:
-                f += sum(float((q - q0).pow(2).sum()) for q, q0 in zip(params, anchor)) / (2 * self.tau)
-            return f
-
-        saved = [q.detach().clone() for q in params]
-        f0 = energy(st.a[l])  # the cached pre-activation is current before the W-step
-        gg = sum(float(g.pow(2).sum()) for g in grads)
-        gamma = self.gamma[l - 1] * (2.0 if self.grow[l - 1] else 1.0)
-        self.grow[l - 1] = True
-        slack = 10 * torch.finfo(saved[0].dtype).eps * (abs(f0) + 1.0)  # rounding in the energy sums
-        if gg > 0:
-            for _ in range(60):
-                for q, q0, g in zip(params, saved, grads):
-                    torch.add(q0, g, alpha=-gamma, out=q.data)
-                f = energy()
-                if f <= f0 - 0.5 * gamma * gg + slack:
-                    break
-                gamma *= 0.5
-                self.grow[l - 1] = False
-            for q, q0 in zip(params, saved):
-                q.copy_(q0)
-        self.gamma[l - 1] = gamma
-        return gamma
-
-    @torch.no_grad()
-    def stack_backtracking_step_size(self, st: LiftedState, stack: Stack, grads: dict, anchor: list | None = None):
-        """``backtracking_step_size`` for every block of a stack at once (shape (d,)): each block
-        keeps its own step, the blocks still searching try their steps together, and a trial costs
-        one batched energy evaluation of those blocks."""
+    def backtracking(self, st: LiftedState, stack, grads: dict, anchor: list | None = None) -> torch.Tensor:
+        """(docs/method.md, section 5.8) For every block of ``stack`` (float64, (d,)) the largest gamma
+        in {c gamma_prev, c gamma_prev/2, ...} (c = 2 after a search that accepted its first trial,
+        else 1) with the Armijo condition f(theta - gamma g) <= f(theta) - gamma/2 ||g||^2 on the block
+        energy f (plus the ISGM anchor 1/(2 tau) ||theta - theta^k||^2 when given; ``grads`` must
+        include its gradient). Each block keeps its own step; the blocks still searching try theirs
+        together, one energy evaluation per trial. The parameters are left unchanged."""
         p = self.problem
         names, storage = stack.names, stack.storage
+        anchor = p._anchor(stack, anchor)
         span = slice(stack.first - 1, stack.last)
 
-        def energy(params, rows=None):
-            f = p.stack_block_energy(st, stack, params, rows)
+        def energy(a=None, rows=None):
+            f = p.block_energy(st, stack, a, rows)
             if anchor is not None:
-                f = f + sum((params[n] - (q0 if rows is None else q0[rows])).pow(2).flatten(1).sum(dim=1)
-                            for n, q0 in zip(names, anchor)) / (2 * self.tau)
+                f = f + sum((storage[n] - anchor[n]).pow(2).flatten(1).sum(dim=1).double()[
+                    slice(None) if rows is None else rows] for n in names) / (2 * self.tau)
             return f
 
-        ref = storage[names[0]]
-        f0 = energy(storage)
-        gg = sum(grads[n].pow(2).flatten(1).sum(dim=1) for n in names)
-        grow = torch.tensor(self.grow[span], device=ref.device)
-        gamma = torch.tensor(self.gamma[span], dtype=ref.dtype, device=ref.device) * torch.where(grow, 2.0, 1.0).to(ref.dtype)
+        saved = {n: storage[n].clone() for n in names}
+        f0 = energy(p._get(st.a, stack.layers()))  # the cached pre-activations are current before the W-step
+        gg = sum(grads[n].pow(2).flatten(1).sum(dim=1).double() for n in names)
+        device = f0.device
+        grow = torch.tensor(self.grow[span], device=device)
+        gamma = torch.tensor(self.gamma[span], dtype=torch.float64, device=device) * torch.where(grow, 2.0, 1.0)
         grow = torch.ones_like(grow)
-        slack = 10 * torch.finfo(ref.dtype).eps * (f0.abs() + 1.0)
+        slack = 10 * torch.finfo(storage[names[0]].dtype).eps * (f0.abs() + 1.0)  # rounding in the energy sums
         done = gg <= 0
-        bound = f0 - 0.5 * gamma * gg + slack  # recomputed for the rows whose step halves
         for _ in range(60):
             rows = (~done).nonzero().flatten()
             if rows.numel() == 0:
                 break
-            trial = {n: storage[n][rows] - gamma[rows].view((-1,) + (1,) * (storage[n].dim() - 1)) * grads[n][rows]
-                     for n in names}
-            done[rows] = energy(trial, rows) <= bound[rows]
+            every = rows.numel() == stack.d
+            for n in names:
+                if every:
+                    axpy(saved[n], -gamma, grads[n], out=storage[n])
+                else:
+                    storage[n][rows] = axpy(saved[n][rows], -gamma[rows], grads[n][rows])
+            f = energy(rows=None if every else rows)
+            ok = f <= f0[rows] - 0.5 * gamma[rows] * gg[rows] + slack[rows]
+            done[rows] = ok
             gamma = torch.where(done, gamma, 0.5 * gamma)
-            bound = f0 - 0.5 * gamma * gg + slack
             grow = grow & done
+        for n in names:
+            storage[n].copy_(saved[n])
         self.gamma[span] = gamma.tolist()
         self.grow[span] = grow.tolist()
         return gamma
-
-    def _apply(self, l: int, grads, lr: float | None) -> None:
-        for q, g in zip(self.problem.block_params(l), grads):
-            q.grad = g
-        if lr is not None:
-            self.optimizer.param_groups[self.group[l]]["lr"] = lr
-
-    def _apply_stack(self, stack: Stack, grads: dict, lr: float | None) -> None:
-        for name in stack.names:
-            stack.storage[name].grad = grads[name]
-        if lr is not None:
-            self.optimizer.param_groups[self.group[stack.first]]["lr"] = lr
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
@@ -600,15 +494,17 @@ class LiftedSolver:
         pass
 
     def state_dict(self) -> dict:
-        state = {"optimizer": self.optimizer.state_dict(), "xs": self.xs.state_dict(), "gamma": list(self.gamma),
-                 "grow": list(self.grow)}
+        state = {"xs": self.xs.state_dict(), "gamma": list(self.gamma), "grow": list(self.grow)}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
         if self.aux is not None:
             state["aux"] = {f"{kind}:{l}": t for (kind, l), t in self.aux.items()}
             state["seen"] = self.seen
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.xs.load_state_dict(state["xs"])
         self.gamma = list(state["gamma"])
         self.grow = list(state["grow"])
@@ -625,8 +521,7 @@ class LiftedSolver:
 @SOLVERS.register("isgm", ISGMConfig, form="lifted")
 class ISGM(LiftedSolver):
     """Implicit stochastic gradient (Toulis & Airoldi; the chapter's main method; docs/method.md,
-    sections 5.4-5.7): per mini-batch,
-    approximately solve
+    sections 5.4-5.7): per mini-batch, approximately solve
 
         argmin_{W, X} E_S(W, X) + sum_l 1/(2 tau) ||W_l - W_l^k||^2
 
@@ -634,8 +529,8 @@ class ISGM(LiftedSolver):
     (W^k, forward pass). W-step: the exact majorised implicit step on dense blocks
     (``w_metric=majorizer``), else W_l <- W_l - gamma_l [grad_W E_S + (W_l - W_l^k)/tau]."""
 
-    previous = None  # W^{k-1}, for the momentum extrapolation ({unit: tensors like unit_params})
-    anchor = None  # W^k ({unit: tensors like unit_params}; empty when the W-steps need no copy)
+    previous = None  # W^{k-1}, for the momentum extrapolation ({stack.first: tensors like stack.tensors})
+    anchor = None  # W^k ({stack.first: tensors like stack.tensors}; empty when the W-steps need no copy)
     needs_anchor = None
 
     def state_dict(self) -> dict:
@@ -644,7 +539,7 @@ class ISGM(LiftedSolver):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         if state.get("previous") is not None:
-            dev = self.problem.block_params(1)[0].device
+            dev = self.stacks[0].tensors[0].device
             self.previous = {key: [q.to(dev) for q in tensors] for key, tensors in state["previous"].items()}
 
     def begin_epoch(self, epoch: int) -> None:
@@ -652,15 +547,12 @@ class ISGM(LiftedSolver):
         self.tau = self.cfg.tau * self.cfg.tau_decay**epoch
 
     def _snapshot(self) -> dict:
-        return {(u.first if isinstance(u, Stack) else u): [q.detach().clone() for q in self.problem.unit_params(u)]
-                for u in self.units}
+        return {stack.first: [q.detach().clone() for q in stack.tensors] for stack in self.stacks}
 
     def _needs_anchor(self) -> bool:
         """A copy of W^k is needed unless every W-step is the majorised step taken at the anchor
         itself (one inner iteration), which then updates the weights in place."""
-        p = self.problem
-        majorised = self.cfg.w_metric == "majorizer" and all(
-            p.majorizable(u.first if isinstance(u, Stack) else u) for u in self.units)
+        majorised = self.cfg.w_metric == "majorizer" and all(self.problem.majorizable(s) for s in self.stacks)
         return not (majorised and self.cfg.n_inner == 1)
 
     @torch.no_grad()
@@ -669,18 +561,17 @@ class ISGM(LiftedSolver):
         W^k <- W^k + beta (W^k - W^{k-1}) (heavy-ball/Nesterov-style implicit SGD), then projected
         onto the architecture's constraints; beta = 0 is plain ISGM. A stack's blocks move in one
         operation per parameter tensor; W^{k-1} is kept in buffers that are overwritten."""
-        p = self.problem
         beta = self.cfg.momentum
         if beta > 0:
             if self.previous is None:
                 self.previous = self._snapshot()
             else:
-                for u in self.units:
-                    for q, q1 in zip(p.unit_params(u), self.previous[u.first if isinstance(u, Stack) else u]):
+                for stack in self.stacks:
+                    for q, q1 in zip(stack.tensors, self.previous[stack.first]):
                         step = q - q1
                         q1.copy_(q)
                         q.add_(step, alpha=beta)
-                p.model.project()
+                self.problem.model.project()
         if self.needs_anchor is None:
             self.needs_anchor = self._needs_anchor()
         self.anchor = self._snapshot() if self.needs_anchor else {}
@@ -688,49 +579,24 @@ class ISGM(LiftedSolver):
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
         p = self.problem
-        inv_tau = 1.0 / self.tau
-        if p.comm is not None and self.cfg.w_metric == "majorizer":  # one collective for every majorised block
-            p.gather_majorizer_rows(st, [u for u in self.units if p.majorizable(u.first if isinstance(u, Stack) else u)])
-        for unit in self.units:
-            if isinstance(unit, Stack):
-                self._stack_w_step(st, unit, inv_tau)
-                continue
-            l = unit
-            anchor = self.anchor.get(l)
-            if self.cfg.w_metric == "majorizer" and p.majorizable(l):
-                p.implicit_weight_step(st, l, anchor, self.tau, at_anchor=self.inner == 0)
-                continue
-            if self.cfg.w_metric == "majorizer" and self.cfg.cg_iters and p.operator_majorizable(l):
-                p.operator_weight_step(st, l, anchor, self.tau, self.cfg.cg_iters)
-                continue
-            grads = p.weight_gradients(st, l)
-            for g, q, q0 in zip(grads, p.block_params(l), anchor):
-                g.add_(q - q0, alpha=inv_tau)
-            lr = self.cfg.w_step if self.cfg.w_step is not None else self.backtracking_step_size(st, l, grads, anchor)
-            self._apply(l, grads, lr)
-        params = [q for group in self.optimizer.param_groups for q in group["params"]]
-        if any(q.grad is not None for q in params):
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-
-    def _stack_w_step(self, st: LiftedState, stack: Stack, inv_tau: float) -> None:
-        """The W-step of every block of a stack at once: the batched majorised step, or a gradient
-        step with each block's own backtracked length (the update of plain SGD, batched)."""
-        p = self.problem
-        anchor = self.anchor.get(stack.first)
-        if self.cfg.w_metric == "majorizer" and p.majorizable(stack.first):  # equal blocks: as the first one
-            p.stack_implicit_weight_step(st, stack, anchor, self.tau, at_anchor=self.inner == 0)
-            return
-        grads = p.stack_weight_gradients(st, stack)
-        for name, q0 in zip(stack.names, anchor):
-            grads[name].add_(stack.storage[name] - q0, alpha=inv_tau)
-        if self.cfg.w_step is not None:
-            gamma = stack.storage[stack.names[0]].new_full((stack.d,), float(self.cfg.w_step))
-        else:
-            gamma = self.stack_backtracking_step_size(st, stack, grads, anchor)
-        for name in stack.names:
-            q = stack.storage[name]
-            q.sub_(gamma.view((-1,) + (1,) * (q.dim() - 1)) * grads[name])
+        majorizer = self.cfg.w_metric == "majorizer"
+        rows = p.majorizer_inputs(st, [s for s in self.stacks if majorizer and p.majorizable(s)])  # one collective
+        for stack in self.stacks:
+            anchor = self.anchor.get(stack.first)
+            if stack.first in rows:
+                p.implicit_weight_step(st, stack, rows[stack.first], anchor, self.tau, at_anchor=self.inner == 0)
+            elif majorizer and self.cfg.cg_iters and p.operator_majorizable(stack):
+                p.operator_weight_step(st, stack, anchor, self.tau, self.cfg.cg_iters)
+            else:  # a gradient step with each block's own backtracked length
+                grads = p.weight_gradients(st, stack)
+                for name, q0 in zip(stack.names, anchor):
+                    grads[name].add_(stack.storage[name] - q0.view_as(grads[name]), alpha=1.0 / self.tau)
+                if self.cfg.w_step is not None:
+                    gamma = torch.full((stack.d,), float(self.cfg.w_step), dtype=torch.float64, device=st.y.device)
+                else:
+                    gamma = self.backtracking(st, stack, grads, anchor)
+                for name in stack.names:
+                    axpy(stack.storage[name], -gamma, grads[name], out=stack.storage[name])
 
 
 #: Adam's rate for the BCD W-step when ``lr`` is null
@@ -785,8 +651,8 @@ class BCD(LiftedSolver):
     (momentum ``momentum``) or adam (learning rate ``lr``). A fixed step or Adam's learning rate is
     annealed per epoch by ``lr_decay``."""
 
-    def __init__(self, cfg, scheme):
-        super().__init__(cfg, scheme)
+    def __init__(self, cfg, scheme, comm=None):
+        super().__init__(cfg, scheme, comm)
         self.begin_epoch(0)  # self.lr: the fixed weight step of this epoch (None: backtracking)
 
     def _make_optimizer(self, groups):
@@ -804,33 +670,32 @@ class BCD(LiftedSolver):
             for group in self.optimizer.param_groups:
                 group["lr"] = self.lr
 
-    def stacking_limit(self) -> str | None:
-        _, line_search, stateless = WEIGHT_UPDATES[self.cfg.weight_update]
-        if line_search and self.cfg.lr is None and not stateless:
-            return (f"weight_update={self.cfg.weight_update} with a line search (lr=null) gives every block its own "
+    @staticmethod
+    def stacking_limit(cfg) -> str | None:
+        _, line_search, stateless = WEIGHT_UPDATES[cfg.weight_update]
+        if line_search and cfg.lr is None and not stateless:
+            return (f"weight_update={cfg.weight_update} with a line search (lr=null) gives every block its own "
                     "step inside one momentum optimiser; stacking needs gd, adam or a fixed lr")
-        return super().stacking_limit()
+        return LiftedSolver.stacking_limit(cfg)
 
     @torch.no_grad()
     def w_step(self, st: LiftedState) -> None:
         p = self.problem
-        for unit in self.units:
-            if isinstance(unit, Stack):  # one gradient and one optimiser update for the whole stack
-                grads = p.stack_weight_gradients(st, unit)
-                lr = None
-                if self.line_search:
-                    lr = self.lr
-                    if lr is None:  # plain gd: each block's own step, folded into its gradient
-                        gamma = self.stack_backtracking_step_size(st, unit, grads)
-                        grads = {n: g * gamma.view((-1,) + (1,) * (g.dim() - 1)) for n, g in grads.items()}
-                        lr = 1.0
-                self._apply_stack(unit, grads, lr)
-                continue
-            l = unit
-            grads = p.weight_gradients(st, l)
+        for stack in self.stacks:  # one gradient and one optimiser update per stack
+            grads = p.weight_gradients(st, stack)
             lr = None
             if self.line_search:
-                lr = self.lr if self.lr is not None else self.backtracking_step_size(st, l, grads)
-            self._apply(l, grads, lr)
+                lr = self.lr
+                if lr is None:
+                    gamma = self.backtracking(st, stack, grads)
+                    if stack.d == 1:  # the block's searched step is the optimiser's learning rate
+                        lr = float(gamma)
+                    else:  # several blocks in one tensor (stateless updates only): each step folded into its gradient
+                        grads = {n: per_block(gamma, g, g.dim()) * g for n, g in grads.items()}
+                        lr = 1.0
+            for q, name in zip(stack.tensors, stack.names):
+                q.grad = grads[name].view_as(q)
+            if lr is not None:
+                self.optimizer.param_groups[self.group[stack.first]]["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)

@@ -109,6 +109,9 @@ class Identity(ProxActivation):
     def prox_phi(self, v, mu):
         return v / (1 + mu)
 
+    def bregman(self, y, z):
+        return 0.5 * (y - z) ** 2  # the general form with Psi = 0 and sigma(z) = z, in one pass
+
 
 @ACTIVATIONS.register("relu", params=())
 class ReLU(ProxActivation):
@@ -128,6 +131,12 @@ class ReLU(ProxActivation):
 
     def prox_phi(self, v, mu):
         return torch.relu(v / (1 + mu))
+
+    def bregman(self, y, z):
+        # the general form with Psi(sigma(z)) = 0 and Psi(y) = 0 on y >= 0 (+inf elsewhere), the same values
+        # in fewer passes
+        s = torch.relu(z)
+        return torch.where(y >= 0, 0.5 * (y - z) ** 2 - 0.5 * (s - z) ** 2, _INF)
 
 
 @ACTIVATIONS.register("leaky_relu", params=("slope",))

@@ -33,10 +33,15 @@ IMAGE_DIM = 28 * 28
 
 class Block(nn.Module):
     """One layer equation. ``has_state``: u_l is not z_l (a second auxiliary variable);
-    ``skip``: S_l = I. ``in_dim``/``out_dim``: sizes of u_{l-1} and u_l; ``z_dim``: size of z_l."""
+    ``skip``: S_l = I. ``in_dim``/``out_dim``: sizes of u_{l-1} and u_l; ``z_dim``: size of z_l.
+
+    A block states its maps once. ``batched``: they also accept parameters and states with a
+    leading layer dimension (weights (d, m, n), states (d, s, n)), so that d equal blocks run in one
+    call (``lifted.stacks``); otherwise the lifted solvers evaluate d blocks with ``torch.func.vmap``."""
 
     has_state = False
     skip = False
+    batched = False
 
     def __init__(self, act: ProxActivation):
         super().__init__()
@@ -64,21 +69,6 @@ class Block(nn.Module):
 
     def post_adjoint(self, r: torch.Tensor) -> torch.Tensor:
         """V_l^T r."""
-        return r
-
-    # Batched maps for d stacked blocks (``lifted.stacking``): parameters (d, ...) by name, states
-    # (d, samples, width). A class that defines a map may define ``stacked_<map>`` beside it; the
-    # identity maps above have theirs here.
-    @staticmethod
-    def stacked_post(p, u, z):
-        return z
-
-    @staticmethod
-    def stacked_post_linear(p, z):
-        return z
-
-    @staticmethod
-    def stacked_post_adjoint(p, r):
         return r
 
     def forward(self, u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -109,12 +99,22 @@ class Block(nn.Module):
 
     def stack_key(self) -> tuple:
         """What, besides the class, the activation and the parameter shapes, fixes the function the
-        block computes of its parameters (blocks that agree can be stacked; ``lifted.stacking``)."""
+        block computes of its parameters (blocks that agree can be stacked; ``lifted.stacks``)."""
         return ()
+
+
+def linear(u: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """u W^T + b in one fused kernel, for one block (u (s, n), W (m, n), b (m,)) or d stacked ones
+    (u (d, s, n), W (d, m, n), b (d, m))."""
+    if W.dim() == 2:
+        return torch.addmm(b, u, W.t())
+    return torch.baddbmm(b.unsqueeze(-2), u, W.mT)
 
 
 class DenseBlock(Block):
     """u_l = sigma(W u_{l-1} + b)."""
+
+    batched = True
 
     def __init__(self, n_in: int, n_out: int, act: ProxActivation):
         super().__init__(act)
@@ -122,34 +122,16 @@ class DenseBlock(Block):
         self.in_dim, self.out_dim, self.z_dim = n_in, n_out, n_out
 
     def pre(self, u, y):
-        return torch.addmm(self.linear.bias, u, self.linear.weight.t())
+        return linear(u, self.linear.weight, self.linear.bias)
 
     def pre_linear(self, v):
-        return v @ self.linear.weight.t()
+        return v @ self.linear.weight.mT
 
     def pre_adjoint(self, r):
         return r @ self.linear.weight
 
     def affine(self):
         return self.linear.weight, self.linear.bias
-
-    # batched maps (see Block): they spare the generic vmap path its per-call overhead
-    @staticmethod
-    def stacked_pre(p, u, y):
-        return torch.baddbmm(p["linear.bias"].unsqueeze(1), u, p["linear.weight"].transpose(1, 2))
-
-    @staticmethod
-    def stacked_pre_linear(p, v):
-        return torch.bmm(v, p["linear.weight"].transpose(1, 2))
-
-    @staticmethod
-    def stacked_pre_adjoint(p, r):
-        return torch.bmm(r, p["linear.weight"])
-
-    def stacked_weight_gradients(self, p, u_prev, u, z, g_a, rho, s):
-        """Per-block gradients of (1/s) [<g_a, a(theta)> (+ rho/2 ||u - post(u_prev, z)||^2)]: the
-        surrogate of ``LiftedProblem.weight_gradients``, for stacked blocks."""
-        return {"linear.weight": torch.bmm(g_a.transpose(1, 2), u_prev) / s, "linear.bias": g_a.sum(dim=1) / s}
 
 
 class ConvBlock(Block):
@@ -210,7 +192,7 @@ class ResidualBlock(DenseBlock):
         return (self.tied,)
 
     def _v(self):
-        return self.linear.weight.t() if self.tied else self.V
+        return self.linear.weight.mT if self.tied else self.V
 
     def post_weight(self):
         return None if self.tied else self.V  # tied: V = W^T couples the two steps
@@ -219,28 +201,10 @@ class ResidualBlock(DenseBlock):
         return u + self.post_linear(z)
 
     def post_linear(self, z):
-        return z @ self._v().t()
+        return z @ self._v().mT
 
     def post_adjoint(self, r):
         return r @ self._v()
-
-    def stacked_post(self, p, u, z):
-        return u + self.stacked_post_linear(p, z)
-
-    def stacked_post_linear(self, p, z):
-        return torch.bmm(z, p["linear.weight"] if self.tied else p["V"].transpose(1, 2))
-
-    def stacked_post_adjoint(self, p, r):
-        return torch.bmm(r, p["linear.weight"].transpose(1, 2) if self.tied else p["V"])
-
-    def stacked_weight_gradients(self, p, u_prev, u, z, g_a, rho, s):
-        grads = DenseBlock.stacked_weight_gradients(self, p, u_prev, u, z, g_a, rho, s)
-        r = u - self.stacked_post(p, u_prev, z)  # the architecture term's gradient in V z is -rho r
-        if self.tied:  # V = W^T: post adds z W
-            grads["linear.weight"] = grads["linear.weight"] - rho * torch.bmm(z.transpose(1, 2), r) / s
-        else:
-            grads["V"] = -rho * torch.bmm(r.transpose(1, 2), z) / s
-        return grads
 
 
 def stiefel_project(W: torch.Tensor, tol: float = 1e-6, max_iter: int = 30) -> torch.Tensor:
