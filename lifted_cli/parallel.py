@@ -40,12 +40,12 @@ import torch.distributed as dist
 
 from .errors import ConfigError, LiftedError, RunError
 from .lifted.layout import Layout
-from .registry import Registry, Schema, check_choice, check_positive, fail
+from .registry import Registry, Schema, check_choice, check_positive, fail, option
 
 log = logging.getLogger("lifted.parallel")
 
 #: the modes by name (``parallel=<name>``)
-PARALLEL = Registry("parallel")
+PARALLEL = Registry("parallel", configs=True)
 
 BACKENDS = ("auto", "gloo", "nccl")
 
@@ -55,11 +55,11 @@ RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 @dataclass
 class ParallelConfig(Schema):
-    name: str = "none"
-    nproc: Optional[int] = None
-    backend: str = "auto"
-    timeout_s: float = 300.0
-    layer_ranks: Optional[int] = None  # parallel=grid: the number of layer ranges (the grid's columns)
+    name: str = option("none", "none | data | layer | grid")
+    nproc: Optional[int] = option(None, "processes lifted starts on this machine (null: 1; under torchrun: its world, leave unset)")
+    backend: str = option("auto", "auto (nccl on CUDA, gloo on the CPU) | gloo | nccl")
+    timeout_s: float = option(300.0, "a collective that waits longer (a hung rank) ends the run")
+    layer_ranks: Optional[int] = option(None, "parallel=grid: the layer ranges (the grid's columns); must divide the processes")
 
     def validate(self):
         check_positive("nproc", self.nproc, allow_none=True)

@@ -2,17 +2,22 @@
 
 A component registers itself where it is defined::
 
-    ARCHITECTURES = Registry("arch")
+    ARCHITECTURES = Registry("arch", configs=True)
 
     @dataclass
     class MLPConfig(Schema):
-        name: str = "mlp"
-        hidden: List[int] = ...
+        name: str = option("mlp", "the architecture")
+        hidden: List[int] = option([512, 512], "hidden widths (input and output are 784)")
         def validate(self):
             check(len(self.hidden) > 0, "hidden", self.hidden, "need at least one hidden width")
 
     @ARCHITECTURES.register("mlp", MLPConfig)
     def build_mlp(cfg): ...
+
+The schema is the one source of every default and of the description of every key (``option``).
+A registry whose options are YAML files of a config group (``configs=True``) stores each schema in
+Hydra's ConfigStore as ``<group>/base_<name>``; the YAML names it first in its defaults list and
+holds only what it changes (Hydra's structured config schemas), so the two cannot drift.
 
 ``Registry.validate(node)`` checks a composed config node against the schema of the option it names:
 unknown keys (a misspelt ``+key``), types (through OmegaConf's structured configs) and the schema's own
@@ -22,6 +27,7 @@ a registry selects a component by its name.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -66,6 +72,14 @@ def check_interval(key: str, value, low: float, high: float, closed_low: bool, c
 
 def check_choice(key: str, value, allowed) -> None:
     check(value in allowed, key, value, f"allowed: {', '.join(allowed)}")
+
+
+def option(default, help: str):
+    """A schema field with its default and its one-line description (``help``): the reference of
+    every key is read from the schemas."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 class Schema:
@@ -117,9 +131,10 @@ class Entry:
 class Registry:
     """Components of one kind, by name. ``key``: the config key that names the option."""
 
-    def __init__(self, group: str, key: str = "name"):
+    def __init__(self, group: str, key: str = "name", configs: bool = False):
         self.group = group
         self.key = key
+        self.configs = configs  # options are YAML files of the config group ``group`` extending ``base_<name>``
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, schema: type | None = None, **info):
@@ -128,12 +143,20 @@ class Registry:
 
         def decorate(builder):
             self._entries[name] = Entry(name, builder, schema, info)
+            if self.configs and schema is not None:
+                from hydra.core.config_store import ConfigStore
+
+                ConfigStore.instance().store(group=self.group, name=f"base_{name}", node=schema)
             return builder
 
         return decorate
 
     def unregister(self, name: str) -> None:
         self._entries.pop(name, None)
+        if self.configs:
+            from hydra.core.config_store import ConfigStore
+
+            ConfigStore.instance().repo.get(self.group, {}).pop(f"base_{name}.yaml", None)
 
     def names(self) -> list[str]:
         return list(self._entries)

@@ -31,14 +31,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..registry import Registry, Schema, check, check_choice, check_interval, check_nonnegative, check_positive
+from ..registry import Registry, Schema, check, check_choice, check_interval, check_nonnegative, check_positive, option
 from .layout import Layout
 from .objective import LiftedProblem
 from .penalties import BregmanPenalty, FenchelPenalty, LayerPenalty, QuadraticPenalty
 from .solvers import LAYER_ORDERS, AuxiliaryUpdater
 
 #: the schemes by name; ``info["form"]``: the interface their solvers need (see ``solvers.py``)
-SCHEMES = Registry("scheme")
+SCHEMES = Registry("scheme", configs=True)
 
 OUTPUTS = ("auto", "clamped", "free")
 
@@ -71,9 +71,11 @@ class Scheme:
 # ------------------------------------------------------------------------------------- backprop
 @dataclass
 class BackpropSchemeConfig(Schema):
-    name: str = "backprop"
-    sparsity: float = 0.0
-    sparsity_layer: Optional[int] = None
+    """Back-propagation baseline: minimise 1/2 ||N(y) - x||^2 (+ sparsity) by autograd."""
+
+    name: str = option("backprop", "the scheme")
+    sparsity: float = option(0.0, "weight alpha of alpha ||x_l||_1 on the output of layer sparsity_layer")
+    sparsity_layer: Optional[int] = option(None, "1-based layer index (null: no sparsity term)")
 
     def validate(self):
         check_nonnegative("sparsity", self.sparsity)
@@ -116,11 +118,11 @@ class BackpropScheme(Scheme):
 class LiftedSchemeConfig(Schema):
     """Options shared by the lifted schemes."""
 
-    name: str = "bregman"
-    layer_weights: Optional[List[float]] = None
-    rho: float = 1.0
-    sparsity: float = 0.0
-    sparsity_layer: Optional[int] = None
+    name: str = option("bregman", "the scheme")
+    layer_weights: Optional[List[float]] = option(None, "one lambda per layer (relative weights), e.g. [1, 1, 1]")
+    rho: float = option(1.0, "architecture penalty rho (residual and proximal blocks; unused by mlp, unrolled_pnn)")
+    sparsity: float = option(0.0, "alpha of alpha ||u_k||_1 on an auxiliary variable")
+    sparsity_layer: Optional[int] = option(None, "1-based layer k (null: none)")
 
     def validate(self):
         check_nonnegative("sparsity", self.sparsity)
@@ -131,10 +133,15 @@ class LiftedSchemeConfig(Schema):
 
 @dataclass
 class BregmanSchemeConfig(LiftedSchemeConfig):
-    name: str = "bregman"
-    penalty_weight: float = 1.0
-    output_weight: Optional[float] = None
-    output: str = "auto"
+    """Lifted Bregman training (Wang & Benning 2023): layer equations as Bregman penalties
+    lambda_l B_Psi_l(z_l, a_l), minimised by solver=isgm or solver=bcd; no activation is differentiated."""
+
+    name: str = option("bregman", "the scheme")
+    penalty_weight: float = option(1.0, "lambda_l of every layer")
+    output_weight: Optional[float] = option(None, "lambda of the last layer alone (clamped output: the data term), in "
+                                            "place of penalty_weight x layer_weights there; null: like the others")
+    output: str = option("auto", "clamped: u_L = target (the last penalty is the data term); free: 1/2||K u_L - x||^2; "
+                         "auto: clamped when the network outputs its last state, else free")
 
     def validate(self):
         super().validate()
@@ -146,16 +153,22 @@ class BregmanSchemeConfig(LiftedSchemeConfig):
 
 @dataclass
 class FenchelSchemeConfig(BregmanSchemeConfig):
-    name: str = "fenchel"
+    """Fenchel lifted networks (Gu, Askari, El Ghaoui 2020), ReLU and identity layers only:
+    D(z, a) = 2 lambda_l (1/2||z||^2 + 1/2||max(a,0)||^2 - <z, a>), z >= 0 (the official code's factor 2)."""
+
+    name: str = option("fenchel", "the scheme")
 
 
 @dataclass
 class MACSchemeConfig(LiftedSchemeConfig):
-    name: str = "mac"
-    mu: float = 1.0
-    mu_growth: float = 1.5
-    mu_max: float = 100.0
-    output: str = "auto"
+    """Method of auxiliary coordinates, quadratic penalty (Carreira-Perpinan & Wang 2014): mu_e/2
+    ||z_l - sigma(a_l)||^2 with mu_e = min(mu mu_growth^e, mu_max) in epoch e; uses sigma's (sub)gradient."""
+
+    name: str = option("mac", "the scheme")
+    mu: float = option(1.0, "penalty weight in the first epoch")
+    mu_growth: float = option(1.5, "factor per epoch (>= 1)")
+    mu_max: float = option(100.0, "cap of the continuation")
+    output: str = option("auto", "clamped | free | auto (see scheme=bregman)")
 
     def validate(self):
         super().validate()
@@ -238,13 +251,17 @@ class MACScheme(LiftedScheme):
 # ---------------------------------------------------------------------------------- contrastive
 @dataclass
 class ContrastiveSchemeConfig(LiftedSchemeConfig):
-    name: str = "contrastive"
-    beta: float = 0.1
-    penalty_weight: float = 1.0
-    nudge_steps: int = 3
-    layer_order: str = "gauss_seidel"
-    step_safety: float = 0.9
-    power_iters: int = 2
+    """Lifted contrastive learning (Zach & Estellers 2019) on the lifted Bregman energy E(X; W):
+    J_beta(W) = (1/beta) [min_X {beta loss + E(X; W)} - min_X E(X; W)]; free phase = forward pass,
+    nudged phase = nudge_steps X-sweeps; the gradient is applied by adam or sgd."""
+
+    name: str = option("contrastive", "the scheme")
+    beta: float = option(0.1, "nudging weight of the output loss (the gradient tends to back-propagation's as beta -> 0)")
+    penalty_weight: float = option(1.0, "lambda_l of every layer")
+    nudge_steps: int = option(3, "X-sweeps of the nudged phase per mini-batch")
+    layer_order: str = option("gauss_seidel", "gauss_seidel (top-down) | jacobi | red_black")
+    step_safety: float = option(0.9, "X-steps are step_safety / Lipschitz estimate")
+    power_iters: int = option(2, "power iterations per operator-norm estimate")
 
     def validate(self):
         super().validate()

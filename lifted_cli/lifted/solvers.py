@@ -37,13 +37,13 @@ from typing import Optional
 import torch
 from omegaconf import OmegaConf
 
-from ..registry import Registry, Schema, check, check_choice, check_interval, check_nonnegative, check_positive
+from ..registry import Registry, Schema, check, check_choice, check_interval, check_nonnegative, check_positive, option
 from .layout import LOCAL
 from .objective import LiftedProblem, LiftedState, axpy, per_block
 from .stacks import ALL, gather
 
 #: the solvers by name; ``info["form"]``: the scheme interface each one minimises
-SOLVERS = Registry("solver")
+SOLVERS = Registry("solver", configs=True)
 
 #: where a mini-batch's auxiliary variables start: a forward pass, or the values they had when the
 #: same samples were last seen (set once by a forward pass, kept for every training sample)
@@ -64,12 +64,14 @@ def check_momentum(key: str, value) -> None:
 # ------------------------------------------------------------------------------ gradient solvers
 @dataclass
 class AdamConfig(Schema):
-    name: str = "adam"
-    lr: float = 1e-3
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
-    lr_decay: float = 1.0
+    """Adam on the scheme's gradient (back-propagated or contrastive)."""
+
+    name: str = option("adam", "the solver")
+    lr: float = option(1e-3, "learning rate")
+    beta1: float = option(0.9, "first-moment decay")
+    beta2: float = option(0.999, "second-moment decay")
+    weight_decay: float = option(0.0, "L2 weight decay")
+    lr_decay: float = option(1.0, "lr of epoch e is lr * lr_decay^e, in (0, 1]")
 
     def validate(self):
         check_positive("lr", self.lr)
@@ -81,11 +83,13 @@ class AdamConfig(Schema):
 
 @dataclass
 class SGDConfig(Schema):
-    name: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_decay: float = 1.0
+    """Stochastic gradient descent with (heavy-ball) momentum on the scheme's gradient."""
+
+    name: str = option("sgd", "the solver")
+    lr: float = option(0.05, "learning rate")
+    momentum: float = option(0.9, "momentum in [0, 1)")
+    weight_decay: float = option(0.0, "L2 weight decay")
+    lr_decay: float = option(1.0, "lr of epoch e is lr * lr_decay^e, in (0, 1]")
 
     def validate(self):
         check_positive("lr", self.lr)
@@ -273,16 +277,21 @@ class AuxiliaryUpdater:
 class LiftedSolverConfig(Schema):
     """Options shared by the solvers of the lifted objective."""
 
-    name: str = "isgm"
-    n_inner: int = 1
-    x_sweeps: int = 1
-    layer_order: str = "gauss_seidel"
-    step_safety: float = 0.9
-    power_iters: int = 2
-    x_step: Optional[float] = None
-    warm_start: str = "forward"
-    aux_memory_gb: float = 4.0
-    stacked: str = "auto"
+    name: str = option("isgm", "the solver")
+    n_inner: int = option(1, "inner iterations (X-steps, then a W-step) per mini-batch")
+    x_sweeps: int = option(1, "X-steps (sweeps over the layers) before each W-step")
+    layer_order: str = option("gauss_seidel", "X-step order: gauss_seidel (top-down sweep) | jacobi (all layers at once) "
+                              "| red_black (odd layers at once, then even layers at once)")
+    step_safety: float = option(0.9, "X-steps are step_safety / Lipschitz estimate")
+    power_iters: int = option(2, "warm-started power iterations per operator-norm estimate")
+    x_step: Optional[float] = option(None, "fixed step of the auxiliary variables (null: from the Lipschitz estimate)")
+    warm_start: str = option("forward", "forward (a forward pass per mini-batch) | persistent (every training sample's "
+                             "auxiliary variables kept across epochs, set once by a forward pass: no forward pass per step)")
+    aux_memory_gb: float = option(4.0, "persistent: refuse a run whose stored auxiliaries would exceed this (GB, on "
+                                  "the training device)")
+    stacked: str = option("auto", "auto: runs of equal consecutive blocks grouped into stacks stepped together where "
+                          "the layer order allows (jacobi, red_black); true: the same, refused where nothing can be "
+                          "grouped; false: every block stepped alone")
 
     def validate(self):
         check_choice("stacked", str(self.stacked).lower(), STACKED)
@@ -297,14 +306,20 @@ class LiftedSolverConfig(Schema):
 
 @dataclass
 class ISGMConfig(LiftedSolverConfig):
-    name: str = "isgm"
-    x_sweeps: int = 2
-    tau: float = 1.0
-    tau_decay: float = 1.0
-    w_metric: str = "majorizer"
-    w_step: Optional[float] = None
-    momentum: float = 0.8
-    cg_iters: int = 0
+    """Implicit stochastic gradient method for the lifted objective, one implicit step per mini-batch:
+    argmin_{W,X} E_S(W, X) + 1/(2 tau) ||W - W^k||^2, by n_inner proximal-gradient iterations."""
+
+    name: str = option("isgm", "the solver")
+    x_sweeps: int = option(2, "X-steps (sweeps over the layers) before each W-step")
+    tau: float = option(1.0, "proximal anchor weight 1/(2 tau) ||W - W^k||^2 (larger: bigger steps)")
+    tau_decay: float = option(1.0, "tau of epoch e is tau * tau_decay^e, in (0, 1]")
+    w_metric: str = option("majorizer", "majorizer: the exact majorised implicit step on dense and untied residual "
+                           "blocks (and, with cg_iters > 0, on convolution and unrolled blocks), gradient steps on others "
+                           "| scalar: gradient steps everywhere")
+    w_step: Optional[float] = option(None, "fixed weight step of the gradient W-steps (null: backtracking line search)")
+    momentum: float = option(0.8, "beta of the extrapolated anchor W^k + beta (W^k - W^{k-1}); 0: plain ISGM")
+    cg_iters: int = option(0, "convolution and unrolled blocks: 0 = the backtracked gradient step; N > 0 = the majorised "
+                           "(convolutions) or Gauss-Newton (unrolled, line-searched) step by N conjugate-gradient iterations")
 
     def validate(self):
         super().validate()
@@ -622,13 +637,15 @@ WEIGHT_UPDATES = {
 
 @dataclass
 class BCDConfig(LiftedSolverConfig):
-    name: str = "bcd"
-    weight_update: str = "gd"
-    lr: Optional[float] = None
-    momentum: float = 0.9
-    beta1: float = 0.9
-    beta2: float = 0.999
-    lr_decay: float = 1.0
+    """Block-coordinate descent for the lifted objective: alternate X-steps and layer-local W-steps."""
+
+    name: str = option("bcd", "the solver")
+    weight_update: str = option("gd", "gd | heavyball | nesterov | adam")
+    lr: Optional[float] = option(None, "weight step; null: backtracking line search for gd/heavyball/nesterov, 1e-3 for adam")
+    momentum: float = option(0.9, "momentum of heavyball / nesterov")
+    beta1: float = option(0.9, "adam's first-moment decay")
+    beta2: float = option(0.999, "adam's second-moment decay")
+    lr_decay: float = option(1.0, "a fixed lr (or adam's) is lr * lr_decay^e in epoch e, in (0, 1]; 1 with the line search")
 
     def validate(self):
         super().validate()

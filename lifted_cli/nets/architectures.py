@@ -21,15 +21,15 @@ Weights are drawn from torch's global RNG.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional
 
-from ..registry import Registry, Schema, check, check_positive, fail
+from ..registry import Registry, Schema, check, check_positive, fail, option
 from .activations import make_activation
 from .blocks import (IMAGE_DIM, ConvAnalysis, ConvBlock, DenseAnalysis, DenseBlock, ProxBlock, ResidualBlock,
                      UnifiedNet, UnrolledBlock)
 
-ARCHITECTURES = Registry("arch")
+ARCHITECTURES = Registry("arch", configs=True)
 
 
 def check_activations(key: str, specs) -> None:
@@ -56,13 +56,15 @@ def MLP(widths: list[int], activations: list[str]) -> UnifiedNet:
 # -------------------------------------------------------------------------------------------- mlp
 @dataclass
 class MLPConfig(Schema):
-    name: str = "mlp"
-    hidden: List[int] = field(default_factory=lambda: [512, 512])
-    depth: Optional[int] = None
-    width: int = 512
-    activation: str = "relu"
-    layer_activations: Optional[List[str]] = None
-    output_activation: str = "identity"
+    """Multilayer perceptron 784 -> hidden... -> 784, u_l = sigma_l(W_l u_{l-1} + b_l)."""
+
+    name: str = option("mlp", "the architecture")
+    hidden: List[int] = option([512, 512], "hidden widths (input and output are 784)")
+    depth: Optional[int] = option(None, "or a number of hidden layers of equal width (then hidden is not used), e.g. 32")
+    width: int = option(512, "the width of each of those `depth` hidden layers")
+    activation: str = option("relu", "activation of every hidden layer (an activation spec)")
+    layer_activations: Optional[List[str]] = option(None, "or one spec per hidden layer, e.g. [relu, soft_threshold:0.1]")
+    output_activation: str = option("identity", "activation of the output layer")
 
     def widths(self) -> list[int]:
         """The hidden widths: ``depth`` layers of ``width`` when ``depth`` is set, else ``hidden``."""
@@ -95,12 +97,15 @@ def build_mlp(cfg) -> UnifiedNet:
 # ----------------------------------------------------------------------------------------- resnet
 @dataclass
 class ResNetConfig(Schema):
-    name: str = "resnet"
-    width: int = 512
-    depth: int = 2
-    activation: str = "relu"
-    tied: bool = False
-    output_activation: str = "identity"
+    """Residual network 784 -> width -> ... -> 784: a dense input map (identity activation), `depth`
+    residual blocks u_k = u_{k-1} + V_k sigma(W_k u_{k-1} + b_k), and a dense output map."""
+
+    name: str = option("resnet", "the architecture")
+    width: int = option(512, "width of the residual state")
+    depth: int = option(2, "number of residual blocks")
+    activation: str = option("relu", "sigma of every residual block")
+    tied: bool = option(False, "true: V_k = W_k^T (the chapter's ResNet); false: a separate V_k")
+    output_activation: str = option("identity", "activation of the output map")
 
     def validate(self):
         check_positive("width", self.width)
@@ -120,10 +125,13 @@ def build_resnet(cfg) -> UnifiedNet:
 # ---------------------------------------------------------------------------------------- proxnet
 @dataclass
 class ProxNetConfig(Schema):
-    name: str = "proxnet"
-    hidden: int = 1024
-    depth: int = 2
-    activation: str = "soft_threshold:0.05"
+    """Proximal neural network (Hasannasab et al. 2020): u_l = W_l^T sigma(W_l u_{l-1} + b_l) on
+    784-pixel states, W_l (hidden x 784) with orthonormal columns, restored after every update."""
+
+    name: str = option("proxnet", "the architecture")
+    hidden: int = option(1024, "rows of W_l (>= 784)")
+    depth: int = option(2, "number of layers")
+    activation: str = option("soft_threshold:0.05", "a proximal activation: soft_threshold:a, clamp:l:h, relu, ...")
 
     def validate(self):
         check_positive("depth", self.depth)
@@ -143,14 +151,18 @@ OPERATORS = {"dense": lambda cfg: DenseAnalysis(cfg.dual_dim), "conv": lambda cf
 
 @dataclass
 class UnrolledPNNConfig(Schema):
-    name: str = "unrolled_pnn"
-    depth: int = 5
-    operator: str = "conv"
-    channels: int = 8
-    kernel: int = 5
-    dual_dim: int = 1024
-    tau: float = 1.0
-    lam: float = 0.1
+    """Unrolled dual forward-backward denoiser (Wang, Benning, Repetti 2024):
+    u_k = clamp_[-lam,lam](u_{k-1} - tau L_k (L_k^* u_{k-1} - y)), u_0 = 0, x_net = y - L_K^* u_K, with a
+    learnable L_k per layer."""
+
+    name: str = option("unrolled_pnn", "the architecture")
+    depth: int = option(5, "unrolled iterations K")
+    operator: str = option("conv", "conv: L_k = `channels` convolution filters of size `kernel`; dense: a dual_dim x 784 matrix")
+    channels: int = option(8, "filters of a conv operator")
+    kernel: int = option(5, "filter size (odd) of a conv operator")
+    dual_dim: int = option(1024, "rows of a dense operator")
+    tau: float = option(1.0, "step size (L_k is initialised with ||L_k|| = 1)")
+    lam: float = option(0.1, "weight of the l1 prior, the clamp bound of the dual variable")
 
     def validate(self):
         check_positive("depth", self.depth)
@@ -170,12 +182,15 @@ def build_unrolled_pnn(cfg) -> UnifiedNet:
 # ------------------------------------------------------------------------------- conv_autoencoder
 @dataclass
 class ConvAutoencoderConfig(Schema):
-    name: str = "conv_autoencoder"
-    channels: List[int] = field(default_factory=lambda: [16, 32])
-    kernel: int = 4
-    code: int = 300
-    activation: str = "relu"
-    output_activation: str = "identity"
+    """The chapter's convolutional autoencoder: stride-2 convolutions (28 -> 14 -> 7 with channels
+    [16, 32]), a dense code layer and the mirror image; six layers for two levels, the code is layer 3."""
+
+    name: str = option("conv_autoencoder", "the architecture")
+    channels: List[int] = option([16, 32], "filters per stride-2 level (1 or 2 levels)")
+    kernel: int = option(4, "even; padding (kernel - 2)/2, so each level halves the side exactly")
+    code: int = option(300, "size of the dense code layer")
+    activation: str = option("relu", "every layer but the last")
+    output_activation: str = option("identity", "the last transposed convolution")
 
     def validate(self):
         check(1 <= len(self.channels) <= 2 and min(self.channels) > 0, "channels", self.channels,
@@ -218,9 +233,9 @@ def build_conv_autoencoder(cfg) -> UnifiedNet:
 class SequentialConfig(Schema):
     """A plain ``nn.Sequential`` of ``Linear`` layers and activations (a state_dict from elsewhere)."""
 
-    name: str = "sequential"
-    widths: List[int] = field(default_factory=lambda: [784, 512, 784])
-    activations: List[str] = field(default_factory=lambda: ["relu", "identity"])
+    name: str = option("sequential", "the architecture")
+    widths: List[int] = option([784, 512, 784], "[n_0, n_1, ..., n_L] (input and output included)")
+    activations: List[str] = option(["relu", "identity"], "one proximal activation per Linear layer")
 
     def validate(self):
         check(len(self.widths) >= 2 and min(self.widths) > 0, "widths", self.widths,
