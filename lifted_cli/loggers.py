@@ -40,12 +40,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
 from .registry import Registry, Schema, check, fail
-from .runs import RunFolder
 
 log = logging.getLogger("lifted.loggers")
 
 #: the loggers by name (``logger=<name>``), each with the package it needs
 LOGGERS = Registry("logger")
+
+#: the folder of a run that TensorBoard's event files go to (a record of the run, not a result)
+EVENTS = "tensorboard"
 
 #: config keys that are not parameters of a run (where it writes, how it shows progress, the loggers)
 NOT_PARAMS = ("output_dir", "logger", "progress", "resume")
@@ -329,7 +331,7 @@ class TensorBoardLogger:
     def __init__(self, node, cfg, out: Path):
         from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package (``require``)
 
-        self._make = lambda: SummaryWriter(log_dir=str(out / RunFolder.EVENTS))
+        self._make = lambda: SummaryWriter(log_dir=str(out / EVENTS))
         self.node, self.out, self.params = node, out, params(cfg)
         self.writer = None
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from omegaconf import MISSING
 
+from . import loggers
 from .data.mnist import DATA_SOURCES
 from .errors import ConfigError, DivergenceError, InputError
 from .registry import Schema, check, fail
@@ -272,8 +273,7 @@ class RunFolder:
     LOCK = ".lock"
     #: the files of a run (and of their interrupted atomic writes: ``.<name>.*.tmp``)
     RESULTS = ("checkpoint.pt", "metrics.json", "history.csv", "samples.png", "recovered.pt")
-    #: TensorBoard's event files (``logger=tensorboard``): a record of the run, not a result
-    EVENTS = "tensorboard"
+    EVENTS = loggers.EVENTS  # TensorBoard's event files (``logger=tensorboard``)
     _held: dict = {}
 
     def __init__(self, path):
@@ -433,8 +433,6 @@ class RunConfig(Schema):
     output_dir: str = MISSING
 
     def validate(self):
-        from . import loggers
-
         loggers.validate(self.logger)
         check_device(self.device)
         check_data_sources(self.data_sources)

@@ -30,18 +30,12 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import os
-import platform
-import re
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import yaml
+from lifted_cli.benchmarks import fmt, machine, publish, read_runs, stage_report, sweep
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = {
@@ -52,49 +46,6 @@ METHODS = {
     "stacked_red_black": ["scheme=bregman", "solver.layer_order=red_black", "solver.stacked=auto",
                           "solver.warm_start=forward,persistent"],
 }
-
-
-def lifted() -> list[str]:
-    """The project's ``lifted``: the venv's console script, else the package run by this Python."""
-    exe = REPO / ".venv" / "bin" / "lifted"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "lifted_cli"]
-
-
-def sweep(args: list[str], folder: Path, log, seconds: float | None = None, command: str = "train") -> bool:
-    """One ``lifted <command> -m``; stopped after ``seconds`` (its finished jobs are kept). False when stopped."""
-    cmd = [*lifted(), command, "-m", *args, f"hydra.sweep.dir={folder}", "hydra.sweep.subdir=${hydra.job.num}"]
-    print("$ " + " ".join(["lifted", *cmd[1:]]), file=log, flush=True)
-    print("$ " + " ".join(["lifted", *cmd[1:]]), flush=True)
-    try:
-        status = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=seconds).returncode
-    except subprocess.TimeoutExpired:
-        print(f"stopped at the time budget: {folder}", file=log, flush=True)
-        return False
-    # 2: some combinations were refused and skipped; a sweep refused as a whole leaves no run
-    if status > 2 or not any(folder.glob("*/metrics.json")):
-        raise SystemExit(f"lifted {command} -m failed (status {status}, no finished run in {folder}); see {log.name}")
-    return True
-
-
-def read_runs(root: Path) -> list[dict]:
-    """Every finished run below ``root``: its overrides, metrics and history."""
-    runs = []
-    for cfg in sorted(root.rglob(".hydra/overrides.yaml")):
-        folder = cfg.parent.parent
-        metrics = folder / "metrics.json"
-        if not metrics.is_file():
-            continue
-        m = json.loads(metrics.read_text())
-        if m.get("status") != "finished":
-            continue
-        # Hydra records a value's special characters escaped (soft_threshold\:0.05)
-        overrides = {k: re.sub(r"\\(.)", r"\1", v) for k, v in
-                     (str(o).split("=", 1) for o in (yaml.safe_load(cfg.read_text()) or []) if "=" in str(o))}
-        with open(folder / "history.csv") as f:
-            history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-        runs.append({"folder": folder, "overrides": overrides, "metrics": m, "history": history,
-                     "method": folder.parent.name})
-    return runs
 
 
 def wall_to(history: list[dict], target: float) -> float | None:
@@ -133,12 +84,6 @@ def rows_of(runs: list[dict]) -> list[dict]:
         row["step_growth"] = row["ms_per_step"] / base[0]["ms_per_step"] if base and row["L"] >= base[0]["L"] else math.nan
         row["growth_base_L"] = base[0]["L"] if base else math.nan
     return rows
-
-
-def fmt(v, digits=2) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
 
 
 COLUMNS = [("arch", "arch", None), ("L", "L", None), ("method", "method", None), ("warm_start", "warm start", None),
@@ -221,39 +166,6 @@ def plots(rows: list[dict], runs: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def machine(device: str) -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-        cpu = model
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() and device != "cpu" else "none"
-    return (f"CPU {cpu} ({os.cpu_count()} cores, torch threads {torch.get_num_threads()}), GPU {gpu}, "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
-
-
-def stage_report(out: Path, runs_dir: Path, *report_args: str) -> Path:
-    """A fresh staging folder beside ``out`` holding ``lifted report``'s table of ``runs_dir`` (its
-    pictures stay with the runs); ``publish`` then puts it in place of ``out`` at once."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    subprocess.call([*lifted(), "report", str(runs_dir), *report_args, "--out", str(tmp / "report")],
-                    cwd=REPO, stdout=subprocess.DEVNULL)
-    if (tmp / "report" / "report.md").is_file():
-        shutil.move(tmp / "report" / "report.md", tmp / "report.md")
-    shutil.rmtree(tmp / "report", ignore_errors=True)
-    return tmp
-
-
-def publish(tmp: Path, out: Path) -> None:
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="a smoke run (tiny data, L = 2, 4)")
@@ -296,7 +208,8 @@ def main(argv=None) -> int:
                     if left is not None and left <= 0:
                         skipped.append(f"{arch}/{method}")
                         continue
-                    if not sweep([f"arch={arch}", *METHODS[method], *common], runs_dir / arch / method, log, left):
+                    if not sweep([f"arch={arch}", *METHODS[method], *common], runs_dir / arch / method, log, left,
+                                 cwd=REPO):
                         skipped.append(f"{arch}/{method} (stopped part-way)")
     wall = time.perf_counter() - t0
     schemes = {m.parent.parent.name == "backprop" for m in runs_dir.glob("*/*/*/metrics.json")}  # arch/method/job

@@ -43,8 +43,9 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_depth import REPO, fmt, lifted, machine, publish, read_runs, stage_report  # noqa: E402
+from lifted_cli.benchmarks import fmt, lifted, machine, publish, read_runs, stage_report
+
+REPO = Path(__file__).resolve().parent.parent
 
 WIDTH = 256
 GROUPS = {

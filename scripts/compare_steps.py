@@ -65,7 +65,6 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    sys.path.insert(0, str(REPO))
     from lifted_cli.runs import StepClock, tune_allocator
 
     torch.set_num_threads(a.threads)

@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 MATMUL = {"aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm", "aten::baddbmm_"}
 LINALG = {"aten::linalg_cholesky_ex", "aten::cholesky_inverse", "aten::cholesky_solve", "aten::_cholesky_solve_helper",

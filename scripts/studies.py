@@ -36,8 +36,15 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_depth import REPO, machine, publish, read_runs, stage_report, sweep  # noqa: E402
+from lifted_cli import benchmarks
+from lifted_cli.benchmarks import machine, publish, read_runs, stage_report
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args, **kwargs) -> bool:
+    """``benchmarks.sweep`` from the checkout (where the default data_root is)."""
+    return benchmarks.sweep(*args, cwd=REPO, **kwargs)
 
 TASKS = ("mnist_denoise", "mnist_deblur", "mnist_inpaint")
 #: hidden activations of the study: a smooth one and three proximal maps of convex functions

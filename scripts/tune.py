@@ -37,8 +37,15 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark_depth import REPO, lifted, machine, publish, read_runs, stage_report, sweep  # noqa: E402
+from lifted_cli import benchmarks
+from lifted_cli.benchmarks import lifted, machine, publish, read_runs, stage_report
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sweep(*args, **kwargs) -> bool:
+    """``benchmarks.sweep`` from the checkout (where the default data_root is)."""
+    return benchmarks.sweep(*args, cwd=REPO, **kwargs)
 
 #: per scheme: its solver and the grid swept (nine settings each: the same budget for every scheme);
 #: each grid holds the scheme's current default setting

@@ -37,3 +37,51 @@ def test_wheel_ships_the_configs_and_runs_outside_the_repository(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "name: mac" in proc.stdout and "command: train" in proc.stdout
     assert not any(elsewhere.iterdir())
+
+
+def import_graph() -> dict:
+    """Module -> the lifted_cli modules it imports (at module level or inside functions); the root
+    package is left out (it loads the Python API lazily)."""
+    import ast
+
+    package = ROOT / "lifted_cli"
+    modules = {}
+    for path in package.rglob("*.py"):
+        name = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        here = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = (here.split(".")[: len(here.split(".")) - node.level + 1] if node.level else [])
+                target = ".".join(base + ([node.module] if node.module else []))
+                targets = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            graph[name] |= {t for t in targets if t in modules and t not in (name, "lifted_cli")}
+    return graph
+
+
+def test_no_two_modules_import_each_other():
+    graph = import_graph()
+
+    def reaches(a, b):
+        seen, todo = set(), [a]
+        while todo:
+            x = todo.pop()
+            if x == b:
+                return True
+            if x not in seen:
+                seen.add(x)
+                todo.extend(graph[x])
+        return False
+
+    def inside(a, b):  # a package and its own modules
+        return a.startswith(b + ".") or b.startswith(a + ".")
+
+    cycles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if not inside(a, b) and reaches(b, a)})
+    assert not cycles, f"import cycles: {cycles}"
+    assert "lifted_cli.parallel" in graph["lifted_cli.commands.train"]  # the graph sees imports
