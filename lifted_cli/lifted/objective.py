@@ -33,6 +33,7 @@ as a Python float does, so that a stack of one does the arithmetic of a single l
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -142,6 +143,7 @@ class LiftedProblem:
         self.next_norm_sq: float | None = None
         self._lambda_cache: dict = {}
         self._below_cache: dict = {}
+        self._memo: dict | None = None  # the residuals of ``fixed``
 
     # ------------------------------------------------------------------------------ helpers
     def lam_of(self, stack: Stack, ks: slice) -> list[float]:
@@ -293,10 +295,30 @@ class LiftedProblem:
                     st.a[l] = v
 
     def residual(self, st: LiftedState, stack: Stack, ks: slice = ALL) -> torch.Tensor:
-        """r_l = u_l - S_l u_{l-1} - V_l z_l of the selected (state) blocks."""
+        """r_l = u_l - S_l u_{l-1} - V_l z_l of the selected (state) blocks; inside ``fixed`` computed
+        once per stack."""
+        if self._memo is not None:
+            full = self._memo.get(stack.first)
+            if full is None:
+                full = self._memo[stack.first] = self._residual(st, stack, ALL)
+            return full if ks is ALL else full[ks]
+        return self._residual(st, stack, ks)
+
+    def _residual(self, st: LiftedState, stack: Stack, ks: slice) -> torch.Tensor:
         layers = stack.layers(ks)
         post = stack.call("post", self._get(st.u, self._below(stack, ks)), self._get(st.z, layers), ks=ks)
         return self._get(st.u, layers) - post
+
+    @contextmanager
+    def fixed(self):
+        """A block of reads during which neither the auxiliaries nor the weights change (the steps of
+        a Jacobi sweep are all taken from one state; the diagnostics and the inputs of the majorised
+        W-steps too): the residuals r_l are computed once there, not once per use."""
+        self._memo = {}
+        try:
+            yield
+        finally:
+            self._memo = None
 
     def output_residual(self, st: LiftedState) -> torch.Tensor:
         return self.model.readout(st.u[-1], st.y) - st.target

@@ -241,11 +241,12 @@ class AuxiliaryUpdater:
         def jacobi(parity=None):
             """Every variable of the selected layers from the same state, one step per stack and kind."""
             new = []
-            for stack in p.stacks:
-                ks = stack.select(parity)
-                if stack.layers(ks):
-                    new += [(stack, kind, ks, p.x_step(st, stack, kind, ks, self.step_size(stack, kind, ks)))
-                            for kind in p.kinds(stack)]
+            with p.fixed():
+                for stack in p.stacks:
+                    ks = stack.select(parity)
+                    if stack.layers(ks):
+                        new += [(stack, kind, ks, p.x_step(st, stack, kind, ks, self.step_size(stack, kind, ks)))
+                                for kind in p.kinds(stack)]
             for stack, kind, ks, values in new:
                 p.set_vars(st, kind, stack, ks, values)
 
@@ -471,8 +472,13 @@ class LiftedSolver:
         self.grow[span] = grow.tolist()
         return gamma
 
+    def w_inputs(self, st: LiftedState) -> dict:
+        """What the W-steps read of the auxiliaries before any weight moves (ISGM: the majorised steps'
+        rows, fetched in one collective)."""
+        return {}
+
     @torch.no_grad()
-    def w_step(self, st: LiftedState) -> None:
+    def w_step(self, st: LiftedState, inputs: dict | None = None) -> None:
         raise NotImplementedError
 
     # ---------------------------------------------------------------------------- one batch
@@ -493,9 +499,11 @@ class LiftedSolver:
                 self.xs.sweep(st)
             p.refresh(st, first=2)  # u_0 and block 1 unchanged since the last refresh: a_1 is current
             self.inner = k
-            if k == self.cfg.n_inner - 1:  # diagnostics at (W, X) before the last W-step: free
-                objective, gap = p.objective(st), p.hidden_gap(st)
-            self.w_step(st)
+            with p.fixed():  # the diagnostics and the W-steps' inputs, at (W, X) before the W-step
+                if k == self.cfg.n_inner - 1:
+                    objective, gap = p.objective(st), p.hidden_gap(st)
+                inputs = self.w_inputs(st)
+            self.w_step(st, inputs)
             p.model.project()
         self._store(st, idx)
         if self.aux is not None:  # no forward pass, so no forward loss: the objective is the statistic
@@ -591,11 +599,16 @@ class ISGM(LiftedSolver):
             self.needs_anchor = self._needs_anchor()
         self.anchor = self._snapshot() if self.needs_anchor else {}
 
-    @torch.no_grad()
-    def w_step(self, st: LiftedState) -> None:
+    def w_inputs(self, st: LiftedState) -> dict:
         p = self.problem
         majorizer = self.cfg.w_metric == "majorizer"
-        rows = p.majorizer_inputs(st, [s for s in self.stacks if majorizer and p.majorizable(s)])  # one collective
+        return p.majorizer_inputs(st, [s for s in self.stacks if majorizer and p.majorizable(s)])
+
+    @torch.no_grad()
+    def w_step(self, st: LiftedState, inputs: dict | None = None) -> None:
+        p = self.problem
+        majorizer = self.cfg.w_metric == "majorizer"
+        rows = self.w_inputs(st) if inputs is None else inputs
         for stack in self.stacks:
             anchor = self.anchor.get(stack.first)
             if stack.first in rows:
@@ -696,7 +709,7 @@ class BCD(LiftedSolver):
         return LiftedSolver.stacking_limit(cfg)
 
     @torch.no_grad()
-    def w_step(self, st: LiftedState) -> None:
+    def w_step(self, st: LiftedState, inputs: dict | None = None) -> None:
         p = self.problem
         for stack in self.stacks:  # one gradient and one optimiser update per stack
             grads = p.weight_gradients(st, stack)
