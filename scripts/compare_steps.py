@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--against", default=None, help="a git revision to time beside the working tree")
+    ap.add_argument("--markdown", action="store_true", help="with --against: one table row per variant, both versions")
     a = ap.parse_args(argv)
     import torch
 
@@ -91,13 +92,21 @@ def main(argv=None) -> int:
                 clock.start()
                 solver.step(y[idx], x[idx], idx)
                 clock.stop()
-    print(f"base: {a.base} ({a.threads} thread(s), {a.device}, {a.steps - 2} steps counted)")
-    width = max(len(label) for label, _ in runs)
+    summary = []  # (label, median, first quartile, third quartile, min) in ms
     for (label, _), clock in zip(runs, clocks):
         counted = [t * 1e3 for t in clock.seconds[2:]]
-        spread = statistics.quantiles(counted, n=4) if len(counted) > 1 else [counted[0]] * 3
-        print(f"{label:{width}s} median {statistics.median(counted):8.2f} ms  quartiles {spread[0]:8.2f} {spread[2]:8.2f}"
-              f"  min {min(counted):8.2f} ms")
+        q1, _, q3 = statistics.quantiles(counted, n=4) if len(counted) > 1 else [counted[0]] * 3
+        summary.append((label, statistics.median(counted), q1, q3, min(counted)))
+    if a.markdown and a.against:
+        n = len(a.variants)
+        for v, old, new in zip(a.variants, summary[:n], summary[n:]):
+            print(f"| {a.base} | {v} | {old[1]:.2f} ({old[2]:.2f}-{old[3]:.2f}) | {new[1]:.2f} ({new[2]:.2f}-{new[3]:.2f}) "
+                  f"| {new[1] / old[1]:.3f} |")
+        return 0
+    print(f"base: {a.base} ({a.threads} thread(s), {a.device}, {a.steps - 2} steps counted)")
+    width = max(len(label) for label, *_ in summary)
+    for label, median, q1, q3, low in summary:
+        print(f"{label:{width}s} median {median:8.2f} ms  quartiles {q1:8.2f} {q3:8.2f}  min {low:8.2f} ms")
     return 0
 
 

@@ -90,6 +90,21 @@ def select(problem, l: int):
     return stack, slice(l - stack.first, l - stack.first + 1)
 
 
+def assert_same_run(a: Path, b: Path) -> None:
+    """The runs in folders ``a`` and ``b`` ended alike, up to the order of floating-point sums: weights
+    to 1e-4 relative / 1e-5 absolute, the last epoch's statistics to 1e-4, test PSNR to 1e-4 dB."""
+    import json
+
+    ma, mb = (json.loads((f / "metrics.json").read_text()) for f in (a, b))
+    wa, wb = (torch.load(f / "checkpoint.pt", weights_only=True)["model"] for f in (a, b))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5, msg=f"weights {k} differ")
+    for k, v in ma["train"].items():
+        assert mb["train"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
+    assert mb["test"]["psnr"]["mean"] == pytest.approx(ma["test"]["psnr"]["mean"], abs=1e-4)
+
+
 def run_lifted(args, cwd, check=True, timeout=300):
     """``lifted <args>`` in a subprocess (the console script as a user runs it)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")

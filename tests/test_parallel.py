@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import LIFTED, run_lifted
+from conftest import LIFTED, assert_same_run, run_lifted
 
-TOL = dict(rtol=1e-4, atol=1e-5)
 TINY = ["train_size=40", "test_size=8", "batch_size=16", "num_samples=0", "progress=false"]
 
 
@@ -66,17 +65,6 @@ def metrics(folder: Path) -> dict:
 
 def weights(folder: Path) -> dict:
     return torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    ma, mb = (json.loads((f / "metrics.json").read_text()) for f in (a, b))
-    wa, wb = weights(a), weights(b)
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], **TOL, msg=f"weights {k} differ")
-    for k, v in ma["train"].items():
-        assert mb["train"][k] == pytest.approx(v, rel=1e-4, abs=1e-6), k
-    assert mb["test"]["psnr"]["mean"] == pytest.approx(ma["test"]["psnr"]["mean"], abs=1e-4)
 
 
 # ------------------------------------------------------------------------ refused before start

@@ -26,9 +26,9 @@ their grouping and the communicator. Sums over samples of the weight steps go th
 ``comm.mean_`` / ``comm.all_rows``; where another process owns the layers below or above
 (``first > 1``, ``last < L``) the boundary states and gradients go through ``comm.exchange``.
 
-A value per block (a layer weight, a step size) is a float64 tensor (K,) over the selected blocks;
-``per_block`` turns it into a factor: for one block a 0-dim float64 tensor, which computes exactly
-as a Python float does, so that a stack of one does the arithmetic of a single layer.
+A value per block (a layer weight, a step) is a list of floats, one per selected block; ``per_block``
+turns it into a factor: the float itself for one block, so that a stack of one does the arithmetic of
+a single layer to the bit, else a (K, 1, 1) tensor.
 """
 
 from __future__ import annotations
@@ -141,8 +141,6 @@ class LiftedProblem:
         # ||W_{last+1}||^2, received before every sweep (``exchange_down``)
         self.back: torch.Tensor | None = None
         self.next_norm_sq: float | None = None
-        self._lambda_cache: dict = {}
-        self._below_cache: dict = {}
         self._memo: dict | None = None  # the residuals of ``fixed``
 
     # ------------------------------------------------------------------------------ helpers
@@ -154,33 +152,17 @@ class LiftedProblem:
         return self.lambdas[stack.first - 1 + start:stack.first - 1 + stop:step]
 
     def lam_factor(self, stack: Stack, ks: slice, ref: torch.Tensor, dims: int = 3):
-        """``per_block`` of ``lam_of``; the tensors of several blocks are kept until ``lambdas`` is
-        replaced (MAC's continuation does)."""
-        if stack.d == 1:
-            return self.lambdas[stack.first - 1]
-        lams = self.lam_of(stack, ks)
-        if len(lams) == 1:
-            return lams[0]
-        cache = self._lambda_cache
-        if cache.get("lambdas") is not self.lambdas:
-            cache.clear()
-            cache["lambdas"] = self.lambdas
-        key = (stack.first, ks.indices(stack.d), ref.dtype, ref.device, dims)
-        if key not in cache:
-            cache[key] = per_block(lams, ref, dims)
-        return cache[key]
+        """``per_block`` of ``lam_of``."""
+        return per_block(self.lam_of(stack, ks), ref, dims)
 
     @staticmethod
     def _get(seq: list, layers) -> torch.Tensor:
         return seq[layers[0]].unsqueeze(0) if len(layers) == 1 else gather([seq[l] for l in layers])
 
-    def _below(self, stack: Stack, ks: slice) -> list[int]:
-        """l - 1 for the selected layers l (kept)."""
-        key = (stack.first, ks.indices(stack.d))
-        out = self._below_cache.get(key)
-        if out is None:
-            out = self._below_cache[key] = [l - 1 for l in stack.layers(ks)]
-        return out
+    @staticmethod
+    def _below(stack: Stack, ks: slice) -> list[int]:
+        """l - 1 for the selected layers l."""
+        return [l - 1 for l in stack.layers(ks)]
 
     def kinds(self, stack: Stack) -> tuple:
         """The free auxiliary variables of a stack's blocks: (``u``, ``z``) for blocks with state,

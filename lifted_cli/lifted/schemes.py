@@ -71,8 +71,6 @@ class Scheme:
 # ------------------------------------------------------------------------------------- backprop
 @dataclass
 class BackpropSchemeConfig(Schema):
-    """Back-propagation baseline: minimise 1/2 ||N(y) - x||^2 (+ sparsity) by autograd."""
-
     name: str = option("backprop", "the scheme")
     sparsity: float = option(0.0, "weight alpha of alpha ||x_l||_1 on the output of layer sparsity_layer")
     sparsity_layer: Optional[int] = option(None, "1-based layer index (null: no sparsity term)")
@@ -116,8 +114,6 @@ class BackpropScheme(Scheme):
 # --------------------------------------------------------------------------------- lifted schemes
 @dataclass
 class LiftedSchemeConfig(Schema):
-    """Options shared by the lifted schemes."""
-
     name: str = option("bregman", "the scheme")
     layer_weights: Optional[List[float]] = option(None, "one lambda per layer (relative weights), e.g. [1, 1, 1]")
     rho: float = option(1.0, "architecture penalty rho (residual and proximal blocks; unused by mlp, unrolled_pnn)")
@@ -133,9 +129,6 @@ class LiftedSchemeConfig(Schema):
 
 @dataclass
 class BregmanSchemeConfig(LiftedSchemeConfig):
-    """Lifted Bregman training (Wang & Benning 2023): layer equations as Bregman penalties
-    lambda_l B_Psi_l(z_l, a_l), minimised by solver=isgm or solver=bcd; no activation is differentiated."""
-
     name: str = option("bregman", "the scheme")
     penalty_weight: float = option(1.0, "lambda_l of every layer")
     output_weight: Optional[float] = option(None, "lambda of the last layer alone (clamped output: the data term), in "
@@ -153,17 +146,11 @@ class BregmanSchemeConfig(LiftedSchemeConfig):
 
 @dataclass
 class FenchelSchemeConfig(BregmanSchemeConfig):
-    """Fenchel lifted networks (Gu, Askari, El Ghaoui 2020), ReLU and identity layers only:
-    D(z, a) = 2 lambda_l (1/2||z||^2 + 1/2||max(a,0)||^2 - <z, a>), z >= 0 (the official code's factor 2)."""
-
     name: str = option("fenchel", "the scheme")
 
 
 @dataclass
 class MACSchemeConfig(LiftedSchemeConfig):
-    """Method of auxiliary coordinates, quadratic penalty (Carreira-Perpinan & Wang 2014): mu_e/2
-    ||z_l - sigma(a_l)||^2 with mu_e = min(mu mu_growth^e, mu_max) in epoch e; uses sigma's (sub)gradient."""
-
     name: str = option("mac", "the scheme")
     mu: float = option(1.0, "penalty weight in the first epoch")
     mu_growth: float = option(1.5, "factor per epoch (>= 1)")
@@ -251,10 +238,6 @@ class MACScheme(LiftedScheme):
 # ---------------------------------------------------------------------------------- contrastive
 @dataclass
 class ContrastiveSchemeConfig(LiftedSchemeConfig):
-    """Lifted contrastive learning (Zach & Estellers 2019) on the lifted Bregman energy E(X; W):
-    J_beta(W) = (1/beta) [min_X {beta loss + E(X; W)} - min_X E(X; W)]; free phase = forward pass,
-    nudged phase = nudge_steps X-sweeps; the gradient is applied by adam or sgd."""
-
     name: str = option("contrastive", "the scheme")
     beta: float = option(0.1, "nudging weight of the output loss (the gradient tends to back-propagation's as beta -> 0)")
     penalty_weight: float = option(1.0, "lambda_l of every layer")

@@ -8,24 +8,23 @@ with the same form composes:
 * ``form="lifted"`` (``isgm``, ``bcd``; docs/method.md, section 5): the scheme is a lifted objective
   (``scheme.problem``, a :class:`~lifted_cli.lifted.objective.LiftedProblem`).
 
-The lifted solvers work on a :class:`~lifted_cli.lifted.LiftedProblem` through its per-variable and per-block
-methods only, so every scheme (penalty) and architecture is solved without a special case. One
-mini-batch:
+The lifted solvers work on a :class:`~lifted_cli.lifted.LiftedProblem` through its per-stack methods
+only (a block stepped alone is a stack of one), so every scheme (penalty), architecture and grouping
+is solved without a special case. One mini-batch:
 
-1. warm start of the auxiliary variables by a forward pass (every penalty is then zero);
+1. warm start of the auxiliary variables by a forward pass (every penalty is then zero), or the
+   stored ones (``warm_start=persistent``);
 2. ``n_inner`` iterations of
    * ``x_sweeps`` X-steps: one proximal-gradient step per auxiliary variable, in Gauss-Seidel order
-     (top-down, so the target reaches every layer in one sweep) or Jacobi order (all at once),
-     with the closed-form prox of the penalty's non-smooth part (``AuxiliaryUpdater``);
-   * a W-step: every block at once (the block problems are independent given the auxiliaries).
+     (top-down, so the target reaches every layer in one sweep), Jacobi order (all at once) or
+     red-black (odd layers, then even ones), with the closed-form prox of the penalty's non-smooth part;
+   * a W-step on every stack (the block problems are independent given the auxiliaries).
 
-Step sizes of the X-steps come from Lipschitz constants with operator norms estimated by
-warm-started power iterations (no SVD): ``mu = safety / Lip``. W-steps of dense and untied residual blocks
-under ISGM use the exact majorised implicit step (``LiftedProblem.implicit_weight_step``; in a residual
-block's V an exact ridge step); all other W-steps
-are gradient steps whose length is found by backtracking (Armijo) on the block's own energy,
-warm-started from the last accepted step, so any block (residual, proximal, unrolled) is handled
-without a hand-derived Lipschitz constant.
+Steps of the X-steps are ``safety / Lip``, with operator norms estimated by warm-started power
+iterations (no SVD). W-steps of dense and untied residual blocks under ISGM are the exact majorised
+implicit step (in a residual block's V an exact ridge step); all other W-steps are gradient steps
+whose length is found by backtracking (Armijo) on the block's own energy, warm-started from the last
+accepted step, so any block is handled without a hand-derived Lipschitz constant.
 """
 
 from __future__ import annotations
@@ -64,8 +63,6 @@ def check_momentum(key: str, value) -> None:
 # ------------------------------------------------------------------------------ gradient solvers
 @dataclass
 class AdamConfig(Schema):
-    """Adam on the scheme's gradient (back-propagated or contrastive)."""
-
     name: str = option("adam", "the solver")
     lr: float = option(1e-3, "learning rate")
     beta1: float = option(0.9, "first-moment decay")
@@ -83,8 +80,6 @@ class AdamConfig(Schema):
 
 @dataclass
 class SGDConfig(Schema):
-    """Stochastic gradient descent with (heavy-ball) momentum on the scheme's gradient."""
-
     name: str = option("sgd", "the solver")
     lr: float = option(0.05, "learning rate")
     momentum: float = option(0.9, "momentum in [0, 1)")
@@ -276,8 +271,6 @@ class AuxiliaryUpdater:
 # -------------------------------------------------------------------------------- lifted solvers
 @dataclass
 class LiftedSolverConfig(Schema):
-    """Options shared by the solvers of the lifted objective."""
-
     name: str = option("isgm", "the solver")
     n_inner: int = option(1, "inner iterations (X-steps, then a W-step) per mini-batch")
     x_sweeps: int = option(1, "X-steps (sweeps over the layers) before each W-step")
@@ -307,9 +300,6 @@ class LiftedSolverConfig(Schema):
 
 @dataclass
 class ISGMConfig(LiftedSolverConfig):
-    """Implicit stochastic gradient method for the lifted objective, one implicit step per mini-batch:
-    argmin_{W,X} E_S(W, X) + 1/(2 tau) ||W - W^k||^2, by n_inner proximal-gradient iterations."""
-
     name: str = option("isgm", "the solver")
     x_sweeps: int = option(2, "X-steps (sweeps over the layers) before each W-step")
     tau: float = option(1.0, "proximal anchor weight 1/(2 tau) ||W - W^k||^2 (larger: bigger steps)")
@@ -650,8 +640,6 @@ WEIGHT_UPDATES = {
 
 @dataclass
 class BCDConfig(LiftedSolverConfig):
-    """Block-coordinate descent for the lifted objective: alternate X-steps and layer-local W-steps."""
-
     name: str = option("bcd", "the solver")
     weight_update: str = option("gd", "gd | heavyball | nesterov | adam")
     lr: Optional[float] = option(None, "weight step; null: backtracking line search for gd/heavyball/nesterov, 1e-3 for adam")

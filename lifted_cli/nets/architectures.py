@@ -56,8 +56,6 @@ def MLP(widths: list[int], activations: list[str]) -> UnifiedNet:
 # -------------------------------------------------------------------------------------------- mlp
 @dataclass
 class MLPConfig(Schema):
-    """Multilayer perceptron 784 -> hidden... -> 784, u_l = sigma_l(W_l u_{l-1} + b_l)."""
-
     name: str = option("mlp", "the architecture")
     hidden: List[int] = option([512, 512], "hidden widths (input and output are 784)")
     depth: Optional[int] = option(None, "or a number of hidden layers of equal width (then hidden is not used), e.g. 32")
@@ -97,9 +95,6 @@ def build_mlp(cfg) -> UnifiedNet:
 # ----------------------------------------------------------------------------------------- resnet
 @dataclass
 class ResNetConfig(Schema):
-    """Residual network 784 -> width -> ... -> 784: a dense input map (identity activation), `depth`
-    residual blocks u_k = u_{k-1} + V_k sigma(W_k u_{k-1} + b_k), and a dense output map."""
-
     name: str = option("resnet", "the architecture")
     width: int = option(512, "width of the residual state")
     depth: int = option(2, "number of residual blocks")
@@ -125,9 +120,6 @@ def build_resnet(cfg) -> UnifiedNet:
 # ---------------------------------------------------------------------------------------- proxnet
 @dataclass
 class ProxNetConfig(Schema):
-    """Proximal neural network (Hasannasab et al. 2020): u_l = W_l^T sigma(W_l u_{l-1} + b_l) on
-    784-pixel states, W_l (hidden x 784) with orthonormal columns, restored after every update."""
-
     name: str = option("proxnet", "the architecture")
     hidden: int = option(1024, "rows of W_l (>= 784)")
     depth: int = option(2, "number of layers")
@@ -151,10 +143,6 @@ OPERATORS = {"dense": lambda cfg: DenseAnalysis(cfg.dual_dim), "conv": lambda cf
 
 @dataclass
 class UnrolledPNNConfig(Schema):
-    """Unrolled dual forward-backward denoiser (Wang, Benning, Repetti 2024):
-    u_k = clamp_[-lam,lam](u_{k-1} - tau L_k (L_k^* u_{k-1} - y)), u_0 = 0, x_net = y - L_K^* u_K, with a
-    learnable L_k per layer."""
-
     name: str = option("unrolled_pnn", "the architecture")
     depth: int = option(5, "unrolled iterations K")
     operator: str = option("conv", "conv: L_k = `channels` convolution filters of size `kernel`; dense: a dual_dim x 784 matrix")
@@ -182,9 +170,6 @@ def build_unrolled_pnn(cfg) -> UnifiedNet:
 # ------------------------------------------------------------------------------- conv_autoencoder
 @dataclass
 class ConvAutoencoderConfig(Schema):
-    """The chapter's convolutional autoencoder: stride-2 convolutions (28 -> 14 -> 7 with channels
-    [16, 32]), a dense code layer and the mirror image; six layers for two levels, the code is layer 3."""
-
     name: str = option("conv_autoencoder", "the architecture")
     channels: List[int] = option([16, 32], "filters per stride-2 level (1 or 2 levels)")
     kernel: int = option(4, "even; padding (kernel - 2)/2, so each level halves the side exactly")
@@ -231,8 +216,6 @@ def build_conv_autoencoder(cfg) -> UnifiedNet:
 # ------------------------------------------------------------------------------------- sequential
 @dataclass
 class SequentialConfig(Schema):
-    """A plain ``nn.Sequential`` of ``Linear`` layers and activations (a state_dict from elsewhere)."""
-
     name: str = option("sequential", "the architecture")
     widths: List[int] = option([784, 512, 784], "[n_0, n_1, ..., n_L] (input and output included)")
     activations: List[str] = option(["relu", "identity"], "one proximal activation per Linear layer")
