@@ -185,6 +185,29 @@ class LiftedProblem:
             if not self.blocks[l - 1].has_state:
                 st.u[l] = value
 
+    def pack(self, st: LiftedState) -> None:
+        """Lay the variables of every stack of several blocks out as one tensor per kind (the states
+        with the state below the stack as their first row), the entries of ``st`` becoming its views:
+        the stack's later reads (u_{l-1}, u_l, z_l, a_l of all its blocks) are then views, not copies.
+        No value changes; called where entries were set one by one (a forward pass, a sweep)."""
+        for stack in self.stacks:
+            if stack.d == 1:
+                continue
+            layers, below = stack.layers(), stack.first - 1
+            chain = gather([st.u[below]] + [st.u[l] for l in layers]).unbind(0)
+            if below >= 1 and not self.blocks[below - 1].has_state:
+                st.z[below] = chain[0]
+            st.u[below] = chain[0]
+            for l, v in zip(layers, chain[1:]):
+                st.u[l] = v
+            for seq in ([st.a] if not stack.has_state else [st.a, st.z]):
+                if seq[layers[0]] is not None:
+                    for l, v in zip(layers, gather([seq[l] for l in layers]).unbind(0)):
+                        seq[l] = v
+            if not stack.has_state:
+                for l in layers:
+                    st.z[l] = st.u[l]
+
     def set_vars(self, st: LiftedState, kind: str, stack: Stack, ks: slice, values: torch.Tensor) -> None:
         layers = stack.layers(ks)
         for l, v in zip(layers, values.unbind(0)) if len(layers) > 1 else [(layers[0], values[0])]:
@@ -219,6 +242,7 @@ class LiftedProblem:
             u[-1] = target.clone()
             if not self.blocks[-1].has_state:
                 z[-1] = u[-1]
+        self.pack(st)
         return st
 
     def _state_buffer(self, y: torch.Tensor) -> torch.Tensor:
@@ -362,24 +386,30 @@ class LiftedProblem:
         """The gradient in the input state u_0 of block 1's terms (the inversion's u-step)."""
         return self.terms_below(st, self.stacks[0], FIRST)[0]
 
-    def downstream(self, st: LiftedState, stack: Stack, ks: slice) -> torch.Tensor:
-        """Gradient in u_l of the terms of block l+1 (or of the data loss when l = L), for the
-        selected layers l: the blocks inside the stack in one call, the one above the stack's last
-        from the next stack, the read-out, or the process above."""
+    def add_downstream(self, st: LiftedState, stack: Stack, ks: slice, g: torch.Tensor) -> torch.Tensor:
+        """g plus the gradient in u_l of the terms of block l+1 (or of the data loss when l = L), for
+        the selected layers l: the blocks inside the stack in one call, the one above the stack's last
+        from the next stack, the read-out, or the process above. Added in place where the selection
+        has both kinds (``g`` must be a fresh tensor), so that no concatenation is made."""
         layers = stack.layers(ks)
         start, _, step = ks.indices(stack.d)
-        parts = []
-        if layers[0] < stack.last:
-            parts.append(self.terms_below(st, stack, slice(start + 1, stack.d, step)))
-        if layers[-1] == stack.last:
-            l, nxt = stack.last, self._next.get(stack.first)
-            if l == self.L:
-                parts.append((self.loss_weight * self.model.readout_adjoint(self.output_residual(st))).unsqueeze(0))
-            elif nxt is None:  # the layers above are another process's
-                parts.append(self.back.unsqueeze(0))
-            else:
-                parts.append(self.terms_below(st, nxt, FIRST))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        inner = layers[0] < stack.last
+        if inner:
+            below = self.terms_below(st, stack, slice(start + 1, stack.d, step))
+            if layers[-1] != stack.last:
+                return g + below
+            g[:-1] += below
+        l, nxt = stack.last, self._next.get(stack.first)
+        if l == self.L:
+            top = (self.loss_weight * self.model.readout_adjoint(self.output_residual(st))).unsqueeze(0)
+        elif nxt is None:  # the layers above are another process's
+            top = self.back.unsqueeze(0)
+        else:
+            top = self.terms_below(st, nxt, FIRST)
+        if not inner:
+            return g + top
+        g[-1:] += top
+        return g
 
     def x_gradient(self, st: LiftedState, stack: Stack, kind: str, ks: slice) -> torch.Tensor:
         """Gradient of the smooth part of E (per sample) in the variables (kind, l) of the selected layers:
@@ -388,14 +418,15 @@ class LiftedProblem:
             u_l:  rho r_l + downstream,
             downstream = lambda_{l+1} W_{l+1}^T grad_a D_{l+1} - rho S_{l+1}^T r_{l+1}  (or the data loss).
         """
+        return self._x_gradient(st, stack, kind, ks, None if kind == "u" else self._get(st.z, stack.layers(ks)))
+
+    def _x_gradient(self, st: LiftedState, stack: Stack, kind: str, ks: slice, z: torch.Tensor | None) -> torch.Tensor:
         if kind == "u":
-            return self.rho * self.residual(st, stack, ks) + self.downstream(st, stack, ks)
-        layers = stack.layers(ks)
-        z = self._get(st.z, layers)
-        g = self.lam_factor(stack, ks, z) * self.penalty.grad_z(stack.act, z, self._get(st.a, layers))
+            return self.add_downstream(st, stack, ks, self.rho * self.residual(st, stack, ks))
+        g = self.lam_factor(stack, ks, z) * self.penalty.grad_z(stack.act, z, self._get(st.a, stack.layers(ks)))
         if stack.has_state:
             return g - self.rho * stack.call("post_adjoint", self.residual(st, stack, ks), ks=ks)
-        return g + self.downstream(st, stack, ks)
+        return self.add_downstream(st, stack, ks, g)
 
     def x_prox(self, stack: Stack, kind: str, ks: slice, v: torch.Tensor, mu: list) -> torch.Tensor:
         """prox of mu times the non-smooth part in (kind, l): lambda_l (non-smooth part of D_l) and
@@ -410,9 +441,8 @@ class LiftedProblem:
     def x_step(self, st: LiftedState, stack: Stack, kind: str, ks: slice, mu: list) -> torch.Tensor:
         """One proximal-gradient step, step ``mu`` (one per selected block), on (kind, l) for the
         selected layers; returns the new values (stacked)."""
-        layers = stack.layers(ks)
-        v = self._get(st.u if kind == "u" else st.z, layers)
-        v = v - per_block(mu, v) * self.x_gradient(st, stack, kind, ks)
+        v = self._get(st.u if kind == "u" else st.z, stack.layers(ks))
+        v = v - per_block(mu, v) * self._x_gradient(st, stack, kind, ks, v)
         return self.x_prox(stack, kind, ks, v, mu)
 
     def x_lipschitz(self, stack: Stack, kind: str, ks: slice, norms) -> list[float]:

@@ -154,7 +154,7 @@ def solvers_for(form: str) -> list[str]:
 @torch.no_grad()
 def power_norm_sq(matvec, rmatvec, v: torch.Tensor, iters: int) -> tuple[list, torch.Tensor]:
     """Estimate ||A_k||_2^2 of K operators at once by ``iters`` power iterations on A_k^T A_k from the
-    warm starts ``v`` (K, 1, n), ``matvec`` and ``rmatvec`` acting on all of them.
+    warm starts ``v`` (K, 1, n; or one operator's (1, n)), ``matvec`` and ``rmatvec`` acting on all of them.
 
     Returns the Rayleigh quotients ||A_k v_k||^2 (floats; v_k unit: lower bounds that converge to
     ||A_k||^2) and the new unit vectors (an operator that maps v_k to 0 keeps its v_k)."""
@@ -210,9 +210,13 @@ class AuxiliaryUpdater:
                 keys = [(which, l) for l in stack.layers()]
                 lin, adj = {"pre": ("pre_linear", "pre_adjoint"), "post": ("post_linear", "post_adjoint")}[which]
                 maps = (lambda v: stack.call(lin, v), lambda v: stack.call(adj, v))
-            v = self.vectors[keys[0]].unsqueeze(0) if len(keys) == 1 else gather([self.vectors[k] for k in keys])
-            self._norms[key], v = power_norm_sq(*maps, v, self.power_iters)
-            self.vectors.update(zip(keys, v.unbind(0)))
+            if len(keys) == 1 and stack is not None:  # one block: its own maps on its vector
+                maps = (getattr(stack.template, lin), getattr(stack.template, adj))
+                self._norms[key], self.vectors[keys[0]] = power_norm_sq(*maps, self.vectors[keys[0]], self.power_iters)
+            else:
+                v = self.vectors[keys[0]].unsqueeze(0) if len(keys) == 1 else gather([self.vectors[k] for k in keys])
+                self._norms[key], v = power_norm_sq(*maps, v, self.power_iters)
+                self.vectors.update(zip(keys, v.unbind(0)))
         return self._norms[key]
 
     def step_size(self, stack, kind: str, ks: slice) -> list:
@@ -257,6 +261,7 @@ class AuxiliaryUpdater:
             p.refresh(st, parity=0, free_only=True)  # the even layers' inputs (odd states) have moved
             jacobi(0)
         p.exchange_up(st)
+        p.pack(st)
 
     def state_dict(self) -> dict:
         return {"vectors": {f"{w}:{l}": v for (w, l), v in self.vectors.items()}}
@@ -399,6 +404,7 @@ class LiftedSolver:
                     value = torch.where(seen[:, None], value, st.u[l] if kind == "u" else st.z[l])
                 p.set_var(st, kind, l, value)
         p.exchange_up(st)  # where another process owns the layers below: the state there, from its store
+        p.pack(st)
         p.refresh(st)
         return st
 
