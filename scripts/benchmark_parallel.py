@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""Data- and layer-parallel lifted training against DDP back-propagation: strong and weak scaling.
+"""Data- and layer-parallel lifted training against data-parallel back-propagation: strong and weak scaling.
 
 Sweeps of ``lifted train -m`` (MNIST denoising, ``mlp`` of width 256, one thread per process, gloo
 on the CPU or NCCL with ``--device cuda``), every process count in ``--nproc``:
 
 * ``data_strong``: global batch 128 shared out over P processes: lifted Bregman ISGM (Jacobi, stacked,
-  forward and persistent warm starts) and back-propagation (Adam) under DistributedDataParallel,
-  depth 4;
+  forward and persistent warm starts) and back-propagation (Adam; its gradients averaged over the
+  processes in one all-reduce after the backward pass), depth 4;
 * ``data_weak``: 128 samples per process (global batch 128 P);
 * ``layer``: lifted Bregman ISGM (Jacobi, persistent warm start) with the layers shared out, depths
   8, 16, 32 (weak scaling: depth 8 on one process against depth 16 on two);
-* ``data_large``: global batch 2048 (16 steps per epoch), lifted MAC and DDP back-propagation: where
+* ``data_large``: global batch 2048 (16 steps per epoch), lifted MAC and back-propagation: where
   the work that grows with the samples outweighs the fixed cost of a step;
 * ``grid``: the same at depth 16 on a data x layer grid of 2 layer ranges, each shared by P/2
   processes (P >= 4 only; its P = 1 is the layer group's).
@@ -19,7 +19,7 @@ on the CPU or NCCL with ``--device cuda``), every process count in ``--nproc``:
 gradients are all-reduced, the data-parallel form without ISGM's sample-coupled majorised step.
 
 Per run, from metrics.json: the median time per mini-batch step, its part in collectives (waiting
-for the other ranks included; DDP's all-reduces overlap its backward pass and are not timed), the
+for the other ranks included), the
 seconds per epoch, the bytes rank 0 hands to collectives per step against the model of
 ``bytes_model`` (docs/parallel.md), and test PSNR. A gloo calibration (latency and bandwidth of
 all-reduce, all-gather and send/recv between two processes) comes first. Outputs in ``--out``:
@@ -125,9 +125,8 @@ def bytes_model(mode: str, scheme: str, depth: int, batch: int, world: int, x_sw
 
     * lifted data-parallel (ISGM, majorised steps): its rows of X_l = U_{l-1} and R_l for every layer,
       all-gathered to the P - 1 others: (B/P) sum_l (n_{l-1} + n_l) 4 (P - 1), plus the statistics;
-    * DDP: every gradient once per step: 4 sum_l (n_{l-1} n_l + n_l);
-    * lifted data-parallel BCD (gradient W-steps): every block's gradient all-reduced, as DDP, plus
-      the statistics;
+    * back-propagation and lifted data-parallel BCD (gradient W-steps): every gradient all-reduced
+      once per step, 4 sum_l (n_{l-1} n_l + n_l), plus the statistics;
     * layer-parallel, rank 0 (it has no rank below): its top state up, at the warm start and after
       every sweep: (x_sweeps + 1) B n 4, plus the statistics (an epoch whose samples are seen for
       the first time adds the forward pipeline's B n 4);
@@ -139,12 +138,10 @@ def bytes_model(mode: str, scheme: str, depth: int, batch: int, world: int, x_sw
     n = widths(depth)
     stats = 8 * 4
     gradients = 4.0 * sum(n[i] * n[i + 1] + n[i + 1] for i in range(len(n) - 1))
-    if mode == "data" and scheme == "backprop":  # DDP all-reduces on one process too
-        return gradients
     if world == 1:
         return 0.0
-    if mode == "data" and scheme != "bregman":  # BCD: every block's gradient all-reduced, as DDP
-        return gradients + stats
+    if mode == "data" and scheme != "bregman":  # back-propagation, BCD: every gradient all-reduced
+        return gradients + (2 * 8 if scheme == "backprop" else stats)  # back-propagation's statistic: its loss
     if mode == "data":
         share = math.ceil(batch / world)
         return share * sum(n[i] + n[i + 1] for i in range(len(n) - 1)) * 4 * (world - 1) + stats
@@ -233,8 +230,8 @@ def write_tables(rows, out: Path, header: list[str]) -> None:
               "T(P = 1) / T(P) with P times the work (data_weak: P times the batch, "
               "so per epoch it counts per sample; layer: P times the depth). comm ms: median time per step in collectives (waits for other ranks "
               "included); compute ms: rank 0's step minus its comm ms; slowest rank's compute: the largest over the ranks "
-              "(metrics.json `parallel.ranks`), and its ratio to the smallest; DDP's overlapped all-reduces are not timed. bytes/step: what rank 0 hands to collectives "
-              "(DDP: its gradient buckets); model: `bytes_model` in the script."]
+              "(metrics.json `parallel.ranks`), and its ratio to the smallest. bytes/step: what rank 0 hands to collectives; "
+              "model: `bytes_model` in the script."]
     (out / "parallel.md").write_text("\n".join(lines) + "\n")
 
 
