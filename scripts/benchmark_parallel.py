@@ -177,8 +177,6 @@ def rows_of(runs: list[dict]) -> list[dict]:
         depth, batch, world = int(o["arch.depth"]), int(o["batch_size"]), int(par.get("world_size", 1))
         last = r["history"][-1]  # the last epoch: persistent auxiliaries are all stored by then
         step, comm = last["step_ms"], last.get("comm_ms", math.nan)
-        if scheme == "backprop":
-            comm = math.nan
         rows.append({"group": r["folder"].parent.parent.name, "mode": mode, "method": scheme, "warm_start": ws,
                      "L": depth + 1, "batch": batch, "P": world, "ms_per_step": step, "comm_ms": comm,
                      "compute_ms": step - comm if not math.isnan(comm) else math.nan,
