@@ -171,12 +171,9 @@ class Stack:
         """``block.method(*args_k, *shared)`` for every selected block k at once: ``args`` are stacked
         over the selected blocks (first dimension), ``shared`` the same for all; ``params`` (by
         name, stacked over the selected blocks) in place of the current parameters."""
-        if self.d == 1 and params is None:  # a stack of one: its block
-            inputs = [a[0] for a in args] + list(shared) if len(args) > 1 or shared else [args[0][0]]
-            return getattr(self.template, method)(*inputs).unsqueeze(0)
-        start, stop, step = ks.indices(self.d)
-        if stop - start <= step and (params is None or not self.batched):  # one block
-            inputs = [a[0] for a in args] + list(shared) if len(args) > 1 or shared else [args[0][0]]
+        start, stop, step = (0, 1, 1) if self.d == 1 else ks.indices(self.d)
+        if stop - start <= step and (params is None or not self.batched):  # one block: its own module
+            inputs = [a[0] for a in args] + list(shared)
             if params is None:
                 return getattr(self.blocks[start], method)(*inputs).unsqueeze(0)
             one = {f"block.{name}": params[name][0] for name in self.names}
