@@ -55,3 +55,55 @@ def test_mlp_depth_and_width_give_equal_hidden_layers():
     model = ARCHITECTURES.build(node)
     assert [b.out_dim for b in model.blocks] == [7, 7, 7, 7, 7, 784] and model.blocks[0].in_dim == 784
     assert [b.act.name for b in model.blocks] == ["relu"] * 5 + ["identity"]
+
+
+def _build(cfg: dict, seed: int = 0):
+    from lifted_cli.nets import build_network
+
+    torch.manual_seed(seed)
+    return build_network(ARCHITECTURES.validate(OmegaConf.create(cfg)))
+
+
+@pytest.mark.parametrize("init", ["default", "kaiming", "orthogonal", "xavier"])
+@pytest.mark.parametrize("variant", list(SMALL_ARCHS))
+def test_every_architecture_takes_every_init(variant, init):
+    """``arch.init`` redraws every architecture's weights (biases 0) and keeps its constraints:
+    proxnet's orthonormal columns, the unrolled operators' unit norm; ``default`` is the build's own draw."""
+    model = _build({**SMALL_ARCHS[variant], "init": init})
+    plain = _build(SMALL_ARCHS[variant])
+    same = all(torch.equal(p, q) for p, q in zip(model.parameters(), plain.parameters()))
+    assert same == (init == "default")
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.rand(3, 1, 28, 28))).all()
+    for block in model.blocks:
+        if init != "default":
+            assert all(float(q.abs().max()) == 0 for q in block.parameters() if q.dim() == 1)
+        if hasattr(block, "op"):
+            v = torch.randn(1, 784)
+            for _ in range(100):
+                v = block.op.adjoint(block.op(v))
+                v = v / v.norm()
+            assert float(block.op(v).norm()) == pytest.approx(1.0, rel=1e-2)  # to what 50 power iterations give
+        if type(block).__name__ == "ProxBlock":
+            w = block.weight.detach()
+            assert torch.allclose(w.T @ w, torch.eye(w.shape[1]), atol=1e-4)
+
+
+def test_kaiming_keeps_the_second_moment_of_a_deep_relu_mlp():
+    """He initialisation with the activation's gain: the output of a 16-layer relu MLP keeps the
+    size of its input, where the default draw shrinks it by orders of magnitude."""
+    y = torch.rand(256, 1, 28, 28)
+    size = {}
+    for init in ("default", "kaiming"):
+        model = _build({"name": "mlp", "depth": 16, "width": 256, "init": init})
+        with torch.no_grad():
+            size[init] = float(model(y).pow(2).mean() / y.pow(2).mean())
+        w = model.blocks[1].linear.weight
+        if init == "kaiming":
+            assert float(w.std()) == pytest.approx((2 / 256) ** 0.5, rel=0.03)
+    assert 0.2 < size["kaiming"] < 5 and size["default"] < 1e-2
+
+
+def test_a_bad_init_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="arch.init=he: allowed: default, kaiming, orthogonal, xavier"):
+        ARCHITECTURES.validate(OmegaConf.create({"name": "resnet", "init": "he"}))

@@ -42,6 +42,9 @@ class ProxActivation:
     #: True when 0 is in the subdifferential of Phi at 0; then (1-D lemma)
     #: prox_{mu Phi + beta |.|} = prox_{mu Phi} o S_beta, used for l1 regularisers on auxiliaries.
     l1_composable = True
+    #: the factor by which weights feeding this activation are scaled at initialisation so that a
+    #: layer keeps the second moment of its input (``arch.init``; torch.nn.init.calculate_gain)
+    gain = 1.0
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -115,6 +118,7 @@ class Identity(ProxActivation):
 
 @ACTIVATIONS.register("relu", params=())
 class ReLU(ProxActivation):
+    gain = math.sqrt(2.0)
     """sigma(z) = max(z, 0), Psi = indicator of u >= 0, Phi*(z) = max(z,0)^2/2,
     prox_{mu Phi}(v) = max(0, v/(1+mu))."""
 
@@ -151,6 +155,7 @@ class LeakyReLU(ProxActivation):
         if not 0 < slope < 1:
             raise ValueError(f"leaky_relu slope {slope} must be in (0, 1)")
         self.a = float(slope)
+        self.gain = math.sqrt(2.0 / (1.0 + self.a**2))
 
     def __call__(self, z):
         return F.leaky_relu(z, self.a)
@@ -264,6 +269,7 @@ class Tanh(ProxActivation):
 
     name = "tanh"
     l1_composable = True  # Phi is even and smooth at 0 with Phi'(0) = 0
+    gain = 5.0 / 3.0
 
     def __call__(self, z):
         return torch.tanh(z)

@@ -26,7 +26,7 @@ from typing import List, Optional
 
 from ..registry import Registry, Schema, check, check_positive, fail, option
 from .activations import make_activation
-from .blocks import (IMAGE_DIM, ConvAnalysis, ConvBlock, DenseAnalysis, DenseBlock, ProxBlock, ResidualBlock,
+from .blocks import (IMAGE_DIM, INITS, ConvAnalysis, ConvBlock, DenseAnalysis, DenseBlock, ProxBlock, ResidualBlock,
                      UnifiedNet, UnrolledBlock)
 
 ARCHITECTURES = Registry("arch", configs=True)
@@ -42,8 +42,22 @@ def check_activations(key: str, specs) -> None:
 
 
 def build_network(arch_cfg) -> UnifiedNet:
-    """The network described by an ``arch`` config node."""
-    return ARCHITECTURES.build(arch_cfg)
+    """The network described by an ``arch`` config node, its weights drawn by ``arch.init``."""
+    net = ARCHITECTURES.build(arch_cfg)
+    net.initialize(arch_cfg.get("init", "default"))  # a checkpoint written before the key: its default
+    return net
+
+
+@dataclass
+class ArchSchema(Schema):
+    """The keys every architecture has."""
+
+    init: str = option("default", "weights: default (the architecture's own draw, PyTorch's layer defaults) | kaiming "
+                       "(He normal, std gain/sqrt(fan_in), gain of the activation fed: sqrt 2 for relu) | orthogonal "
+                       "| xavier (Glorot normal); biases 0")
+
+    def validate(self):
+        check(self.init in INITS, "init", self.init, f"allowed: {', '.join(INITS)}")
 
 
 def MLP(widths: list[int], activations: list[str]) -> UnifiedNet:
@@ -55,7 +69,7 @@ def MLP(widths: list[int], activations: list[str]) -> UnifiedNet:
 
 # -------------------------------------------------------------------------------------------- mlp
 @dataclass
-class MLPConfig(Schema):
+class MLPConfig(ArchSchema):
     name: str = option("mlp", "the architecture")
     hidden: List[int] = option([512, 512], "hidden widths (input and output are 784)")
     depth: Optional[int] = option(None, "or a number of hidden layers of equal width (then hidden is not used), e.g. 32")
@@ -75,6 +89,7 @@ class MLPConfig(Schema):
         return hidden + [self.output_activation]
 
     def validate(self):
+        super().validate()
         check(len(self.hidden) > 0 and min(self.hidden) > 0, "hidden", self.hidden, "need at least one hidden width, all > 0")
         check_positive("depth", self.depth, allow_none=True)
         check_positive("width", self.width)
@@ -94,7 +109,7 @@ def build_mlp(cfg) -> UnifiedNet:
 
 # ----------------------------------------------------------------------------------------- resnet
 @dataclass
-class ResNetConfig(Schema):
+class ResNetConfig(ArchSchema):
     name: str = option("resnet", "the architecture")
     width: int = option(512, "width of the residual state")
     depth: int = option(2, "number of residual blocks")
@@ -103,6 +118,7 @@ class ResNetConfig(Schema):
     output_activation: str = option("identity", "activation of the output map")
 
     def validate(self):
+        super().validate()
         check_positive("width", self.width)
         check_positive("depth", self.depth)
         check_activations("activation", [self.activation])
@@ -119,13 +135,14 @@ def build_resnet(cfg) -> UnifiedNet:
 
 # ---------------------------------------------------------------------------------------- proxnet
 @dataclass
-class ProxNetConfig(Schema):
+class ProxNetConfig(ArchSchema):
     name: str = option("proxnet", "the architecture")
     hidden: int = option(1024, "rows of W_l (>= 784)")
     depth: int = option(2, "number of layers")
     activation: str = option("soft_threshold:0.05", "a proximal activation: soft_threshold:a, clamp:l:h, relu, ...")
 
     def validate(self):
+        super().validate()
         check_positive("depth", self.depth)
         check(self.hidden >= IMAGE_DIM, "hidden", self.hidden, f"W^T W = I needs hidden >= {IMAGE_DIM} (the image size)")
         check_activations("activation", [self.activation])
@@ -142,7 +159,7 @@ OPERATORS = {"dense": lambda cfg: DenseAnalysis(cfg.dual_dim), "conv": lambda cf
 
 
 @dataclass
-class UnrolledPNNConfig(Schema):
+class UnrolledPNNConfig(ArchSchema):
     name: str = option("unrolled_pnn", "the architecture")
     depth: int = option(5, "unrolled iterations K")
     operator: str = option("conv", "conv: L_k = `channels` convolution filters of size `kernel`; dense: a dual_dim x 784 matrix")
@@ -153,6 +170,7 @@ class UnrolledPNNConfig(Schema):
     lam: float = option(0.1, "weight of the l1 prior, the clamp bound of the dual variable")
 
     def validate(self):
+        super().validate()
         check_positive("depth", self.depth)
         check(self.operator in OPERATORS, "operator", self.operator, f"allowed: {', '.join(OPERATORS)}")
         for key in ("channels", "dual_dim", "tau", "lam"):
@@ -169,7 +187,7 @@ def build_unrolled_pnn(cfg) -> UnifiedNet:
 
 # ------------------------------------------------------------------------------- conv_autoencoder
 @dataclass
-class ConvAutoencoderConfig(Schema):
+class ConvAutoencoderConfig(ArchSchema):
     name: str = option("conv_autoencoder", "the architecture")
     channels: List[int] = option([16, 32], "filters per stride-2 level (1 or 2 levels)")
     kernel: int = option(4, "even; padding (kernel - 2)/2, so each level halves the side exactly")
@@ -178,6 +196,7 @@ class ConvAutoencoderConfig(Schema):
     output_activation: str = option("identity", "the last transposed convolution")
 
     def validate(self):
+        super().validate()
         check(1 <= len(self.channels) <= 2 and min(self.channels) > 0, "channels", self.channels,
               "need 1 or 2 levels (28 = 4 x 7), all > 0")
         check(self.kernel >= 2 and self.kernel % 2 == 0, "kernel", self.kernel,
@@ -215,12 +234,13 @@ def build_conv_autoencoder(cfg) -> UnifiedNet:
 
 # ------------------------------------------------------------------------------------- sequential
 @dataclass
-class SequentialConfig(Schema):
+class SequentialConfig(ArchSchema):
     name: str = option("sequential", "the architecture")
     widths: List[int] = option([784, 512, 784], "[n_0, n_1, ..., n_L] (input and output included)")
     activations: List[str] = option(["relu", "identity"], "one proximal activation per Linear layer")
 
     def validate(self):
+        super().validate()
         check(len(self.widths) >= 2 and min(self.widths) > 0, "widths", self.widths,
               "need input and output widths (at least 2), all > 0")
         check(len(self.activations) == len(self.widths) - 1, "activations", self.activations,

@@ -30,6 +30,24 @@ from .activations import ProxActivation
 IMAGE_SHAPE = (1, 28, 28)
 IMAGE_DIM = 28 * 28
 
+#: ``arch.init``: the architecture's own draw (PyTorch's layer defaults), or weights redrawn with the
+#: gain of the activation they feed: He normal (std gain / sqrt(fan_in)), orthogonal, Glorot normal
+INITS = ("default", "kaiming", "orthogonal", "xavier")
+
+
+@torch.no_grad()
+def draw(q: torch.Tensor, init: str, gain: float) -> None:
+    """Redraw the weight ``q`` (rows: outputs; fan-in: the product of the other dimensions, torch's
+    convention) by ``init`` (one of ``INITS`` but default)."""
+    if init == "kaiming":
+        q.normal_(0.0, gain / math.sqrt(q[0].numel()))
+    elif init == "orthogonal":
+        nn.init.orthogonal_(q, gain)
+    elif init == "xavier":
+        nn.init.xavier_normal_(q, gain)
+    else:
+        raise ValueError(f"init={init!r}; allowed: {', '.join(INITS[1:])}")
+
 
 class Block(nn.Module):
     """One layer equation. ``has_state``: u_l is not z_l (a second auxiliary variable);
@@ -77,6 +95,15 @@ class Block(nn.Module):
     @torch.no_grad()
     def project(self) -> None:
         """Restore the block's parameter constraints after an update (none by default)."""
+
+    @torch.no_grad()
+    def initialize(self, init: str) -> None:
+        """Redraw the weights by ``init`` with the gain of the block's activation; biases 0."""
+        for q in self.parameters():
+            if q.dim() == 1:
+                q.zero_()
+            else:
+                draw(q, init, self.act.gain)
 
     def affine(self):
         """(W, b) when a_l = W u + b with plain parameters W, b (enables the exact majorised ISGM
@@ -190,6 +217,14 @@ class ResidualBlock(DenseBlock):
 
     def stack_key(self):
         return (self.tied,)
+
+    @torch.no_grad()
+    def initialize(self, init: str) -> None:
+        """W and b as a dense block; V drawn with gain 0.1, so the blocks start near the identity at
+        any depth (as the default draw does)."""
+        super().initialize(init)
+        if not self.tied:
+            draw(self.V, init, 0.1)
 
     def _v(self):
         return self.linear.weight.mT if self.tied else self.V
@@ -361,6 +396,12 @@ class UnrolledBlock(Block):
     def pre_adjoint(self, r):  # I - tau L L^* is self-adjoint
         return self.pre_linear(r)
 
+    @torch.no_grad()
+    def initialize(self, init: str) -> None:
+        """L redrawn, then scaled to ||L|| = 1 again (the step size tau assumes it)."""
+        draw(self.op.weight, init, 1.0)
+        self.op._normalise()
+
 
 class UnifiedNet(nn.Module):
     """x_net = K(u_L, y) where u_l = post_l(u_{l-1}, sigma_l(pre_l(u_{l-1}, y))), u_0 = ``input_state(y)``.
@@ -421,3 +462,12 @@ class UnifiedNet(nn.Module):
     def project(self) -> None:
         for block in self.blocks:
             block.project()
+
+    @torch.no_grad()
+    def initialize(self, init: str) -> None:
+        """``arch.init``: keep the architecture's own draw (``default``) or redraw every block's
+        weights, then restore the constraints (proxnet's orthonormal columns)."""
+        if init != "default":
+            for block in self.blocks:
+                block.initialize(init)
+            self.project()
