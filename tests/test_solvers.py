@@ -521,3 +521,60 @@ def test_cg_iters_chooses_the_step_of_operator_blocks(monkeypatch, cg_iters, arc
     stats = isgm.step(y, x)
     assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
     assert called == (convs if cg_iters else [])
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_forward_sweeps_make_the_first_k_layers_those_of_the_forward_pass(grouped):
+    """From any state, k Jacobi sweeps of the forward equations give the first k layers of the forward
+    pass (and not yet layer k + 1); L - 1 sweeps give every free variable of it (the output is clamped)."""
+    model = net(widths=(6, 5, 5, 5, 5, 3), acts=("relu",) * 4 + ("identity",))
+    problem = LiftedProblem(model, BregmanPenalty(), [1.0] * 5, layout=Layout(grouped=grouped))
+    assert max(s.d for s in problem.stacks) == (3 if grouped else 1)
+    y, t = batch(s=7, n_in=6, n_out=3)
+    exact = problem.init_state(y, t)
+    st = problem.init_state(y, t)
+    g = torch.Generator().manual_seed(5)
+    for l in range(1, 5):
+        problem.set_var(st, "z", l, torch.rand(st.z[l].shape, generator=g, dtype=st.z[l].dtype))
+    problem.pack(st)
+    problem.refresh(st)
+    for k in range(1, 5):
+        problem.forward_sweep(st)
+        problem.refresh(st)
+        for l in range(1, 5):
+            close = torch.allclose(st.z[l], exact.z[l], atol=1e-12)
+            assert close == (l <= k), (k, l)
+    assert torch.equal(st.u[5], t)
+
+
+def test_persistent_with_enough_forward_sweeps_takes_the_forward_warm_start_steps():
+    """With L - 1 forward sweeps over the stored variables, a persistent pass starts where a forward
+    pass would: the iterates of later passes equal those of the forward warm start."""
+    torch.manual_seed(0)
+    data_x, data_y = torch.rand(12, 3), torch.randn(12, 6)
+    models = {}
+    for mode, sweeps in (("forward", 0), ("persistent", 2), ("persistent", 1)):
+        model = net()
+        isgm = solver("isgm", LiftedProblem(model, BregmanPenalty(), [1.0] * 3), warm_start=mode, refresh_sweeps=sweeps)
+        isgm.prepare(12)
+        for epoch in range(3):
+            isgm.begin_epoch(epoch)
+            stats = [isgm.step(data_y[i:i + 4], data_x[i:i + 4], torch.arange(i, i + 4)) for i in (0, 4, 8)]
+        models[(mode, sweeps)] = (model, stats)
+    ref, stats_f = models[("forward", 0)]
+    for key, same in ((("persistent", 2), True), (("persistent", 1), False)):
+        model, stats = models[key]
+        assert all(torch.allclose(p, q, atol=1e-12) for p, q in zip(ref.parameters(), model.parameters())) == same
+    assert models[("persistent", 2)][1][-1]["start_gap"] == pytest.approx(0.0, abs=1e-20)
+    assert models[("persistent", 1)][1][-1]["start_gap"] > 0
+
+
+@pytest.mark.parametrize("kw,expected", [
+    ({}, 3 + 2 * (2 + 1) + 1),  # forward pass, two Gauss-Seidel sweeps over z_2, z_1, the W-step
+    ({"warm_start": "persistent", "refresh_sweeps": 1}, 2 + 2 * (2 + 1) + 1),
+    ({"layer_order": "jacobi"}, 3 + 2 * (1 + 1) + 1),
+    ({"layer_order": "red_black", "warm_start": "persistent", "n_inner": 2}, 1 + 2 * (2 * (3 + 1) + 1) + 1),
+])
+def test_the_sequential_depth_of_a_step(kw, expected):
+    problem = LiftedProblem(net(), BregmanPenalty(), [1.0] * 3)
+    assert solver("isgm", problem, **kw).sequential_depth() == expected

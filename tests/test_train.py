@@ -49,6 +49,8 @@ def test_train_end_to_end_writes_every_file(tmp_path, fake_mnist, scheme):
     steps = 2 * -(-m["train_images"] // 16)  # TINY: batch_size=16, two epochs
     assert m["steps_timed"] == steps and m["step_ms"] > 0 and m["peak_memory_mb"] > 0
     assert m["peak_memory_kind"] == "rss_sampled" and m["stacks"] == []
+    # L = 2: back-propagation's forward and backward pass; a forward pass, two Gauss-Seidel sweeps of z_1, a W-step
+    assert m["sequential_depth"] == (4 if scheme == "backprop" else 2 + 2 * (1 + 1) + 1)
     rows = list(csv.DictReader((folder / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"] and {"loss", "test_psnr", "test_ssim", "seconds", "step_ms"} <= set(rows[0])
     if scheme == "bregman":
@@ -173,6 +175,22 @@ def test_divergence_stops_and_keeps_last_checkpoint(tmp_path, fake_mnist, compos
     # the message names a checkpoint only when one exists
     assert ("checkpoint" in str(err.value)) == (tmp_path / "d" / "checkpoint.pt").is_file()
     assert not (tmp_path / "d" / "metrics.json").exists()
+
+
+def test_a_failed_factorisation_is_a_divergence(tmp_path, fake_mnist, compose_train, monkeypatch):
+    """A W-step whose matrix stopped being positive definite (diverged weights) stops the run with the
+    one-line divergence message, like a non-finite statistic."""
+    from lifted_cli.lifted.solvers import ISGM
+
+    def broken(*args, **kwargs):
+        torch.linalg.cholesky(-torch.eye(2))
+
+    monkeypatch.setattr(ISGM, "w_step", broken)
+    ov = [f"data_root={fake_mnist}", "train_size=32", "test_size=8", "epochs=1", "batch_size=8", "arch.hidden=[16]",
+          "progress=false"]
+    with pytest.raises(DivergenceError, match=r"training diverged at epoch 1, batch 1 \(linalg.cholesky") as err:
+        train(compose_train(ov, output_dir=tmp_path / "d"))
+    assert "\n" not in str(err.value) and not (tmp_path / "d" / "metrics.json").exists()
 
 
 @pytest.mark.parametrize(

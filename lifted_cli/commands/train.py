@@ -336,6 +336,10 @@ class Session:
             if self.writer:
                 log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, self.out)
             raise
+        except torch.linalg.LinAlgError as err:  # a factorisation in a W-step met diverged weights
+            bar.close()
+            raise divergence(f"training diverged at epoch {epoch + 1}, batch {b + 1} ({str(err).splitlines()[0]})",
+                             self.out / "checkpoint.pt") from None
         bar.close()
         seconds += time.perf_counter() - t0
         row = {"epoch": epoch + 1, "seconds": seconds, "step_ms": self.clock.median_ms(first_step)}
@@ -484,6 +488,8 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "metric_implementation": IMPLEMENTATION,
         "hyperparameters": {**scheme.hyperparameters(), "solver": solver.hyperparameters()},
         "aux_memory_gb": aux_bytes / 1e9,
+        # the longest chain of dependent layer operations in one training step (a forward pass: L)
+        "sequential_depth": solver.sequential_depth(),
         "stacks": [[st.first, st.last] for st in getattr(getattr(solver, "problem", None), "stacks", []) if st.d > 1],
         # median wall time of a mini-batch step (CUDA-synchronised) and peak memory, over this process's steps
         "step_ms": clock.median_ms() if clock else math.nan,

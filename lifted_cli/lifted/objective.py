@@ -245,6 +245,26 @@ class LiftedProblem:
         self.pack(st)
         return st
 
+    @torch.no_grad()
+    def forward_sweep(self, st: LiftedState) -> None:
+        """One Jacobi sweep of the forward equations: every free variable from the current state
+        below it, all layers at once, z_l = sigma_l(a_l), u_l = post_l(u_{l-1}, z_l) (the cached
+        a_l must be current). Its sequential depth is one layer; k sweeps from any state make the
+        first k layers those of a forward pass, L sweeps the whole pass."""
+        new = []
+        for stack in self.stacks:
+            kinds = self.kinds(stack)
+            if kinds:
+                z = stack.act(self._get(st.a, stack.layers()))
+                u = stack.call("post", self._get(st.u, self._below(stack, ALL)), z) if "u" in kinds else None
+                new.append((stack, z, u))
+        for stack, z, u in new:
+            self.set_vars(st, "z", stack, ALL, z)
+            if u is not None:
+                self.set_vars(st, "u", stack, ALL, u)
+        self.exchange_up(st)
+        self.pack(st)
+
     def _state_buffer(self, y: torch.Tensor) -> torch.Tensor:
         return y.new_empty(y.shape[0], self.blocks[self.first - 1].in_dim)
 

@@ -67,6 +67,11 @@ class Scheme:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    def sequential_depth(self) -> int:
+        """The longest chain of dependent layer operations in one gradient: a forward pass and the
+        backward pass through it (back-propagation's 2 L)."""
+        return 2 * self.model.depth
+
 
 # ------------------------------------------------------------------------------------- backprop
 @dataclass
@@ -290,6 +295,10 @@ class ContrastiveScheme(Scheme):
             for q, name in zip(stack.tensors, stack.names):
                 q.grad = ((gn[name] - gf[name]) / self.beta).view_as(q)
         return {"loss": st.forward_loss, "objective": p.objective(st) / self.beta, "gap": p.hidden_gap(st)}
+
+    def sequential_depth(self) -> int:
+        """The forward pass (L), the nudged sweeps each followed by a refresh, the gradients (1)."""
+        return self.model.depth + self.cfg.nudge_steps * (self.xs.depth() + 1) + 1
 
     def state_dict(self) -> dict:
         return {"xs": self.xs.state_dict()}

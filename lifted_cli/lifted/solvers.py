@@ -13,7 +13,8 @@ only (a block stepped alone is a stack of one), so every scheme (penalty), archi
 is solved without a special case. One mini-batch:
 
 1. warm start of the auxiliary variables by a forward pass (every penalty is then zero), or the
-   stored ones (``warm_start=persistent``);
+   stored ones (``warm_start=persistent``) followed by ``refresh_sweeps`` Jacobi sweeps of the forward
+   equations (all layers at once; docs/method.md, section 5.12);
 2. ``n_inner`` iterations of
    * ``x_sweeps`` X-steps: one proximal-gradient step per auxiliary variable, in Gauss-Seidel order
      (top-down, so the target reaches every layer in one sweep), Jacobi order (all at once) or
@@ -109,6 +110,9 @@ class GradientSolver:
         """Nothing is kept per training sample: 0 bytes."""
         return 0
 
+    def sequential_depth(self) -> int:
+        return self.scheme.sequential_depth()
+
     def step(self, y: torch.Tensor, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         stats = self.scheme.gradient(y, x)  # means over this process's samples
@@ -191,6 +195,11 @@ class AuxiliaryUpdater:
         for key, v in self.vectors.items():
             self.vectors[key] = (v / v.norm()).to(ref.device, ref.dtype)
         self.invalidate()
+
+    def depth(self) -> int:
+        """The sequential depth of a sweep: one step per free variable top-down (gauss_seidel), one
+        step of all (jacobi), the odd layers' step, the even layers' refresh and step (red_black)."""
+        return {"gauss_seidel": len(self.problem.variables()), "jacobi": 1, "red_black": 3}[self.order]
 
     def invalidate(self) -> None:
         """Forget the norm estimates and steps (the weights moved); the power iterations stay
@@ -286,6 +295,8 @@ class LiftedSolverConfig(Schema):
     x_step: Optional[float] = option(None, "fixed step of the auxiliary variables (null: from the Lipschitz estimate)")
     warm_start: str = option("forward", "forward (a forward pass per mini-batch) | persistent (every training sample's "
                              "auxiliary variables kept across epochs, set once by a forward pass: no forward pass per step)")
+    refresh_sweeps: int = option(0, "persistent: Jacobi sweeps of the forward equations over a batch's stored "
+                                 "auxiliaries before its X-steps (all layers at once: one layer of sequential depth each)")
     aux_memory_gb: float = option(4.0, "persistent: refuse a run whose stored auxiliaries would exceed this (GB, on "
                                   "the training device)")
     stacked: str = option("auto", "auto: runs of equal consecutive blocks grouped into stacks stepped together where "
@@ -406,7 +417,20 @@ class LiftedSolver:
         p.exchange_up(st)  # where another process owns the layers below: the state there, from its store
         p.pack(st)
         p.refresh(st)
+        for _ in range(self.cfg.refresh_sweeps):
+            p.forward_sweep(st)
+            p.refresh(st)
         return st
+
+    def sequential_depth(self) -> int:
+        """The longest chain of dependent layer operations in one step, a layer's pre-activation and
+        activation counting one: the warm start (a forward pass: L; persistent: the refresh of the
+        stored variables' pre-activations and ``refresh_sweeps`` forward sweeps, whatever the depth),
+        then per inner iteration its refresh (after the first), ``x_sweeps`` sweeps each followed by
+        a refresh, and the W-step (1: the blocks are independent given the auxiliaries)."""
+        c = self.cfg
+        warm = self.problem.L if c.warm_start == "forward" else 1 + c.refresh_sweeps
+        return warm + c.n_inner * (c.x_sweeps * (self.xs.depth() + 1) + 1) + (c.n_inner - 1)
 
     def _store(self, st: LiftedState, idx: torch.Tensor | None) -> None:
         if self.aux is None or idx is None:
@@ -485,6 +509,8 @@ class LiftedSolver:
         p = self.problem
         self.begin_batch()  # first: the warm start's pre-activations are those of the batch's starting weights
         st = self._warm_start(y.flatten(1), x.flatten(1), idx)  # flatten: a data-parallel share may be empty
+        if self.aux is not None:  # how far the batch's start is from consistent with the current weights
+            start_gap = p.hidden_gap(st)
         for k in range(self.cfg.n_inner):
             self.xs.invalidate()
             if k > 0:  # the weights moved: every pre-activation is stale
@@ -503,7 +529,7 @@ class LiftedSolver:
             p.model.project()
         self._store(st, idx)
         if self.aux is not None:  # no forward pass, so no forward loss: the objective is the statistic
-            return {"objective": objective, "gap": gap}
+            return {"objective": objective, "gap": gap, "start_gap": start_gap}
         return {"loss": st.forward_loss, "objective": objective, "gap": gap}
 
     def begin_batch(self) -> None:
