@@ -66,6 +66,26 @@ def read_runs(root: Path) -> list[dict]:
     return runs
 
 
+def time_to(history: list[dict], target: float) -> float | None:
+    """Training seconds (history.csv rows: ``seconds`` per epoch, ``test_psnr``, NaN where not
+    evaluated) at which the test PSNR first reaches ``target``, linearly interpolated between the
+    evaluations around the crossing; the first evaluation's time when it already reaches it (the
+    untrained PSNR is not in history.csv); None: never."""
+    t, prev = 0.0, None
+    for row in history:
+        t += row["seconds"]
+        psnr = row["test_psnr"]
+        if math.isnan(psnr):
+            continue
+        if psnr >= target:
+            if prev is None:
+                return t
+            t0, p0 = prev
+            return t0 + (target - p0) / (psnr - p0) * (t - t0)  # p0 < target <= psnr
+        prev = (t, psnr)
+    return None
+
+
 def fmt(v, digits=2) -> str:
     """A table cell: a float with ``digits`` decimals, empty for None and NaN."""
     if v is None or (isinstance(v, float) and math.isnan(v)):

@@ -1,29 +1,34 @@
 #!/usr/bin/env python3
 """Lifted training against back-propagation as networks get deep (MNIST denoising, width 256).
 
-For ``mlp`` and ``resnet`` and every depth L, one sweep per method (``lifted train -m``):
+For ``mlp`` and ``resnet`` and every depth L, one sweep per method (``lifted train -m``), each over
+``arch.init=default,kaiming`` (the run kept per method and depth is the one with the better
+validation PSNR, never chosen on the test set):
 
 * ``backprop``: back-propagation with Adam;
-* ``loop``: lifted Bregman ISGM with the per-layer loop (Gauss-Seidel, ``solver.stacked=false``);
-* ``stacked_jacobi`` / ``stacked_red_black``: lifted Bregman ISGM, equal blocks stacked
-  (``solver.stacked=auto``: an mlp of depth 2 has a single equal block and runs the loop);
+* ``lifted_forward``: lifted Bregman ISGM, equal blocks stacked and updated at once (Jacobi), each
+  mini-batch's auxiliaries from a forward pass;
+* ``lifted_persistent``: the same from the stored auxiliaries (``solver.warm_start=persistent``, no
+  forward pass: ``solver.refresh_sweeps`` Jacobi sweeps of the forward equations, plain ISGM anchor);
+* ``loop`` (on request): lifted Bregman with the per-layer Gauss-Seidel loop, forward warm start.
 
-each lifted method with ``solver.warm_start=forward`` and ``persistent``. Then ``lifted report`` of
-all runs, and the depth tables and plots from the run folders:
+Then ``lifted report`` of all runs, and the depth tables and plots from the run folders:
 
-* ``depth.md`` / ``depth.csv``: per (arch, L, method, warm start): median time per mini-batch step
-  (CUDA-synchronised, from metrics.json), its growth from the smallest depth >= 4, test PSNR after
-  the epoch budget, the wall time (training seconds, from history.csv) to reach the PSNR that
-  back-propagation reaches at that depth (or the best PSNR when it is not reached), peak memory
-  (CUDA max allocated, or sampled RSS on the CPU);
-* ``time_per_step.png``, ``psnr_vs_depth.png``, ``psnr_vs_wall.png``.
+* ``depth.md`` / ``depth.csv``: per (arch, L, method): the init chosen, validation and test PSNR, the
+  best test PSNR over the epochs, the training wall time (history.csv) to reach back-propagation's
+  best test PSNR at that depth, median ms per mini-batch step and its ratio to back-propagation's,
+  peak memory (CUDA max allocated, or sampled RSS on the CPU), the sequential depth of a step
+  (metrics.json: the longest chain of dependent layer operations);
+* ``psnr_vs_wall.png`` (test PSNR against training wall time, one panel per arch and depth),
+  ``time_per_step.png``, ``psnr_vs_depth.png``.
 
-    scripts/benchmark_depth.py                  # CPU: 5,000 / 1,000 images, 3 epochs, L = 2..64
+    scripts/benchmark_depth.py                  # CPU: 20,000 training / 5,000 validation images, 8 epochs, L = 4..32
     scripts/benchmark_depth.py --quick          # a smoke run: 512 / 128 images, 1 epoch, L = 2, 4
     scripts/benchmark_depth.py --device cuda --budget-s 420 --out results/benchmarks/depth_cuda
                                                 # at most 8 report files; sweeps stop at the budget
 
-Extra ``key=value`` arguments go to every ``lifted train``.
+Extra ``key=value`` arguments go to every ``lifted train`` (e.g. ``hydra/launcher=joblib
+hydra.launcher.n_jobs=2``).
 """
 
 from __future__ import annotations
@@ -35,75 +40,82 @@ import sys
 import time
 from pathlib import Path
 
-from lifted_cli.benchmarks import fmt, machine, publish, read_runs, stage_report, sweep
+from lifted_cli.benchmarks import fmt, machine, publish, read_runs, stage_report, sweep, time_to
 
 REPO = Path(__file__).resolve().parent.parent
+INITS = "arch.init=default,kaiming"
+STACKED = ["scheme=bregman", "solver.layer_order=jacobi", "solver.stacked=auto"]
 METHODS = {
-    "backprop": ["scheme=backprop"],
-    "loop": ["scheme=bregman", "solver.layer_order=gauss_seidel", "solver.stacked=false", "solver.warm_start=forward,persistent"],
-    "stacked_jacobi": ["scheme=bregman", "solver.layer_order=jacobi", "solver.stacked=auto",
-                       "solver.warm_start=forward,persistent"],
-    "stacked_red_black": ["scheme=bregman", "solver.layer_order=red_black", "solver.stacked=auto",
-                          "solver.warm_start=forward,persistent"],
+    "backprop": ["scheme=backprop", INITS],
+    "lifted_forward": [*STACKED, "solver.warm_start=forward", INITS],
+    "lifted_persistent": [*STACKED, "solver.warm_start=persistent", "solver.momentum=0", "solver.refresh_sweeps=1", INITS],
+    "loop": ["scheme=bregman", "solver.layer_order=gauss_seidel", "solver.stacked=false", INITS],
 }
+DEFAULT_METHODS = "backprop,lifted_forward,lifted_persistent"
 
 
-def wall_to(history: list[dict], target: float) -> float | None:
-    """Training seconds until the first evaluated epoch with test PSNR >= target (None: never)."""
-    total = 0.0
-    for row in history:
-        total += row["seconds"]
-        if not math.isnan(row["test_psnr"]) and row["test_psnr"] >= target:
-            return total
-    return None
+def val_psnr(run: dict) -> float:
+    m = run["metrics"]
+    return m["val"]["psnr"]["mean"] if "val" in m else m["test"]["psnr"]["mean"]  # without a validation split: test
+
+
+def best_psnr(run: dict) -> float:
+    return max((h["test_psnr"] for h in run["history"] if not math.isnan(h["test_psnr"])), default=math.nan)
+
+
+def chosen(runs: list[dict]) -> list[dict]:
+    """Per (arch, L, method) the run with the best validation PSNR (over the inits and any other swept key)."""
+    best = {}
+    for r in runs:
+        key = (r["overrides"]["arch"], int(r["overrides"]["arch.depth"]), r["method"])
+        if key not in best or val_psnr(r) > val_psnr(best[key]):
+            best[key] = r
+    return list(best.values())
 
 
 def rows_of(runs: list[dict]) -> list[dict]:
     rows = []
-    bp = {(r["overrides"]["arch"], int(r["overrides"]["arch.depth"])): r for r in runs if r["method"] == "backprop"}
-    for r in runs:
+    picked = chosen(runs)
+    bp = {(r["overrides"]["arch"], int(r["overrides"]["arch.depth"])): r for r in picked if r["method"] == "backprop"}
+    for r in picked:
         arch, depth = r["overrides"]["arch"], int(r["overrides"]["arch.depth"])
         m, ref = r["metrics"], bp.get((arch, depth))
-        psnr = m["test"]["psnr"]["mean"]
-        best = max((h["test_psnr"] for h in r["history"] if not math.isnan(h["test_psnr"])), default=math.nan)
-        row = {"arch": arch, "L": depth, "method": r["method"], "warm_start": r["overrides"].get("solver.warm_start", "-"),
+        row = {"arch": arch, "L": depth, "method": r["method"], "init": r["overrides"].get("arch.init", "default"),
                "stacks": " ".join(f"{a}-{b}" for a, b in m.get("stacks", [])) or "-",
-               "ms_per_step": m.get("step_ms", math.nan), "test_psnr": psnr, "best_psnr": best,
-               "train_seconds": sum(h["seconds"] for h in r["history"]), "peak_mb": m.get("peak_memory_mb", math.nan)}
+               "ms_per_step": m.get("step_ms", math.nan), "val_psnr": val_psnr(r), "test_psnr": m["test"]["psnr"]["mean"],
+               "best_psnr": best_psnr(r), "train_seconds": sum(h["seconds"] for h in r["history"]),
+               "peak_mb": m.get("peak_memory_mb", math.nan), "sequential_depth": m.get("sequential_depth", math.nan)}
         if ref is not None:
-            target = ref["metrics"]["test"]["psnr"]["mean"]
-            t = wall_to(r["history"], target)
+            target = best_psnr(ref)
+            t = time_to(r["history"], target)
             row["backprop_psnr"] = target
             row["wall_to_backprop_psnr_s"] = t if t is not None else math.nan
             row["step_ratio_to_backprop"] = row["ms_per_step"] / ref["metrics"].get("step_ms", math.nan)
         rows.append(row)
-    rows.sort(key=lambda x: (x["arch"], x["method"] != "backprop", x["method"], x["warm_start"], x["L"]))
-    for row in rows:  # growth of the step time from the smallest depth >= 4 of the same series
-        series = [x for x in rows if (x["arch"], x["method"], x["warm_start"]) == (row["arch"], row["method"], row["warm_start"])]
-        base = [x for x in series if x["L"] >= 4]
-        row["step_growth"] = row["ms_per_step"] / base[0]["ms_per_step"] if base and row["L"] >= base[0]["L"] else math.nan
-        row["growth_base_L"] = base[0]["L"] if base else math.nan
+    rows.sort(key=lambda x: (x["arch"], x["L"], x["method"] != "backprop", x["method"]))
     return rows
 
 
-COLUMNS = [("arch", "arch", None), ("L", "L", None), ("method", "method", None), ("warm_start", "warm start", None),
-           ("stacks", "stacked layers", None), ("ms_per_step", "ms/step", 2), ("step_ratio_to_backprop", "step / backprop", 2),
-           ("step_growth", "step growth", 2), ("test_psnr", "test PSNR", 2), ("backprop_psnr", "backprop PSNR", 2),
-           ("wall_to_backprop_psnr_s", "s to backprop PSNR", 1), ("best_psnr", "best PSNR", 2),
-           ("train_seconds", "train s", 1), ("peak_mb", "peak MB", 0)]
+COLUMNS = [("arch", "arch", None), ("L", "L", None), ("method", "method", None), ("init", "init", None),
+           ("val_psnr", "val PSNR", 2), ("test_psnr", "test PSNR", 2), ("best_psnr", "best test PSNR", 2),
+           ("backprop_psnr", "backprop best", 2), ("wall_to_backprop_psnr_s", "s to backprop best", 1),
+           ("train_seconds", "train s", 1), ("ms_per_step", "ms/step", 2), ("step_ratio_to_backprop", "step / backprop", 2),
+           ("sequential_depth", "sequential depth", None), ("peak_mb", "peak MB", 0), ("stacks", "stacked layers", None)]
 
 
 def write_tables(rows: list[dict], out: Path, header: list[str]) -> None:
     with open(out / "depth.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[c[0] for c in COLUMNS] + ["growth_base_L"], extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=[c[0] for c in COLUMNS], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
     lines = [*header, "", "| " + " | ".join(c[1] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in rows:
         lines.append("| " + " | ".join(str(r.get(k, "")) if d is None else fmt(r.get(k), d) for k, _, d in COLUMNS) + " |")
-    lines += ["", "step growth: ms/step over ms/step at the smallest depth >= 4 of the same series; "
-              "s to backprop PSNR: training seconds (history.csv) until an epoch's test PSNR reaches the PSNR "
-              "back-propagation ends with at that depth (empty: not reached; see best PSNR)."]
+    lines += ["", "init: the one of default / kaiming with the better validation PSNR (per method and depth); "
+              "backprop best: the best test PSNR over the epochs of that depth's back-propagation run; s to backprop "
+              "best: training seconds (history.csv) until the test PSNR reaches it, interpolated between epochs (empty: not "
+              "reached); "
+              "sequential depth: the longest chain of dependent layer operations in one step (a forward pass is L)."]
     (out / "depth.md").write_text("\n".join(lines) + "\n")
 
 
@@ -114,18 +126,17 @@ def plots(rows: list[dict], runs: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     archs = sorted({r["arch"] for r in rows})
-    series = sorted({(r["method"], r["warm_start"]) for r in rows})
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "backprop", m))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    color = {key: cycle[i % len(cycle)] for i, key in enumerate(series)}  # one colour per series in every panel
+    color = {m: cycle[i % len(cycle)] for i, m in enumerate(methods)}  # one colour per method in every panel
     for key, ylabel, name, logy in [("ms_per_step", "ms per mini-batch step", "time_per_step.png", True),
-                                    ("test_psnr", "test PSNR (dB)", "psnr_vs_depth.png", False)]:
+                                    ("best_psnr", "best test PSNR (dB)", "psnr_vs_depth.png", False)]:
         fig, axes = plt.subplots(1, len(archs), figsize=(6 * len(archs), 4.2), squeeze=False)
         for ax, arch in zip(axes[0], archs):
-            for method, ws in series:
-                pts = sorted((r["L"], r[key]) for r in rows if (r["arch"], r["method"], r["warm_start"]) == (arch, method, ws))
+            for method in methods:
+                pts = sorted((r["L"], r[key]) for r in rows if (r["arch"], r["method"]) == (arch, method))
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", color=color[(method, ws)],
-                            label=method if ws == "-" else f"{method} ({ws})")
+                    ax.plot(*zip(*pts), marker="o", color=color[method], label=method)
             ax.set_xscale("log", base=2)
             if logy:
                 ax.set_yscale("log")
@@ -133,17 +144,17 @@ def plots(rows: list[dict], runs: list[dict], out: Path) -> None:
             ax.set_ylabel(ylabel)
             ax.set_title(arch)
             ax.grid(alpha=0.3)
-        axes[0][-1].legend(fontsize=7)
+        axes[0][-1].legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+    picked = chosen(runs)
     depths = sorted({r["L"] for r in rows})
-    shown = [d for d in (16, 64) if d in depths] or depths[-1:]
-    fig, axes = plt.subplots(len(archs), len(shown), figsize=(6 * len(shown), 4 * len(archs)), squeeze=False)
+    fig, axes = plt.subplots(len(archs), len(depths), figsize=(4.2 * len(depths), 3.6 * len(archs)), squeeze=False)
     for i, arch in enumerate(archs):
-        for j, depth in enumerate(shown):
+        for j, depth in enumerate(depths):
             ax = axes[i][j]
-            for r in runs:
+            for r in sorted(picked, key=lambda r: methods.index(r["method"])):
                 if (r["overrides"]["arch"], int(r["overrides"]["arch.depth"])) != (arch, depth):
                     continue
                 t, pts = 0.0, []
@@ -151,18 +162,18 @@ def plots(rows: list[dict], runs: list[dict], out: Path) -> None:
                     t += h["seconds"]
                     if not math.isnan(h["test_psnr"]):
                         pts.append((t, h["test_psnr"]))
-                ws = r["overrides"].get("solver.warm_start", "-")
-                ax.plot(*zip(*pts), marker=".", color=color[(r["method"], ws)],
-                        label=r["method"] if ws == "-" else f"{r['method']} ({ws})")
+                ax.plot(*zip(*pts), marker=".", color=color[r["method"]],
+                        label=f"{r['method']} ({r['overrides'].get('arch.init', 'default')})")
+            noisy = next((r["metrics"]["no_learning"]["psnr"]["mean"] for r in picked), None)
+            if noisy is not None:
+                ax.axhline(noisy, color="grey", lw=0.8, ls=":")
             ax.set_xlabel("training wall time (s)")
             ax.set_ylabel("test PSNR (dB)")
             ax.set_title(f"{arch}, L = {depth}")
             ax.grid(alpha=0.3)
-    handles, labels = axes[0][-1].get_legend_handles_labels()
-    order = sorted(range(len(labels)), key=labels.__getitem__)
-    axes[0][-1].legend([handles[i] for i in order], [labels[i] for i in order], fontsize=7)
+            ax.legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(out / "psnr_vs_wall.png", dpi=110)
+    fig.savefig(out / "psnr_vs_wall.png", dpi=100)
     plt.close(fig)
 
 
@@ -172,21 +183,23 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="device of every run (cpu, cuda, auto)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="stop the sweeps after this many seconds (finished runs are reported)")
-    ap.add_argument("--depths", default=None, help="comma-separated depths (default 2,4,8,16,32,64)")
+    ap.add_argument("--depths", default=None, help="comma-separated depths (default 4,8,16,32)")
     ap.add_argument("--archs", default="mlp,resnet")
-    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--methods", default=DEFAULT_METHODS, help=f"of {', '.join(METHODS)}")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-size", type=int, default=None)
     ap.add_argument("--test-size", type=int, default=None)
+    ap.add_argument("--val-size", type=int, default=None)
     ap.add_argument("--out", default=None, help="report folder (default results/benchmarks/depth_cpu[_quick])")
     ap.add_argument("--runs", default=None, help="run folders (default results/benchmark-runs/depth-<stamp>)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report from --runs")
     ap.add_argument("extra", nargs="*", help="key=value overrides for every run")
     a = ap.parse_args(argv)
-    depths = a.depths or ("2,4" if a.quick else "2,4,8,16,32,64")
-    epochs = a.epochs or (1 if a.quick else 3)
-    train_size = a.train_size or (512 if a.quick else 5000)
-    test_size = a.test_size or (128 if a.quick else 1000)
+    depths = a.depths or ("2,4" if a.quick else "4,8,16,32")
+    epochs = a.epochs or (1 if a.quick else 8)
+    train_size = a.train_size or (512 if a.quick else 20000)
+    test_size = a.test_size or (128 if a.quick else 2000)
+    val_size = a.val_size if a.val_size is not None else (128 if a.quick else 5000)
     out = Path(a.out or f"results/benchmarks/depth_{'cuda' if 'cuda' in a.device else 'cpu'}{'_quick' if a.quick else ''}")
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     runs_dir = Path(a.runs or f"results/benchmark-runs/depth-{'quick' if a.quick else 'full'}-{stamp}")
@@ -196,7 +209,7 @@ def main(argv=None) -> int:
         runs_dir = REPO / runs_dir
     runs_dir.mkdir(parents=True, exist_ok=True)
     common = ["dataset=mnist_denoise", "arch.width=256", f"arch.depth={depths}", f"epochs={epochs}",
-              f"train_size={train_size}", f"test_size={test_size}", "eval_every=1", "num_samples=0", "progress=false",
+              f"train_size={train_size}", f"val_size={val_size}", f"test_size={test_size}", "eval_every=1", "num_samples=0", "progress=false",
               f"device={a.device}", *a.extra]
     t0 = time.perf_counter()
     skipped = []
@@ -224,8 +237,9 @@ def main(argv=None) -> int:
               + ("this invocation ran no sweep: it rebuilt the report from those runs." if a.report_only
                  else f"this invocation's sweeps took {wall:.0f} s."),
               f"Machine: {machine(a.device)}.",
-              f"Settings: MNIST denoising, width 256, L in {{{depths}}}, {epochs} epochs of {train_size} training images, "
-              f"batch 128, test PSNR on {test_size} test images after every epoch; one seed (0)."]
+              f"Settings: MNIST denoising, width 256, L in {{{depths}}}, {epochs} epochs of {train_size} training images "
+              f"({val_size} more held out for validation), batch 128, test PSNR on {test_size} test images after every "
+              "epoch; one seed (0); each method's init chosen per depth on the validation PSNR."]
     if skipped:
         header.append(f"Not run or not finished (the --budget-s {a.budget_s:g} s was spent): {', '.join(skipped)}.")
     write_tables(rows, tmp, header)

@@ -3,7 +3,8 @@
 #   1. tests/test_cuda.py (every CUDA path: training, resume on the CPU, inversion, stacked,
 #      persistent and red-black runs), at most TEST_S seconds;
 #   2. the depth benchmark on the GPU (scripts/benchmark_depth.py --device cuda) with the rest of the
-#      budget: 2 epochs of 10,000 images, back-propagation and the stacked methods first, the sweeps
+#      budget: 2 epochs of 10,000 images, L = 4..64, back-propagation and lifted Bregman (stacked, forward
+#      and persistent warm starts; default and kaiming init, chosen on validation), the sweeps
 #      stopped when --budget-s is spent (the finished runs are reported).
 # Reports go to $OUT (or results/benchmarks/ when OUT is unset): test_cuda.txt and depth_cuda/ (7 files).
 # STEP=parallel runs instead (a second command, about 8 minutes) the parallel benchmark on the
@@ -49,5 +50,5 @@ timeout "$TEST_S" $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py >> "$O
 echo "pytest exit status: $?" >> "$OUT/test_cuda.txt"
 tail -3 "$OUT/test_cuda.txt"
 $PY scripts/benchmark_depth.py --device cuda --budget-s "$BUDGET_S" --epochs 2 --train-size 10000 \
-  --test-size 1000 --methods backprop,stacked_jacobi,stacked_red_black,loop --out "$OUT/depth_cuda" \
+  --test-size 1000 --depths 4,8,16,32,64 --methods backprop,lifted_forward,lifted_persistent --out "$OUT/depth_cuda" \
   --runs /tmp/depth-cuda-runs

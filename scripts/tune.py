@@ -20,6 +20,7 @@ and with ``--write-configs`` the chosen settings become the pair's defaults:
     scripts/tune.py --archs mlp,resnet --write-configs      # 10,000 / 5,000 images, 3 epochs
     scripts/tune.py --quick                                 # a smoke run (512 / 128 images, 1 epoch)
     scripts/tune.py --stage refine --archs mlp,resnet --write-configs   # the second grids (REFINE)
+    scripts/tune.py --stage init --archs mlp,resnet                     # arch.init for every scheme (INIT)
 
 Extra ``key=value`` arguments go to every ``lifted train``.
 """
@@ -63,6 +64,9 @@ REFINE = {
     "bregman": ("isgm", ["solver.x_sweeps=1,2,4", "solver.n_inner=1,2,3"]),
     "backprop": ("adam", ["solver.lr=5e-4,1e-3,2e-3", "solver.beta1=0.8,0.9,0.95"]),
 }
+#: ``--stage init``: the weight initialisation (``arch.init``), swept for every scheme alike with the
+#: tuned values in force (the same three settings each)
+INIT = {scheme: (solver, ["arch.init=default,kaiming,orthogonal"]) for scheme, (solver, _) in GRIDS.items()}
 ARCHS = ("mlp", "resnet", "proxnet", "conv_autoencoder", "unrolled_pnn")
 #: the pairs the mathematics does not allow (Fenchel covers relu and identity layers only)
 INVALID = {("proxnet", "fenchel"), ("unrolled_pnn", "fenchel")}
@@ -164,15 +168,16 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, default=None, help="runs folder (default results/benchmark-runs/tune-<time>)")
     ap.add_argument("--out", type=Path, default=None, help="report folder (default results/benchmarks/tuning)")
     ap.add_argument("--write-configs", action="store_true", help="write configs/tuned/<arch>_<scheme>_<solver>.yaml")
-    ap.add_argument("--stage", choices=("first", "refine"), default="first",
+    ap.add_argument("--stage", choices=("first", "refine", "init"), default="first",
                     help="first: GRIDS, tuned files left out; refine: REFINE (bregman, backprop) with the first stage's "
-                         "tuned values in force, merged into their files with --write-configs")
+                         "tuned values in force, merged into their files with --write-configs; init: arch.init for "
+                         "every scheme, the same way")
     ap.add_argument("extra", nargs="*", help="key=value arguments for every lifted train")
     args = ap.parse_args(argv)
-    refine = args.stage == "refine"
-    grids = REFINE if refine else GRIDS
-    if refine and args.schemes == ",".join(GRIDS):
-        args.schemes = ",".join(REFINE)
+    refine = args.stage in ("refine", "init")  # both sweep with the first stage's tuned values in force
+    grids = {"first": GRIDS, "refine": REFINE, "init": INIT}[args.stage]
+    if args.schemes == ",".join(GRIDS):
+        args.schemes = ",".join(grids)
     archs, schemes = args.archs.split(","), args.schemes.split(",")
     bad = [s for s in schemes if s not in grids]
     if bad:
@@ -183,7 +188,8 @@ def main(argv=None) -> int:
         ap.error("--write-configs: settings are chosen on full tuning runs, not on --quick")
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     runs_dir = args.runs or REPO / "results" / "benchmark-runs" / f"tune-{stamp}"
-    out = args.out or REPO / "results" / "benchmarks" / (("tuning_refine" if refine else "tuning") + ("_quick" if args.quick else ""))
+    out = args.out or REPO / "results" / "benchmarks" / ({"first": "tuning"}.get(args.stage, f"tuning_{args.stage}")
+                                                         + ("_quick" if args.quick else ""))
     runs_dir.mkdir(parents=True, exist_ok=True)
     sizes = [f"train_size={args.train_size}", f"val_size={args.val_size}", f"test_size={args.test_size}",
              f"epochs={args.epochs}", "progress=false", "num_samples=0", *args.extra]
@@ -221,13 +227,14 @@ def main(argv=None) -> int:
     command = "scripts/tune.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = [
         "# Tuning every scheme x architecture on a validation split"
-        + (" (second stage: REFINE, with the first stage's tuned values in force)" if refine else ""), "",
+        + (f" (stage {args.stage}: {args.stage.upper()}, with the first stage's tuned values in force)" if refine else ""), "",
         f"Command: `{command}`", "",
         f"MNIST denoising; {args.train_size} training images, {args.val_size} validation images held out of the "
         f"training split (`val_size`, `val_seed=2024`), {args.epochs} epoch(s), seed 0; {machine('cpu')}; "
         f"{time.strftime('%Y-%m-%d')}; {wall / 60:.1f} min for the sweeps this invocation ran (sweeps already finished in "
         "the runs folder are read, not run again). Every pair gets the same budget: "
-        f"the nine settings of its grid (`{'REFINE' if refine else 'GRIDS'}` in scripts/tune.py). Settings are ranked by validation PSNR; the "
+        f"the settings of its grid (`{args.stage.upper() if refine else 'GRIDS'}` in scripts/tune.py). Settings are ranked by "
+        "validation PSNR; the "
         "test PSNR of the chosen setting (on the first "
         f"{args.test_size} test images) is shown, never used to choose. One seed per setting: differences of a "
         "few hundredths of a dB are within run-to-run noise.", "",

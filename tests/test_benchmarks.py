@@ -33,3 +33,13 @@ def test_a_failed_sweep_stops_the_benchmark(tmp_path):
 def test_cells_are_empty_for_missing_values():
     assert benchmarks.fmt(float("nan")) == "" and benchmarks.fmt(None) == ""
     assert benchmarks.fmt(1.23456, 3) == "1.235" and benchmarks.fmt(7) == "7"
+
+
+def test_time_to_a_psnr_is_interpolated_between_evaluated_epochs():
+    nan = float("nan")
+    history = [{"seconds": 10.0, "test_psnr": 15.0}, {"seconds": 10.0, "test_psnr": nan},
+               {"seconds": 10.0, "test_psnr": 19.0}, {"seconds": 10.0, "test_psnr": 20.0}]
+    assert benchmarks.time_to(history, 14.0) == 10.0  # already there at the first evaluation
+    assert benchmarks.time_to(history, 17.0) == pytest.approx(20.0)  # half way from (10 s, 15) to (30 s, 19)
+    assert benchmarks.time_to(history, 20.0) == 40.0
+    assert benchmarks.time_to(history, 20.5) is None
