@@ -184,6 +184,15 @@ class StepClock:
         return float(np.median(values)) * 1e3 if values else math.nan
 
 
+def flush_denormals() -> None:
+    """Read subnormal floats as zero on the CPU (process-wide). Weight decay drives the weights of dead
+    relu units toward zero geometrically; once they are subnormal, every multiplication that touches
+    them takes the CPU's slow path: a back-propagation step of the default mlp after 10 epochs took
+    121 ms instead of 10 ms, and its wall time grew epoch after epoch. Values below 1.2e-38 are far
+    below anything a run reports."""
+    torch.set_flush_denormal(True)
+
+
 def select_device(spec: str) -> torch.device:
     """``auto``: CUDA if present, else the CPU; with several GPUs, job N of a multirun takes GPU
     N mod count (so the jobs of ``hydra/launcher=joblib`` spread over the GPUs)."""

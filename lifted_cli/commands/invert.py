@@ -33,7 +33,7 @@ from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, UnifiedNet, build_network
 from ..nets.architectures import MLP
 from ..registry import Schema, check, check_choice, check_interval, check_nonnegative, check_positive, fail, typed
-from ..runs import (RunConfig, divergence, require_mnist, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
+from ..runs import (RunConfig, divergence, flush_denormals, require_mnist, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
                     save_torch, select_device, write_csv, write_json)
 from . import run_task
 
@@ -327,6 +327,7 @@ def run_inversion(cfg: DictConfig, trackers: loggers.Loggers) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
+    flush_denormals()
     torch.manual_seed(cfg.seed)
     model, source = load_network(cfg)
     net, k, side = usable_network(model, cfg)

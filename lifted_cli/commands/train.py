@@ -31,7 +31,7 @@ from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
 from .. import loggers, parallel
 from ..parallel import PARALLEL
 from ..registry import check_choice, check_nonnegative, check_positive, fail, typed
-from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
+from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
 
@@ -388,6 +388,7 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
     if val is not None:
         log.info("validation: %d images held out of the training split (val_seed=%d); training on %d",
                  val[0].shape[0], cfg.val_seed, x_train.shape[0])
+    flush_denormals()
     torch.manual_seed(cfg.seed)
     model, scheme, solver = build(cfg, device, comm)
     n = x_train.shape[0]
