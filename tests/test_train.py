@@ -250,6 +250,8 @@ def test_every_experiment_of_train_validates(compose_train):
         (["scheme=mac", "scheme.mu_growth=0.5"], "scheme.mu_growth=0.5"),
         (["command=invert"], "command=invert"),
         (["val_size=-1"], "val_size=-1: must be >= 0"),
+        (["solver.refresh_sweeps=-1"], "solver.refresh_sweeps=-1: must be >= 0"),
+        (["arch.init=he"], "arch.init=he: allowed: default, kaiming, orthogonal, xavier"),
     ],
 )
 def test_bad_values_rejected_with_one_line(compose_train, overrides, fragment):

@@ -311,6 +311,7 @@ class LiftedSolverConfig(Schema):
         check_choice("layer_order", self.layer_order, LAYER_ORDERS)
         check_positive("x_step", self.x_step, allow_none=True)
         check_choice("warm_start", self.warm_start, WARM_STARTS)
+        check_nonnegative("refresh_sweeps", self.refresh_sweeps)
         check_positive("aux_memory_gb", self.aux_memory_gb)
 
 
