@@ -240,6 +240,10 @@ def main(argv=None) -> int:
               f"Settings: MNIST denoising, width 256, L in {{{depths}}}, {epochs} epochs of {train_size} training images "
               f"({val_size} more held out for validation), batch 128, test PSNR on {test_size} test images after every "
               "epoch; one seed (0); each method's init chosen per depth on the validation PSNR."]
+    unfinished = sorted(str(f.parent.parent.relative_to(runs_dir)) for f in runs_dir.glob("*/*/*/.hydra/overrides.yaml")
+                        if not (f.parent.parent / "metrics.json").is_file())
+    if unfinished:  # a diverged run stops with its last good checkpoint and no metrics.json
+        header.append(f"Runs that did not finish (diverged; their messages are in `sweeps.log`): {', '.join(unfinished)}.")
     if skipped:
         header.append(f"Not run or not finished (the --budget-s {a.budget_s:g} s was spent): {', '.join(skipped)}.")
     write_tables(rows, tmp, header)
