@@ -66,6 +66,16 @@ def read_runs(root: Path) -> list[dict]:
     return runs
 
 
+def psnr_curve(history: list[dict]) -> list[tuple[float, float]]:
+    """(training seconds so far, test PSNR) at every evaluated epoch of history.csv rows."""
+    t, pts = 0.0, []
+    for row in history:
+        t += row["seconds"]
+        if not math.isnan(row["test_psnr"]):
+            pts.append((t, row["test_psnr"]))
+    return pts
+
+
 def time_to(history: list[dict], target: float) -> float | None:
     """Training seconds (history.csv rows: ``seconds`` per epoch, ``test_psnr``, NaN where not
     evaluated) at which the test PSNR first reaches ``target``, linearly interpolated between the

@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from lifted_cli.benchmarks import fmt, machine, publish, read_runs, stage_report, sweep, time_to
+from lifted_cli.benchmarks import fmt, machine, psnr_curve, publish, read_runs, stage_report, sweep, time_to
 
 REPO = Path(__file__).resolve().parent.parent
 INITS = "arch.init=default,kaiming"
@@ -157,11 +157,7 @@ def plots(rows: list[dict], runs: list[dict], out: Path) -> None:
             for r in sorted(picked, key=lambda r: methods.index(r["method"])):
                 if (r["overrides"]["arch"], int(r["overrides"]["arch.depth"])) != (arch, depth):
                     continue
-                t, pts = 0.0, []
-                for h in r["history"]:
-                    t += h["seconds"]
-                    if not math.isnan(h["test_psnr"]):
-                        pts.append((t, h["test_psnr"]))
+                pts = psnr_curve(r["history"])
                 ax.plot(*zip(*pts), marker=".", color=color[r["method"]],
                         label=f"{r['method']} ({r['overrides'].get('arch.init', 'default')})")
             noisy = next((r["metrics"]["no_learning"]["psnr"]["mean"] for r in picked), None)

@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from lifted_cli.benchmarks import fmt, machine, publish, read_runs, stage_report, sweep, time_to
+from lifted_cli.benchmarks import fmt, machine, psnr_curve, publish, read_runs, stage_report, sweep, time_to
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -119,11 +119,7 @@ def curves(runs: list[dict], out: Path) -> None:
         for r in runs:
             if r["overrides"]["arch"] != arch:
                 continue
-            t, pts = 0.0, [(0.0, r["metrics"]["no_learning"]["psnr"]["mean"])]
-            for h in r["history"]:
-                t += h["seconds"]
-                if not math.isnan(h["test_psnr"]):
-                    pts.append((t, h["test_psnr"]))
+            pts = [(0.0, r["metrics"]["no_learning"]["psnr"]["mean"]), *psnr_curve(r["history"])]  # from the noisy input
             seed = r["overrides"].get("seed", "0")
             ax.plot(*zip(*pts), marker=".", color=cycle[methods.index(r["method"]) % len(cycle)],
                     ls="-" if seed == "0" else "--", label=f"{r['method']} (seed {seed})")

@@ -43,3 +43,9 @@ def test_time_to_a_psnr_is_interpolated_between_evaluated_epochs():
     assert benchmarks.time_to(history, 17.0) == pytest.approx(20.0)  # half way from (10 s, 15) to (30 s, 19)
     assert benchmarks.time_to(history, 20.0) == 40.0
     assert benchmarks.time_to(history, 20.5) is None
+
+
+def test_a_psnr_curve_accumulates_training_seconds_over_evaluated_epochs():
+    nan = float("nan")
+    history = [{"seconds": 2.0, "test_psnr": 15.0}, {"seconds": 3.0, "test_psnr": nan}, {"seconds": 4.0, "test_psnr": 18.0}]
+    assert benchmarks.psnr_curve(history) == [(2.0, 15.0), (9.0, 18.0)]
