@@ -76,6 +76,11 @@ def psnr_curve(history: list[dict]) -> list[tuple[float, float]]:
     return pts
 
 
+def best_psnr(history: list[dict]) -> float:
+    """The best test PSNR over the evaluated epochs (NaN: none evaluated)."""
+    return max((psnr for _, psnr in psnr_curve(history)), default=math.nan)
+
+
 def time_to(history: list[dict], target: float) -> float | None:
     """Training seconds (history.csv rows: ``seconds`` per epoch, ``test_psnr``, NaN where not
     evaluated) at which the test PSNR first reaches ``target``, linearly interpolated between the

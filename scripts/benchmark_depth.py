@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from lifted_cli.benchmarks import fmt, machine, psnr_curve, publish, read_runs, stage_report, sweep, time_to
+from lifted_cli.benchmarks import best_psnr, fmt, machine, psnr_curve, publish, read_runs, stage_report, sweep, time_to
 
 REPO = Path(__file__).resolve().parent.parent
 INITS = "arch.init=default,kaiming"
@@ -57,10 +57,6 @@ DEFAULT_METHODS = "backprop,lifted_forward,lifted_persistent"
 def val_psnr(run: dict) -> float:
     m = run["metrics"]
     return m["val"]["psnr"]["mean"] if "val" in m else m["test"]["psnr"]["mean"]  # without a validation split: test
-
-
-def best_psnr(run: dict) -> float:
-    return max((h["test_psnr"] for h in run["history"] if not math.isnan(h["test_psnr"])), default=math.nan)
 
 
 def chosen(runs: list[dict]) -> list[dict]:
@@ -83,10 +79,10 @@ def rows_of(runs: list[dict]) -> list[dict]:
         row = {"arch": arch, "L": depth, "method": r["method"], "init": r["overrides"].get("arch.init", "default"),
                "stacks": " ".join(f"{a}-{b}" for a, b in m.get("stacks", [])) or "-",
                "ms_per_step": m.get("step_ms", math.nan), "val_psnr": val_psnr(r), "test_psnr": m["test"]["psnr"]["mean"],
-               "best_psnr": best_psnr(r), "train_seconds": sum(h["seconds"] for h in r["history"]),
+               "best_psnr": best_psnr(r["history"]), "train_seconds": sum(h["seconds"] for h in r["history"]),
                "peak_mb": m.get("peak_memory_mb", math.nan), "sequential_depth": m.get("sequential_depth", math.nan)}
         if ref is not None:
-            target = best_psnr(ref)
+            target = best_psnr(ref["history"])
             t = time_to(r["history"], target)
             row["backprop_psnr"] = target
             row["wall_to_backprop_psnr_s"] = t if t is not None else math.nan

@@ -27,19 +27,14 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import statistics
 import sys
 import time
 from pathlib import Path
 
-from lifted_cli.benchmarks import fmt, machine, psnr_curve, publish, read_runs, stage_report, sweep, time_to
+from lifted_cli.benchmarks import best_psnr, fmt, machine, psnr_curve, publish, read_runs, stage_report, sweep, time_to
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def best(history: list[dict]) -> float:
-    return max((h["test_psnr"] for h in history if not math.isnan(h["test_psnr"])), default=math.nan)
 
 
 def rows_of(runs: list[dict]) -> list[dict]:
@@ -52,15 +47,15 @@ def rows_of(runs: list[dict]) -> list[dict]:
         ref = bp.get((arch, seed))
         if ref is None:
             continue
-        target = best(ref["history"])
+        target = best_psnr(ref["history"])
         t_bp, t_l = time_to(ref["history"], target), time_to(r["history"], target)
         rows.append({"arch": arch, "scheme": r["method"], "seed": int(seed), "target": target,
                      "backprop_epochs": len(ref["history"]), "lifted_epochs": len(r["history"]),
                      "t_backprop": t_bp, "t_lifted": t_l, "ratio": (t_l / t_bp) if t_l is not None and t_bp else None,
-                     "best_lifted": best(r["history"]), "ms_lifted": r["metrics"].get("step_ms"),
+                     "best_lifted": best_psnr(r["history"]), "ms_lifted": r["metrics"].get("step_ms"),
                      # the other way round: each method's seconds to the lifted run's best
-                     "t_lifted_to_own_best": time_to(r["history"], best(r["history"])),
-                     "t_backprop_to_lifted_best": time_to(ref["history"], best(r["history"])),
+                     "t_lifted_to_own_best": time_to(r["history"], best_psnr(r["history"])),
+                     "t_backprop_to_lifted_best": time_to(ref["history"], best_psnr(r["history"])),
                      "ms_backprop": ref["metrics"].get("step_ms")})
     rows.sort(key=lambda x: (x["arch"], x["scheme"], x["seed"]))
     return rows

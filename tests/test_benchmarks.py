@@ -1,6 +1,8 @@
 """lifted_cli/benchmarks.py, the library of the benchmark scripts: a sweep runs, its finished runs are
 read back with their overrides and histories, a report is staged and published in one move."""
 
+import math
+
 import pytest
 
 from lifted_cli import benchmarks
@@ -49,3 +51,9 @@ def test_a_psnr_curve_accumulates_training_seconds_over_evaluated_epochs():
     nan = float("nan")
     history = [{"seconds": 2.0, "test_psnr": 15.0}, {"seconds": 3.0, "test_psnr": nan}, {"seconds": 4.0, "test_psnr": 18.0}]
     assert benchmarks.psnr_curve(history) == [(2.0, 15.0), (9.0, 18.0)]
+
+
+def test_the_best_psnr_skips_epochs_not_evaluated():
+    nan = float("nan")
+    assert benchmarks.best_psnr([{"seconds": 1.0, "test_psnr": 15.0}, {"seconds": 1.0, "test_psnr": nan}]) == 15.0
+    assert math.isnan(benchmarks.best_psnr([{"seconds": 1.0, "test_psnr": nan}]))
