@@ -118,11 +118,11 @@ class Identity(ProxActivation):
 
 @ACTIVATIONS.register("relu", params=())
 class ReLU(ProxActivation):
-    gain = math.sqrt(2.0)
     """sigma(z) = max(z, 0), Psi = indicator of u >= 0, Phi*(z) = max(z,0)^2/2,
     prox_{mu Phi}(v) = max(0, v/(1+mu))."""
 
     name = "relu"
+    gain = math.sqrt(2.0)
 
     def __call__(self, z):
         return torch.relu(z)
