@@ -165,12 +165,9 @@ def training(overrides: Sequence[str] = (), device: str = "cpu", n_samples: int 
     from .commands.train import build
     from .data import build_degradation
 
-    from .runs import flush_denormals
-
     cfg = compose("train", overrides, output_dir="(none)")
     if cfg.parallel.name != "none":
         raise ConfigError(f"parallel={cfg.parallel.name}: training() builds one process's components; use parallel=none")
-    flush_denormals()
     torch.manual_seed(cfg.seed)
     model, scheme, solver = build(cfg, torch.device(device))
     if cfg.solver.get("warm_start") == "persistent" and n_samples <= 0:

@@ -93,7 +93,8 @@ def validate(cfg: DictConfig, resuming: bool = False) -> None:
 def build(cfg: DictConfig, device: torch.device, comm=None):
     """The network, scheme and solver of a run (weights from torch's global RNG, so every rank of a
     parallel run builds the same ones). A combination the mathematics does not allow fails here
-    with one line (ConfigError)."""
+    with one line (ConfigError). Subnormal floats read as zero from here on (``flush_denormals``)."""
+    flush_denormals()
     where = f"scheme={cfg.scheme.name} arch={cfg.arch.name} solver={cfg.solver.name}"
     try:
         model = build_network(cfg.arch)
@@ -388,7 +389,6 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
     if val is not None:
         log.info("validation: %d images held out of the training split (val_seed=%d); training on %d",
                  val[0].shape[0], cfg.val_seed, x_train.shape[0])
-    flush_denormals()
     torch.manual_seed(cfg.seed)
     model, scheme, solver = build(cfg, device, comm)
     n = x_train.shape[0]
