@@ -85,3 +85,14 @@ def test_no_two_modules_import_each_other():
     cycles = sorted({tuple(sorted((a, b))) for a in graph for b in graph[a] if not inside(a, b) and reaches(b, a)})
     assert not cycles, f"import cycles: {cycles}"
     assert "lifted_cli.parallel" in graph["lifted_cli.commands.train"]  # the graph sees imports
+
+
+def test_every_config_folder_is_a_listed_package():
+    """setuptools warns (a screenful per folder) about data folders absent from ``packages``: a new
+    config group must be added to pyproject.toml."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(("lifted_cli", *p.relative_to(ROOT).parts)) for p in (ROOT / "configs").rglob("*")
+               if p.is_dir() and p.name != "__pycache__"}
+    assert folders <= listed, f"add to [tool.setuptools] packages in pyproject.toml: {sorted(folders - listed)}"
