@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     extra = a.extra or ["arch.init=kaiming"]
-    x = load_mnist(REPO / "data", True, 128)
+    x = load_mnist(None, True, 128)
     y = training(extra).degradation.measure(x, torch.Generator().manual_seed(0))  # the dataset's (mnist_denoise)
     cmd = "scripts/depth_signal.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# How much of the target reaches each hidden layer", "",

@@ -16,7 +16,7 @@
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       -d .whl hydra-core==1.3.2 omegaconf==2.3.0
 #   python3 -m pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3   # published as source only
-#   .venv/bin/lifted data                                  # MNIST in data/ (53 MB)
+#   LIFTED_DATA=$PWD/data .venv/bin/lifted data            # MNIST in data/ (53 MB), carried to the device
 # and call the device with carry [".whl", "data"] and `OUT=$OUT bash scripts/gpu_check.sh`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,8 @@ else
   [ -e lifted_cli/configs ] || ln -s ../configs lifted_cli/configs  # what the wheel's package-dir does
 fi
 export PYTHONUNBUFFERED=1
-[ -f data/MNIST/raw/train-images-idx3-ubyte ] || $PY -m lifted_cli data > /dev/null || exit 1
+export LIFTED_DATA="${LIFTED_DATA:-$PWD/data}"  # the device has no user cache: MNIST travels in data/
+[ -f "$LIFTED_DATA/MNIST/raw/train-images-idx3-ubyte" ] || $PY -m lifted_cli data > /dev/null || exit 1
 if [ "${STEP:-}" = parallel ]; then
   timeout 300 $PY scripts/benchmark_parallel.py --nproc 1,2,4,8 --train-size 2000 --out "$OUT/parallel_cpu16" \
     --runs /tmp/parallel-cpu-runs | tail -1

@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     cfg, backprop = build([*base, "scheme=backprop"])
     _, lifted = build([*base, "scheme=bregman", *a.extra])
     degradation = build_degradation(cfg.dataset)
-    x_train = load_mnist(str(REPO / cfg.data_root), train=True, size=a.train_size)
+    x_train = load_mnist(cfg.data_root, train=True, size=a.train_size)
     batch = cfg.batch_size
     times = {"backprop": [], "lifted": []}
     for r in range(a.repeats + 1):  # the first pair warms up allocator and caches: not counted

@@ -204,10 +204,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rev", required=True, help="the git revision to compare the working tree with")
     ap.add_argument("--out", default="results/benchmarks/one_core_same_numbers.md")
-    ap.add_argument("--data-root", default=str(REPO / "data"), help="where MNIST is (lifted data puts it in ./data)")
+    ap.add_argument("--data-root", default=None, help="where MNIST is (default: lifted's data cache)")
     ap.add_argument("--work", default=None, help="run folders (default: a temporary folder, removed)")
     ap.add_argument("--report-only", action="store_true", help="only rebuild the report from --work's numbers")
     a = ap.parse_args(argv)
+    from lifted_cli.data import data_root as default_data_root
+
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="same-numbers-") as tmp:
         work = Path(a.work) if a.work else Path(tmp)
@@ -221,7 +223,7 @@ def main(argv=None) -> int:
             root = work / f"version{i}"
             names.append(export(rev, root / "src"))
             with open(work / f"version{i}.log", "w") as log:
-                results.append(run_version(root / "src", root / "runs", Path(a.data_root).resolve(), log))
+                results.append(run_version(root / "src", root / "runs", (Path(a.data_root).resolve() if a.data_root else default_data_root(None)), log))
             (work / f"version{i}.json").write_text(json.dumps({"version": names[-1], "numbers": results[-1]}, indent=1))
     out = Path(a.out)
     lines = [f"# Same numbers: {names[0]} against {names[1]}", "",

@@ -15,7 +15,7 @@ def test_quickstart_notebook_runs(tmp_path, fake_mnist, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("LIFTED_DATA_ROOT", str(fake_mnist))
+    monkeypatch.setenv("LIFTED_DATA", str(fake_mnist))
     monkeypatch.setenv("LIFTED_RUNS", str(tmp_path / "runs"))
     monkeypatch.setenv("LIFTED_QUICKSTART", "train_size=32 test_size=8 epochs=2 batch_size=16 arch.hidden=[16]")
     monkeypatch.setenv("LIFTED_QUICKSTART_ITERATIONS", "10")

@@ -1,6 +1,7 @@
 """data/mnist.py: the sources (local, torchvision, PyPI archive), their checks, the loader."""
 
 import hashlib
+from pathlib import Path
 import io
 import tarfile
 
@@ -109,3 +110,15 @@ def test_validation_sizes_that_do_not_fit_are_one_line(tmp_path):
         data.load_train_val(tmp_path, None, 40, gen)
     with pytest.raises(ConfigError, match=r"^train_size=31: the training split has 40 images, 30 of them left after val_size=10$"):
         data.load_train_val(tmp_path, 31, 10, gen)
+
+
+def test_data_root_is_the_override_else_the_environment_else_the_user_cache(tmp_path, monkeypatch):
+    from lifted_cli.data import data_root
+
+    monkeypatch.delenv("LIFTED_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert data_root(None) == tmp_path / "cache" / "lifted"
+    monkeypatch.setenv("LIFTED_DATA", str(tmp_path / "shared"))
+    assert data_root(None) == tmp_path / "shared"
+    assert data_root("here") == Path("here")  # data_root= wins (relative to where lifted runs)
+    assert data.raw_folder(None) == tmp_path / "shared" / "MNIST" / "raw"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List
+from typing import List, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -18,7 +18,7 @@ from . import run_task
 
 @dataclass
 class DataConfig(Schema):
-    data_root: str = "data"
+    data_root: Optional[str] = None
     data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
     verify: bool = True
 

