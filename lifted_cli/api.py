@@ -115,12 +115,13 @@ def invert(overrides: Sequence[str] = (), output_dir=None) -> dict:
 
 
 def report(folders: Sequence, out=None, baseline: Optional[str] = None, pivot: Optional[str] = None,
-           best: Optional[str] = None) -> tuple[Path, str]:
-    """``lifted report <folders> [--out OUT] [--baseline KEY=VALUE] [--pivot ROW,COL] [--best KEY]``:
-    writes the report folder; returns it and the report's Markdown text (its tables)."""
+           best: Optional[str] = None, by: Optional[str] = None) -> tuple[Path, str]:
+    """``lifted report <folders> [--out OUT] [--baseline KEY=VALUE] [--pivot ROW,COL] [--best KEY]
+    [--by test|val]``: writes the report folder; returns it and the report's Markdown text (its tables).
+    ``by="val"`` ranks by validation PSNR and makes ``best`` and ``pivot`` use it (choose settings on it)."""
     from .commands.report import make_report
 
-    return make_report(_strings(folders), out, baseline, pivot, best)
+    return make_report(_strings(folders), out, baseline, pivot, best, by)
 
 
 def load_network(run_folder, device: str | torch.device = "cpu"):

@@ -18,7 +18,7 @@ from .commands import COMMANDS, Stop, command_module, one_line
 USAGE = (
     "usage: lifted <command> [hydra overrides] [--help] [--cfg job] [-m]\n\ncommands:\n"
     + "\n".join(f"  {k:<8}{v}" for k, v in COMMANDS.items())
-    + "\n\n`lifted <command> --help` lists that command's options and config groups."
+    + "\n\n`lifted <command> --help` lists that command's config groups and options, one line each."
 )
 
 #: the optional launcher plugins: a clear line instead of Hydra's config-search error
@@ -111,6 +111,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lifted {command}: error: {err}", file=sys.stderr)
         return 2
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if set(args) & {"--help", "-h"}:  # one line per option, for this command line's choices (reference.py)
+        from .reference import help_text
+
+        try:
+            print(help_text(command, [a for a in args if a not in ("--help", "-h", "-m", "--multirun")]))
+        except (HydraException, OmegaConfBaseException) as err:
+            print(f"lifted {command}: error: {_explain(command, args, one_line(err))}", file=sys.stderr)
+            return 2
+        return 0
     scratch = None
     if command == "train" and _other_rank():
         # torchrun starts every rank with the same command line; rank 0's run folder is the run's (its

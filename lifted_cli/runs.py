@@ -259,15 +259,27 @@ def load_tensor(path: str, what: str) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------- pictures
-def samples_image(rows: list[torch.Tensor], scale: int = 3):
-    """A PIL image with one row per tensor (e.g. truth, degraded, reconstruction), images clamped to [0, 1]."""
-    from PIL import Image
+def samples_image(rows: list[torch.Tensor], labels: list[str] | None = None, scale: int = 3):
+    """A PIL image with one row per tensor (e.g. truth, degraded, reconstruction), images clamped to
+    [0, 1], each row named on its left by ``labels``."""
+    from PIL import Image, ImageDraw
     from torchvision.utils import make_grid
 
     n = rows[0].shape[0]
     grid = make_grid(torch.cat([r.detach().cpu().clamp(0, 1) for r in rows]), nrow=n, padding=2, pad_value=1.0)
     arr = (grid[0].numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    tiles = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    if not labels:
+        return tiles
+    draw = ImageDraw.Draw(tiles)
+    width = max(int(draw.textlength(t)) for t in labels) + 12
+    out = Image.new("L", (tiles.width + width, tiles.height), 255)
+    out.paste(tiles, (width, 0))
+    draw = ImageDraw.Draw(out)
+    row = tiles.height / len(rows)
+    for i, text in enumerate(labels):
+        draw.text((4, int(row * (i + 0.5)) - 5), text, fill=0)
+    return out
 
 
 # ------------------------------------------------------------------------------ run-folder lifecycle
@@ -434,7 +446,7 @@ class RunConfig(Schema):
     experiment: Optional[str] = None
     seed: int = 0
     device: str = "auto"
-    data_root: str = "data"
+    data_root: Optional[str] = None
     data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
     num_samples: int = 8
     progress: bool = True

@@ -36,6 +36,10 @@ def test_train_invert_report_return_what_the_command_line_writes(tmp_path, fake_
     out, text = lifted_cli.report(tmp_path / "runs", out=tmp_path / "report")  # one folder, or a list
     assert out == tmp_path / "report" and (out / "report.md").read_text() == text
     assert "swept: scheme" in text and "backprop" in text and "bregman" in text
+    _, ranked = lifted_cli.report([tmp_path / "runs"], out=tmp_path / "ranked", by="test")  # --by, as on the command line
+    assert "rank" in ranked
+    with pytest.raises(ConfigError, match="--by val: no finished train run holds a validation set"):
+        lifted_cli.report([tmp_path / "runs"], out=tmp_path / "by-val", by="val")
 
 
 def test_the_same_config_as_the_command_line(tmp_path, fake_mnist):

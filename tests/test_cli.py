@@ -24,7 +24,7 @@ def test_top_level_help(tmp_path):
 @pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_train_help_and_cfg(tmp_path):
     out = run(["train", "--help"], tmp_path).stdout
-    assert "dataset: mnist_deblur, mnist_denoise, mnist_inpaint" in out
+    assert "mnist_deblur | mnist_denoise* | mnist_inpaint" in out and "epochs=5" in out
     cfg = run(["train", "--cfg", "job", "epochs=3"], tmp_path).stdout
     assert "epochs: 3" in cfg
     assert not (tmp_path / "results").exists()
@@ -127,7 +127,8 @@ def test_multirun_runs_valid_combinations_and_names_invalid_ones(tmp_path, fake_
 @pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_invert_help_lists_options(tmp_path):
     out = run(["invert", "--help"], tmp_path).stdout
-    assert "lifted invert" in out and "regularizer" in out and "experiment" in out
+    assert "lifted invert" in out and "regularizer=tv" in out and "perceptron_inversion" in out
+    assert "sparse_dae" not in out  # the experiments of train are not offered to invert
 
 
 @pytest.mark.slow

@@ -392,9 +392,11 @@ def run_inversion(cfg: DictConfig, trackers: loggers.Loggers) -> dict:
     n = min(cfg.num_samples, u.shape[0])
     if n > 0:
         rows = [vector_image(f_delta[:n], side), u[:n].reshape(-1, 1, side, side)]
+        labels = ["outputs f_delta", "recovered u"]
         if truth is not None:
             rows.insert(0, truth[:n].reshape(-1, 1, side, side))
-        save_image(out / "samples.png", samples_image(rows))
+            labels.insert(0, "truth")
+        save_image(out / "samples.png", samples_image(rows, labels))
     write_json(out / "metrics.json", metrics)
     return metrics
 

@@ -10,7 +10,7 @@ are listed separately and never mixed into a group. Writes into the report folde
   dataset);
 * ``<command>_psnr_vs_<key>.png``: final PSNR against each swept numeric hyperparameter, one line
   per group of the other swept keys, error bars = std over seeds;
-* ``curves.png``: per train group, test PSNR and the lifted objective (or loss) per epoch from
+* ``curves.png``: per train group, one panel each for the test PSNR, the training loss and the lifted objective per epoch from
   ``history.csv`` (mean over seeds);
 * ``<command>_samples.png``: the ``samples.png`` of one run per group, one above the other, labelled;
 
@@ -327,38 +327,54 @@ def _history(run: Run) -> list[dict]:
         return []
 
 
+#: the panels of curves.png: (history.csv column, title, y label, log scale)
+CURVES = (("test_psnr", "test PSNR", "PSNR (dB)", False),
+          ("loss", "training loss", "1/2 squared error per image (forward network)", True),
+          ("objective", "lifted objective", "objective per image (lifted schemes)", True))
+
+
 def plot_curves(out: Path, swept: list[str], groups: dict[tuple, list[Run]]) -> str | None:
+    """curves.png: one panel per quantity of history.csv (test PSNR, the training loss, the lifted
+    objective where a scheme has one), per train group the mean over its seeds against the epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     train_groups = {k: v for k, v in groups.items() if k[0] == "train"}
     if not train_groups:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for key, members in train_groups.items():
-        hists = [_history(r) for r in members]
-        hists = [h for h in hists if h]
+    curves: dict[str, list] = {col: [] for col, *_ in CURVES}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for g, (key, members) in enumerate(train_groups.items()):
+        hists = [h for h in (_history(r) for r in members) if h]
         if not hists:
             continue
         n = min(len(h) for h in hists)
-        epochs = [int(h["epoch"]) for h in hists[0][:n]] if "epoch" in hists[0][0] else list(range(1, n + 1))
-        for ax, col in zip(axes, ("test_psnr", "objective")):
-            col_used = col if col in hists[0][0] else "loss"
-            ys = np.array([[h[i].get(col_used, math.nan) for i in range(n)] for h in hists])
+        epochs = np.array([int(h["epoch"]) for h in hists[0][:n]] if "epoch" in hists[0][0] else range(1, n + 1))
+        for col in curves:
+            ys = np.array([[h[i].get(col, math.nan) for i in range(n)] for h in hists])
             with np.errstate(all="ignore"):
                 mean = np.nanmean(ys, axis=0) if np.isfinite(ys).any() else ys[0]
-            mask = np.isfinite(mean)
-            ax.plot(np.array(epochs)[mask], mean[mask], marker=".", label=_label(swept, key))
-    axes[0].set_ylabel("test PSNR (dB)")
-    axes[1].set_ylabel("lifted objective (loss for backprop)")
-    axes[1].set_yscale("log")
-    for ax in axes:
+            mask = np.isfinite(mean) & ((mean > 0) if col != "test_psnr" else True)
+            if mask.any():
+                curves[col].append((epochs[mask], mean[mask], _label(swept, key), cycle[g % len(cycle)]))
+    panels = [c for c in CURVES if curves[c[0]]]
+    if not panels:  # runs without a history.csv draw nothing
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (col, title, ylabel, log) in zip(axes[0], panels):
+        for x, y, label, color in curves[col]:  # a group keeps its colour in every panel
+            ax.plot(x, y, marker=".", label=label, color=color)
+        ax.set_title(title)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if log:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:  # runs without a history.csv draw nothing
-        axes[0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     save_figure(out / "curves.png", fig, dpi=120)
     plt.close(fig)
@@ -472,7 +488,7 @@ def _main(argv: list[str]) -> int:
     ap = _Parser(prog="lifted report", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Files written: report.md, report.csv, <command>_psnr_vs_<key>.png, curves.png, "
-                                        "<command>_samples.png (see the README).")
+                                        "<command>_samples.png (see docs/runs.md).")
     ap.add_argument("folders", nargs="+", type=Path, help="run folders, or folders holding run folders")
     ap.add_argument("--out", type=Path, default=None,
                     help="report folder (default: results/report/<date>/<time>)")

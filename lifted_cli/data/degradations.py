@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..registry import Registry, Schema, check, check_nonnegative, check_positive
+from ..registry import Registry, Schema, check, check_nonnegative, check_positive, option
 
 #: the imaging tasks (config group ``dataset``), keyed by ``dataset.task``
 DEGRADATIONS = Registry("dataset", key="task")
@@ -20,10 +20,10 @@ DEGRADATIONS = Registry("dataset", key="task")
 
 @dataclass
 class DenoiseConfig(Schema):
-    name: str = "mnist_denoise"
-    task: str = "denoise"
-    sigma: float = 0.3
-    test_seed: int = 1234
+    name: str = option("mnist_denoise", "the dataset option (its YAML's name)")
+    task: str = option("denoise", "the degradation: denoise (y = x + sigma n) | deblur | inpaint")
+    sigma: float = option(0.3, "std of the additive Gaussian noise (images in [0, 1])")
+    test_seed: int = option(1234, "seeds the test-set degradation: identical test data for every run")
 
     def validate(self):
         check_nonnegative("sigma", self.sigma)
@@ -31,9 +31,9 @@ class DenoiseConfig(Schema):
 
 @dataclass
 class DeblurConfig(DenoiseConfig):
-    task: str = "deblur"
-    kernel_size: int = 7
-    blur_width: float = 1.5
+    task: str = option("deblur", "the degradation: y = k * x + sigma n, Gaussian kernel k, zero boundary")
+    kernel_size: int = option(7, "odd side length of the blur kernel")
+    blur_width: float = option(1.5, "std (pixels) of the Gaussian blur kernel")
 
     def validate(self):
         super().validate()
@@ -44,8 +44,8 @@ class DeblurConfig(DenoiseConfig):
 
 @dataclass
 class InpaintConfig(DenoiseConfig):
-    task: str = "inpaint"
-    keep_ratio: float = 0.5
+    task: str = option("inpaint", "the degradation: y = m x + sigma n, a fresh random pixel mask m per image")
+    keep_ratio: float = option(0.5, "probability that a pixel is observed, in (0, 1]")
 
     def validate(self):
         super().validate()
