@@ -180,6 +180,9 @@ def validate(cfg, lifted_form: bool) -> None:
         if cfg.solver.layer_order != "jacobi":
             fail("parallel", mode, f"solver.layer_order={cfg.solver.layer_order} does not update the layers at once; "
                  "layer-parallel needs solver.layer_order=jacobi")
+    if lifted_form and cfg.solver.get("warm_start") == "pipelined":
+        fail("solver.warm_start", "pipelined", f"runs in one process (its batches in flight are this process's); "
+             f"with parallel={mode} use solver.warm_start=forward or persistent")
     if mode == "grid":
         ranks = int(cfg.parallel.layer_ranks)
         if world % ranks:

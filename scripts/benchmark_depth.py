@@ -10,6 +10,8 @@ validation PSNR, never chosen on the test set):
   mini-batch's auxiliaries from a forward pass;
 * ``lifted_persistent``: the same from the stored auxiliaries (``solver.warm_start=persistent``, no
   forward pass: ``solver.refresh_sweeps`` Jacobi sweeps of the forward equations, plain ISGM anchor);
+* ``lifted_pipelined``: the same from a staggered pass (``solver.warm_start=pipelined``: each step takes
+  every batch in flight one layer further, no sequential pass per step);
 * ``loop`` (on request): lifted Bregman with the per-layer Gauss-Seidel loop, forward warm start.
 
 Then ``lifted report`` of all runs, and the depth tables and plots from the run folders:
@@ -49,9 +51,10 @@ METHODS = {
     "backprop": ["scheme=backprop", INITS],
     "lifted_forward": [*STACKED, "solver.warm_start=forward", INITS],
     "lifted_persistent": [*STACKED, "solver.warm_start=persistent", "solver.momentum=0", "solver.refresh_sweeps=1", INITS],
+    "lifted_pipelined": [*STACKED, "solver.warm_start=pipelined", INITS],
     "loop": ["scheme=bregman", "solver.layer_order=gauss_seidel", "solver.stacked=false", INITS],
 }
-DEFAULT_METHODS = "backprop,lifted_forward,lifted_persistent"
+DEFAULT_METHODS = "backprop,lifted_forward,lifted_persistent,lifted_pipelined"
 
 
 def val_psnr(run: dict) -> float:

@@ -86,6 +86,8 @@ def weights(folder: Path) -> dict:
      "processes sharing out a batch (2)"),
     (["parallel=grid", "scheme=backprop"], "back-propagation has no layer problems"),
     (["parallel=grid", "solver.layer_order=red_black"], "layer-parallel needs solver.layer_order=jacobi"),
+    (["parallel=data", "solver.warm_start=pipelined"], "solver.warm_start=pipelined: runs in one process"),
+    (["parallel=layer", "solver.layer_order=jacobi", "solver.warm_start=pipelined"], "solver.warm_start=pipelined"),
 ])
 def test_bad_combinations_are_refused_in_one_line(compose_train, tmp_path, overrides, fragment):
     from lifted_cli.commands.train import prevalidate

@@ -12,7 +12,8 @@ from lifted_cli.lifted.objective import LiftedProblem
 from lifted_cli.lifted.penalties import BregmanPenalty
 from lifted_cli.lifted.schemes import BregmanSchemeConfig
 from lifted_cli.lifted.solvers import SOLVERS
-from lifted_cli.nets.activations import ReLU
+from lifted_cli.nets.activations import ReLU, make_activation
+from lifted_cli.nets.blocks import DenseBlock, UnifiedNet
 from lifted_cli.lifted.stacks import ALL
 from tests.conftest import batch, images, net, select, small_net
 
@@ -569,8 +570,54 @@ def test_persistent_with_enough_forward_sweeps_takes_the_forward_warm_start_step
     assert models[("persistent", 1)][1][-1]["start_gap"] > 0
 
 
+def test_pipelined_warm_start_steps_each_batch_once_from_a_staggered_pass():
+    """Pipelined: a batch enters, each step takes every batch in flight one layer further, and the
+    batch whose pass completes is stepped. With L = 3 and a clamped output (two free layers) batch k
+    is stepped at step k + 1 and the last at the end of the epoch (``drain``); its layer-1 states are
+    one step old. Before any W-step the staggered pass is a forward pass, so the first W-step is the
+    forward warm start's; with one free layer (L = 2) every step is."""
+    torch.manual_seed(0)
+    data_x, data_y = torch.rand(12, 3), torch.randn(12, 6)
+    batches = [(data_y[i:i + 4], data_x[i:i + 4]) for i in (0, 4, 8)]
+    fwd_model, pip_model = net(), net()
+    pip_model.load_state_dict(fwd_model.state_dict())
+    fwd = solver("isgm", LiftedProblem(fwd_model, BregmanPenalty(), [1.0] * 3), momentum=0.0)
+    pip = solver("isgm", LiftedProblem(pip_model, BregmanPenalty(), [1.0] * 3), momentum=0.0, warm_start="pipelined")
+    assert pip.step(*batches[0]) == {} and len(pip.pipeline) == 1  # in flight: layer 1 computed
+    fwd.step(*batches[0])
+    stats = pip.step(*batches[1])  # batch 0 completes (layer 2) and is stepped
+    assert set(stats) == {"objective", "gap", "start_gap"} and stats["start_gap"] == pytest.approx(0.0, abs=1e-12)
+    assert all(torch.allclose(p, q, atol=1e-12) for p, q in zip(fwd_model.parameters(), pip_model.parameters()))
+    stats = pip.step(*batches[2])  # batch 1: its layer-1 states are from before the first W-step
+    assert stats["start_gap"] > 0 and len(pip.pipeline) == 1
+    drained = pip.drain()  # batch 2
+    assert len(drained) == 1 and not pip.pipeline and pip.drain() == []
+    # resumable: the batches in flight are part of the solver's state
+    pip.step(*batches[0])
+    state = pip.state_dict()
+    assert len(state["pipeline"]) == 1
+    other = solver("isgm", LiftedProblem(net(), BregmanPenalty(), [1.0] * 3), momentum=0.0, warm_start="pipelined")
+    other.load_state_dict(state)
+    assert torch.equal(other.pipeline[0]["u"][1], pip.pipeline[0]["u"][1])
+
+
+def test_pipelined_with_one_free_layer_is_the_forward_warm_start():
+    torch.manual_seed(1)
+    data_x, data_y = torch.rand(12, 3), torch.randn(12, 6)
+    models = []
+    for mode in ("forward", "pipelined"):
+        torch.manual_seed(2)
+        model = UnifiedNet([DenseBlock(6, 5, make_activation("relu")), DenseBlock(5, 3, make_activation("identity"))])
+        isgm = solver("isgm", LiftedProblem(model, BregmanPenalty(), [1.0] * 2), momentum=0.0, warm_start=mode)
+        for i in (0, 4, 8):
+            isgm.step(data_y[i:i + 4], data_x[i:i + 4])
+        models.append(model)
+    assert all(torch.allclose(p, q, atol=1e-12) for p, q in zip(*(m.parameters() for m in models)))
+
+
 @pytest.mark.parametrize("kw,expected", [
     ({}, 3 + 2 * (2 + 1) + 1),  # forward pass, two Gauss-Seidel sweeps over z_2, z_1, the W-step
+    ({"warm_start": "pipelined"}, 2 + 2 * (2 + 1) + 1),  # one layer of every batch in flight, the refresh
     ({"warm_start": "persistent", "refresh_sweeps": 1}, 2 + 2 * (2 + 1) + 1),
     ({"layer_order": "jacobi"}, 3 + 2 * (1 + 1) + 1),
     ({"layer_order": "red_black", "warm_start": "persistent", "n_inner": 2}, 1 + 2 * (2 * (3 + 1) + 1) + 1),

@@ -130,6 +130,7 @@ def test_test_set_identical_across_schemes_and_seeds(compose_train, fake_mnist):
 @pytest.mark.parametrize("scheme,arch,extra", [("backprop", "mlp", []), ("bregman", "mlp", []), ("mac", "resnet", []),
                                                ("contrastive", "proxnet", []), ("bregman", "unrolled_pnn", []),
                                                ("bregman", "mlp", ["solver.warm_start=persistent"]),
+                                               ("bregman", "mlp", ["arch.depth=3", "arch.width=8", "solver.warm_start=pipelined"]),
                                                ("bregman", "mlp", ["arch.depth=3", "arch.width=8", "solver.layer_order=red_black",
                                                                    "solver.stacked=true", "solver.warm_start=persistent"]),
                                                ("bregman", "resnet", ["arch.depth=3", "solver.layer_order=jacobi",

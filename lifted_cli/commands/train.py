@@ -23,7 +23,7 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..data import DEGRADATIONS, build_degradation, load_mnist, load_train_val
+from ..data import DEGRADATIONS, build_degradation, load_mnist, load_train_val, raw_folder
 from ..errors import ConfigError, InputError, LiftedError
 from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
@@ -328,6 +328,12 @@ class Session:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("loss", "objective")})
             else:
                 b = self.batches
+                for stats in self.solver.drain():  # pipelined: the batches still in flight
+                    if not all(math.isfinite(v) for v in stats.values()):
+                        raise divergence(f"training diverged at the end of epoch {epoch + 1} (statistics {stats})",
+                                         self.out / "checkpoint.pt")
+                    for k, v in stats.items():
+                        sums[k] = sums.get(k, 0.0) + v
         except DeferredStop:
             bar.close()
             seconds += time.perf_counter() - t0
@@ -382,7 +388,7 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
              f"; parallel={comm.mode}, {comm.world} processes (grid {comm.data_world} x {comm.layer_world}), {comm.backend}"
              if comm else "")
     source = require_mnist(cfg)
-    log.info("MNIST from %s (%s)", source, cfg.data_root)
+    log.info("MNIST from %s (%s)", source, raw_folder(cfg.data_root))
     degradation = build_degradation(cfg.dataset)
     x_test, y_test = make_test_set(cfg, degradation, device)
     x_train, val = make_train_val(cfg, degradation, device)
@@ -501,7 +507,8 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
     }
     if cfg.num_samples > 0:
         k = min(cfg.num_samples, x_test.shape[0])
-        save_image(out / "samples.png", samples_image([x_test[:k], y_test[:k], reconstruct(model, y_test[:k])]))
+        save_image(out / "samples.png", samples_image([x_test[:k], y_test[:k], reconstruct(model, y_test[:k])],
+                                                      ["truth", "degraded", "reconstruction"]))
     write_json(out / "metrics.json", metrics)
     return metrics
 

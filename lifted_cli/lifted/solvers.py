@@ -47,7 +47,7 @@ SOLVERS = Registry("solver", configs=True)
 
 #: where a mini-batch's auxiliary variables start: a forward pass, or the values they had when the
 #: same samples were last seen (set once by a forward pass, kept for every training sample)
-WARM_STARTS = ("forward", "persistent")
+WARM_STARTS = ("forward", "persistent", "pipelined")
 
 #: X-sweep orders: top-down one variable after another; all at once; odd layers at once, then even ones
 LAYER_ORDERS = ("gauss_seidel", "jacobi", "red_black")
@@ -109,6 +109,10 @@ class GradientSolver:
     def prepare(self, n_samples: int) -> int:
         """Nothing is kept per training sample: 0 bytes."""
         return 0
+
+    def drain(self) -> list[dict]:
+        """Nothing is in flight at the end of an epoch."""
+        return []
 
     def sequential_depth(self) -> int:
         return self.scheme.sequential_depth()
@@ -294,7 +298,9 @@ class LiftedSolverConfig(Schema):
     power_iters: int = option(2, "warm-started power iterations per operator-norm estimate")
     x_step: Optional[float] = option(None, "fixed step of the auxiliary variables (null: from the Lipschitz estimate)")
     warm_start: str = option("forward", "forward (a forward pass per mini-batch) | persistent (every training sample's "
-                             "auxiliary variables kept across epochs, set once by a forward pass: no forward pass per step)")
+                             "auxiliary variables kept across epochs, set once by a forward pass: no forward pass per step) "
+                             "| pipelined (each step advances every batch in flight by one layer, all layers at once, and "
+                             "steps the batch whose pass completes: no sequential pass per step; one process only)")
     refresh_sweeps: int = option(0, "persistent: Jacobi sweeps of the forward equations over a batch's stored "
                                  "auxiliaries before its X-steps (all layers at once: one layer of sequential depth each)")
     aux_memory_gb: float = option(4.0, "persistent: refuse a run whose stored auxiliaries would exceed this (GB, on "
@@ -357,6 +363,8 @@ class LiftedSolver:
         self.aux: dict | None = None  # persistent warm start: every training sample's free variables
         self.aux_stores: list = []  # (kind, layers, store (d, samples, width)) per stack and kind
         self.seen: torch.Tensor | None = None
+        # pipelined warm start: the batches in flight, oldest first, each with its states so far
+        self.pipeline: list[dict] = []
 
     @staticmethod
     def stacking_limit(cfg) -> str | None:
@@ -426,11 +434,13 @@ class LiftedSolver:
     def sequential_depth(self) -> int:
         """The longest chain of dependent layer operations in one step, a layer's pre-activation and
         activation counting one: the warm start (a forward pass: L; persistent: the refresh of the
-        stored variables' pre-activations and ``refresh_sweeps`` forward sweeps, whatever the depth),
+        stored variables' pre-activations and ``refresh_sweeps`` forward sweeps, whatever the depth;
+        pipelined: one layer of every batch in flight, independent of each other, and the refresh),
         then per inner iteration its refresh (after the first), ``x_sweeps`` sweeps each followed by
         a refresh, and the W-step (1: the blocks are independent given the auxiliaries)."""
         c = self.cfg
-        warm = self.problem.L if c.warm_start == "forward" else 1 + c.refresh_sweeps
+        warm = {"forward": self.problem.L, "persistent": 1 + c.refresh_sweeps,
+                "pipelined": 2}[c.warm_start]  # pipelined: one layer of every batch in flight, then the refresh
         return warm + c.n_inner * (c.x_sweeps * (self.xs.depth() + 1) + 1) + (c.n_inner - 1)
 
     def _store(self, st: LiftedState, idx: torch.Tensor | None) -> None:
@@ -506,11 +516,80 @@ class LiftedSolver:
     @torch.no_grad()
     def step(self, y: torch.Tensor, x: torch.Tensor, idx: torch.Tensor | None = None) -> dict:
         """One mini-batch from degraded inputs ``y`` to clean targets ``x`` (both (B, 1, 28, 28));
-        ``idx``: the samples' indices in the training set (for the persistent warm start)."""
-        p = self.problem
+        ``idx``: the samples' indices in the training set (for the persistent warm start). Pipelined:
+        the batch enters the pipeline, and the step is that of the batch whose pass completes (none
+        while the pipeline fills: an empty dict)."""
+        if self.cfg.warm_start == "pipelined":
+            done = self._advance((y.flatten(1), x.flatten(1)))
+            return self._lifted_step(*done) if done is not None else {}
         self.begin_batch()  # first: the warm start's pre-activations are those of the batch's starting weights
         st = self._warm_start(y.flatten(1), x.flatten(1), idx)  # flatten: a data-parallel share may be empty
-        if self.aux is not None:  # how far the batch's start is from consistent with the current weights
+        return self._lifted_step(st, idx)
+
+    def drain(self) -> list[dict]:
+        """At the end of an epoch: the batches still in flight, each completed and stepped (their
+        statistics, oldest first); nothing for the other warm starts."""
+        out = []
+        while self.pipeline:
+            done = self._advance(None)
+            if done is not None:
+                out.append(self._lifted_step(*done))
+        return out
+
+    # ----------------------------------------------------------------------- pipelined warm start
+    def _free_layers(self) -> int:
+        """The layers whose states a pass computes: all but a clamped output's."""
+        p = self.problem
+        return p.L - 1 if p.output == "clamped" else p.L
+
+    @torch.no_grad()
+    def _advance(self, batch: tuple | None) -> tuple | None:
+        """Every batch in flight (and ``batch``, entering) goes one layer further with the current
+        weights; these layer operations are independent of each other (one layer of sequential depth,
+        whatever the depth of the network; a GPU or layer-parallel ranks may run them at once). A
+        batch whose states are complete leaves the pipeline as its lifted state (the pre-activations
+        refreshed at the current weights), with the pass's staleness: the states of layer l were
+        computed ``free layers - l`` steps earlier."""
+        p = self.problem
+        if batch is not None:
+            y, x = batch
+            self.pipeline.append({"y": y, "x": x, "u": [p.model.input_state(y)], "z": [None]})
+        for rec in self.pipeline:
+            l = len(rec["u"])  # the next layer of this batch
+            blk = p.blocks[l - 1]
+            z = blk.act(blk.pre(rec["u"][l - 1], rec["y"]))
+            rec["z"].append(z)
+            rec["u"].append(blk.post(rec["u"][l - 1], z) if blk.has_state else z)
+        if len(self.pipeline[0]["u"]) - 1 < self._free_layers():
+            return None
+        rec = self.pipeline.pop(0)
+        self.begin_batch()
+        L = p.L
+        u, z = rec["u"] + [None] * (L + 1 - len(rec["u"])), rec["z"] + [None] * (L + 1 - len(rec["z"]))
+        st = LiftedState(y=rec["y"], target=rec["x"], u=u, z=z, a=[None] * (L + 1), forward_loss=float("nan"))
+        if p.output == "clamped":
+            st.u[L] = rec["x"].clone()
+            if not p.blocks[-1].has_state:
+                st.z[L] = st.u[L]
+        p.pack(st)
+        p.refresh(st)
+        return st, None
+
+    def pipeline_state(self) -> list[dict]:
+        return [{"y": r["y"], "x": r["x"], "u": list(r["u"]), "z": [t for t in r["z"][1:]]} for r in self.pipeline]
+
+    def load_pipeline(self, state: list[dict]) -> None:
+        dev = self.stacks[0].tensors[0].device
+        self.pipeline = [{"y": r["y"].to(dev), "x": r["x"].to(dev), "u": [t.to(dev) for t in r["u"]],
+                          "z": [None] + [t.to(dev) for t in r["z"]]} for r in state]
+
+    # ------------------------------------------------------------------------------- one batch
+    @torch.no_grad()
+    def _lifted_step(self, st: LiftedState, idx: torch.Tensor | None) -> dict:
+        """The inner iterations (X-sweeps, W-step) on a batch's lifted state."""
+        p = self.problem
+        stale = self.aux is not None or self.cfg.warm_start == "pipelined"
+        if stale:  # how far the batch's start is from consistent with the current weights
             start_gap = p.hidden_gap(st)
         for k in range(self.cfg.n_inner):
             self.xs.invalidate()
@@ -529,7 +608,7 @@ class LiftedSolver:
             self.w_step(st, inputs)
             p.model.project()
         self._store(st, idx)
-        if self.aux is not None:  # no forward pass, so no forward loss: the objective is the statistic
+        if stale:  # no forward pass at the current weights, so no forward loss: the objective is the statistic
             return {"objective": objective, "gap": gap, "start_gap": start_gap}
         return {"loss": st.forward_loss, "objective": objective, "gap": gap}
 
@@ -546,6 +625,8 @@ class LiftedSolver:
         if self.aux is not None:
             state["aux"] = {f"{kind}:{l}": t for (kind, l), t in self.aux.items()}
             state["seen"] = self.seen
+        if self.pipeline:  # the batches in flight at an interruption: a resumed run goes on with them
+            state["pipeline"] = self.pipeline_state()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -559,6 +640,7 @@ class LiftedSolver:
                 kind, l = key.split(":")
                 self.aux[(kind, int(l))].copy_(t)
             self.seen.copy_(state["seen"])
+        self.load_pipeline(state.get("pipeline", []))
 
     def hyperparameters(self) -> dict:
         return dict(vars(self.cfg))
