@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def sweep(*args, **kwargs) -> bool:
-    """``benchmarks.sweep`` from the checkout (where the default data_root is)."""
+    """``benchmarks.sweep`` from the checkout (where results/ and the configs are)."""
     return benchmarks.sweep(*args, cwd=REPO, **kwargs)
 
 TASKS = ("mnist_denoise", "mnist_deblur", "mnist_inpaint")
@@ -185,7 +185,7 @@ def robustness_study(runs_dir: Path, sizes: list[str], log) -> tuple[list[str], 
 
 #: the inversion study's networks: the ``lifted train`` experiment, the encoder inverted (``upto``) and the
 #: alpha grids searched on the validation images, per inversion method (lifted at half of back-propagation's
-#: alpha: eliminating the free output leaves it half of back-propagation's data weight, README)
+#: alpha: eliminating the free output leaves it half of back-propagation's data weight, docs/inversion.md)
 INVERSION_NETS = {
     "autoencoder": ("layer2", {"backprop": ["5e-05", "0.00015", "0.0006", "0.003"],
                                "lifted_bregman": ["2.5e-05", "7.5e-05", "0.0003", "0.0015"]}),

@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def sweep(*args, **kwargs) -> bool:
-    """``benchmarks.sweep`` from the checkout (where the default data_root is)."""
+    """``benchmarks.sweep`` from the checkout (where results/ and the configs are)."""
     return benchmarks.sweep(*args, cwd=REPO, **kwargs)
 
 #: per scheme: its solver and the grid swept (nine settings each: the same budget for every scheme);
@@ -122,14 +122,17 @@ def summarise(arch: str, scheme: str, runs: list[dict], keys: list[str], default
 
 
 def write_config(row: dict, header: str, merge: bool = False) -> Path:
-    """configs/tuned/<arch>_<scheme>_<solver>.yaml: the chosen values of the swept keys (``merge``: added
-    to the values the file holds already, whose header lines are kept above the new ones)."""
+    """configs/tuned/<arch>_<scheme>_<solver>.yaml: the chosen values of the swept keys, under one line of
+    provenance (``merge``: added to the values the file holds already, its provenance line extended)."""
     path = REPO / "configs" / "tuned" / f"{row['arch']}_{row['scheme']}_{row['solver']}.yaml"
     nested: dict = {}
     if merge and path.is_file():
         old = path.read_text()
         nested = yaml.safe_load(old) or {}
-        header = "\n".join(ln[2:] for ln in old.splitlines() if ln.startswith("# ") and "@package" not in ln) + "\n" + header
+        before = [ln[2:] for ln in old.splitlines() if ln.startswith("# ") and "@package" not in ln]
+        header = (before[0] + "; then " + header) if before else header
+    if not header.startswith("Chosen on validation PSNR by "):
+        header = "Chosen on validation PSNR by " + header
     for key, value in row["values"].items():
         node = nested
         *parents, leaf = key.split(".")
@@ -250,10 +253,8 @@ def main(argv=None) -> int:
     if args.write_configs:
         written = []
         for r in rows:
-            header = (f"Tuned by `{command}` ({time.strftime('%Y-%m-%d')}): the best validation PSNR "
-                      f"({r['best_val_psnr']:.2f} dB) of the {r['settings']} settings of its grid\n"
-                      f"on {args.train_size} training / {args.val_size} validation images, {args.epochs} epochs "
-                      f"(default {r['default']}: {fmt(r['default_val_psnr'])} dB). Report: {shown(out)}/")
+            header = (f"`{command}` ({time.strftime('%Y-%m-%d')}; {r['best_val_psnr']:.2f} dB against "
+                      f"{fmt(r['default_val_psnr'])} for the defaults); report {shown(out)}/")
             written.append(write_config(r, header, merge=refine).relative_to(REPO))
         lines += ["Written: " + ", ".join(f"`{p}`" for p in written), ""]
     (tmp / "tuning.md").write_text("\n".join(lines))

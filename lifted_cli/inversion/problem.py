@@ -120,8 +120,8 @@ class LiftedInversion:
         """One Gauss-Seidel proximal-gradient sweep on the hidden variables (top-down), from the
         inertial points y_l = z_l + beta_k (z_l - z_l^prev) when ``momentum`` > 0 (iPALM); a variable
         whose step turned against its last move, <y_l - z_l^new, z_l^new - z_l> > 0, restarts its
-        beta sequence (gradient restart). Plain X-steps are slow on long chains of layers (see
-        results/benchmarks/inversion_conv_autoencoder.md)."""
+        beta sequence (gradient restart). Plain X-steps are slow on long chains of layers (docs/method.md,
+        section 6.7)."""
         p, st = self.problem, self.st
         variables = p.variables()
         if self.momentum > 0:
