@@ -1,6 +1,6 @@
 # `make train`: set up what is missing (venv, install, MNIST) and run the default experiment.
 # `make test`:  set up what is missing and run the whole test suite (what CI runs).
-# `make test-fast`: the same without the tests marked slow (end-to-end subprocess runs, multi-process jobs).
+# `make test-fast`: the same without the tests marked slow (whole runs, subprocesses, multi-process jobs, long iterations).
 # `make docs`: build the documentation site into site/ (mkdocs build --strict); `make docs-serve`: serve it.
 PYTHON ?= python3
 VENV   ?= .venv

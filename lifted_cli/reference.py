@@ -269,7 +269,7 @@ def help_text(command: str, overrides: list[str] = (), width: int = 30) -> str:
     for key, value, text in keys(command, cfg):
         item = f"{key}={value}"
         lines.append(f"  {item:<{width}} {text}" if len(item) < width else f"  {item}\n  {'':<{width}} {text}")
-    lines += ["", "The full reference (every option of every group, with defaults): docs/reference.md, or `make docs`."]
+    lines += ["", "Every option of every group, with its default: the documentation's reference page (`make docs-serve`)."]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ TINY = ["train_size=32", "test_size=8", "epochs=1", "batch_size=16", "num_sample
         "progress=false", "device=cpu"]
 
 
+@pytest.mark.slow  # whole runs / a subprocess
 def test_train_invert_report_return_what_the_command_line_writes(tmp_path, fake_mnist):
     metrics = lifted_cli.train([f"data_root={fake_mnist}", *TINY, "scheme=backprop"], output_dir=tmp_path / "runs" / "bp")
     folder = tmp_path / "runs" / "bp"
@@ -42,6 +43,7 @@ def test_train_invert_report_return_what_the_command_line_writes(tmp_path, fake_
         lifted_cli.report([tmp_path / "runs"], out=tmp_path / "by-val", by="val")
 
 
+@pytest.mark.slow  # whole runs / a subprocess
 def test_the_same_config_as_the_command_line(tmp_path, fake_mnist):
     args = [f"data_root={fake_mnist}", "scheme=mac", "arch=resnet", "arch.width=8", "seed=3"]
     cfg = lifted_cli.compose("train", args, output_dir=tmp_path / "x")

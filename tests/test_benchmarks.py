@@ -27,6 +27,7 @@ def test_a_sweep_is_read_back_and_its_report_published(tmp_path, fake_mnist):
     assert (out / "report.md").is_file() and (out / "table.md").is_file() and not (out / "stale.md").exists()
 
 
+@pytest.mark.slow  # a sweep in a subprocess
 def test_a_failed_sweep_stops_the_benchmark(tmp_path):
     with open(tmp_path / "sweep.log", "w") as log, pytest.raises(SystemExit, match="failed"):
         benchmarks.sweep(["epochs=abc"], tmp_path / "none", log, cwd=tmp_path)

@@ -32,6 +32,7 @@ def test_every_block_map_and_the_readout_have_their_exact_adjoint(variant):
         assert _inner(model.readout_linear(u), x) == pytest.approx(_inner(u, model.readout_adjoint(x)), rel=1e-10)
 
 
+@pytest.mark.slow  # long iterations
 def test_proxnet_stays_on_the_stiefel_manifold():
     model = small_net("proxnet")
     eye = torch.eye(784)

@@ -16,6 +16,7 @@ def run_folders(root: Path):
     return sorted(p.parent for p in root.rglob(".hydra"))
 
 
+@pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_top_level_help(tmp_path):
     out = run(["--help"], tmp_path).stdout
     assert "train" in out and "data" in out

@@ -95,6 +95,7 @@ def test_mlflow_holds_one_run_per_job_of_a_multirun(tmp_path, fake_mnist):
     assert (db.parent / "mlartifacts").is_dir()  # artifacts beside the database
 
 
+@pytest.mark.slow  # a whole run with a tracker
 def test_invert_logs_its_history_and_final_metrics(tmp_path, fake_mnist, compose_train, compose_invert):
     train(compose_train([f"data_root={fake_mnist}", *TINY, "epochs=1"], output_dir=tmp_path / "net"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -231,6 +232,7 @@ def test_rank_0_alone_logs_a_parallel_run(tmp_path, fake_mnist):
     assert run["status"] == "FINISHED" and run["params.parallel.name"] == "data" and run["tags.mlflow.runName"] == "run"
 
 
+@pytest.mark.slow  # a whole run with a tracker
 def test_a_tracker_that_cannot_start_refuses_the_run_before_training(tmp_path, fake_mnist, monkeypatch, capsys):
     from lifted_cli.cli import main
 

@@ -46,6 +46,7 @@ def test_help_of_a_bad_choice_is_one_line_with_status_2(capsys):
     assert err.count("\n") == 1 and "arch/nope" in err
 
 
+@pytest.mark.slow  # composes every option of every group
 def test_reference_page_lists_every_option_of_every_group():
     page = reference.markdown()
     for group in ("dataset", "arch", "scheme", "solver", "parallel", "logger"):

@@ -141,6 +141,7 @@ def components_of_this_file():
     cs.repo["scheme"].pop("half_bregman.yaml", None)
 
 
+@pytest.mark.slow  # whole runs
 def test_components_defined_here_train_through_the_entry_point_of_lifted_train(tmp_path, fake_mnist, monkeypatch):
     from lifted_cli.cli import main
 

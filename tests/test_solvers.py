@@ -62,7 +62,7 @@ def _isgm_objective_relu(W, b, z, t, W0, b0, tau):
     return B + ((W - W0) ** 2).sum() / (2 * tau) + ((b - b0) ** 2).sum() / (2 * tau)
 
 
-@pytest.mark.parametrize("metric", ["scalar", "majorizer"])
+@pytest.mark.parametrize("metric", [pytest.param("scalar", marks=pytest.mark.slow), "majorizer"])  # scalar: long iterations
 def test_isgm_one_layer_reaches_minimiser(metric):
     """One ReLU layer, clamped output: the implicit step is a convex problem in (W, b). ISGM with
     many inner iterations reaches the minimiser found independently by L-BFGS."""
@@ -445,6 +445,7 @@ def _flat(blk):
     return torch.cat([q.detach().flatten() for q in blk.parameters()])
 
 
+@pytest.mark.slow  # long iterations
 def test_unrolled_block_step_is_the_line_searched_gauss_newton_step(float64):
     """An unrolled block's pre-activation u - tau L (L^* u - y) is quadratic in L: ISGM's operator step
     minimises the majoriser of its linearisation plus the read-out loss (exactly quadratic in L) and the

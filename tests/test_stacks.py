@@ -63,7 +63,7 @@ def grouped(solver) -> list[int]:
 
 
 @pytest.mark.parametrize("variant", SOLVER_VARIANTS)
-@pytest.mark.parametrize("arch", STACKING)
+@pytest.mark.parametrize("arch", [pytest.param(a, marks=pytest.mark.slow) if a == "proxnet" else a for a in STACKING])
 def test_stacked_iterates_equal_those_of_stacks_of_one(compose_train, arch, variant):
     overrides = [*STACKING[arch][0], *SOLVER_VARIANTS[variant]]
     m_loop, s_loop, st_loop = trained(compose_train, overrides, "false")

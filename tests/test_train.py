@@ -219,6 +219,7 @@ def test_every_group_option_composes_and_validates(compose_train, group, option)
         assert "minimised by" in str(err) and "\n" not in str(err)
 
 
+@pytest.mark.slow  # builds every experiment
 def test_every_experiment_of_train_validates(compose_train):
     from lifted_cli.cli import experiments
 

@@ -38,7 +38,7 @@ COMMANDS = {
     "train": "train a network (scheme, architecture, dataset, solver chosen by overrides)",
     "invert": "recover the inputs of a trained network from its (noisy) outputs",
     "report": "summarise run folders of train and invert: tables, plots, samples (lifted report FOLDER...)",
-    "data": "fetch MNIST into data_root and verify it",
+    "data": "fetch MNIST into the data cache (or data_root) and verify it",
 }
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
