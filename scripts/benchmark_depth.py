@@ -11,7 +11,8 @@ validation PSNR, never chosen on the test set):
 * ``lifted_persistent``: the same from the stored auxiliaries (``solver.warm_start=persistent``, no
   forward pass: ``solver.refresh_sweeps`` Jacobi sweeps of the forward equations, plain ISGM anchor);
 * ``lifted_pipelined``: the same from a staggered pass (``solver.warm_start=pipelined``: each step takes
-  every batch in flight one layer further, no sequential pass per step);
+  every batch in flight one layer further, no sequential pass per step), with the anchor extrapolation
+  lowered to 0.5 (staleness acts as momentum: at the tuned 0.8-0.9 deep and residual runs diverge);
 * ``loop`` (on request): lifted Bregman with the per-layer Gauss-Seidel loop, forward warm start.
 
 Then ``lifted report`` of all runs, and the depth tables and plots from the run folders:
@@ -51,7 +52,7 @@ METHODS = {
     "backprop": ["scheme=backprop", INITS],
     "lifted_forward": [*STACKED, "solver.warm_start=forward", INITS],
     "lifted_persistent": [*STACKED, "solver.warm_start=persistent", "solver.momentum=0", "solver.refresh_sweeps=1", INITS],
-    "lifted_pipelined": [*STACKED, "solver.warm_start=pipelined", INITS],
+    "lifted_pipelined": [*STACKED, "solver.warm_start=pipelined", "solver.momentum=0.5", INITS],
     "loop": ["scheme=bregman", "solver.layer_order=gauss_seidel", "solver.stacked=false", INITS],
 }
 DEFAULT_METHODS = "backprop,lifted_forward,lifted_persistent,lifted_pipelined"

@@ -300,7 +300,8 @@ class LiftedSolverConfig(Schema):
     warm_start: str = option("forward", "forward (a forward pass per mini-batch) | persistent (every training sample's "
                              "auxiliary variables kept across epochs, set once by a forward pass: no forward pass per step) "
                              "| pipelined (each step advances every batch in flight by one layer, all layers at once, and "
-                             "steps the batch whose pass completes: no sequential pass per step; one process only)")
+                             "steps the batch whose pass completes: no sequential pass per step; one process only; "
+                             "staleness adds momentum: lower ISGM's momentum to 0.5-0.7)")
     refresh_sweeps: int = option(0, "persistent: Jacobi sweeps of the forward equations over a batch's stored "
                                  "auxiliaries before its X-steps (all layers at once: one layer of sequential depth each)")
     aux_memory_gb: float = option(4.0, "persistent: refuse a run whose stored auxiliaries would exceed this (GB, on "
