@@ -18,6 +18,7 @@ against training wall time, one panel per architecture) and ``lifted report`` of
 
     scripts/time_to_quality.py                                # mlp, resnet, conv_autoencoder, unrolled_pnn; bregman; seeds 0, 1
     scripts/time_to_quality.py --archs mlp --schemes bregman,mac --seeds 0,1,2
+    scripts/time_to_quality.py --archs mlp --schemes mac --runs <folder of an earlier invocation>  # adds mac only
     scripts/time_to_quality.py --quick                        # a smoke run: 1,000 / 200 images, 1 + 2 epochs
 
 Extra ``key=value`` arguments go to every ``lifted train``.
@@ -35,6 +36,13 @@ from pathlib import Path
 from lifted_cli.benchmarks import best_psnr, fmt, machine, psnr_curve, publish, read_runs, stage_report, sweep, time_to
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def finished(folder: Path, seeds: str) -> bool:
+    """Whether ``folder`` already holds a finished run of every seed (a later invocation adds schemes or
+    architectures to the same ``--runs`` without training the others again)."""
+    have = {r["overrides"].get("seed", "0") for r in read_runs(folder)} if folder.is_dir() else set()
+    return set(seeds.split(",")) <= have
 
 
 def rows_of(runs: list[dict]) -> list[dict]:
@@ -109,8 +117,12 @@ def curves(runs: list[dict], out: Path) -> None:
     archs = sorted({r["overrides"]["arch"] for r in runs})
     methods = sorted({r["method"] for r in runs}, key=lambda m: (m != "backprop", m))
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    fig, axes = plt.subplots(1, len(archs), figsize=(5 * len(archs), 3.8), squeeze=False)
-    for ax, arch in zip(axes[0], archs):
+    cols = min(2, len(archs))  # two panels a row: the picture stays readable at the README's width
+    rows = -(-len(archs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 4 * rows), squeeze=False)
+    for ax in axes.flat[len(archs):]:
+        ax.set_visible(False)
+    for ax, arch in zip(axes.flat, archs):
         for r in runs:
             if r["overrides"]["arch"] != arch:
                 continue
@@ -151,9 +163,12 @@ def main(argv=None) -> int:
     if not a.report_only:
         with open(runs_dir / "sweeps.log", "a") as log:
             for arch in a.archs.split(","):
-                sweep([f"arch={arch}", "scheme=backprop", f"epochs={2 * epochs}", *common], runs_dir / arch / "backprop", log,
-                      cwd=REPO)
+                if not finished(runs_dir / arch / "backprop", a.seeds):
+                    sweep([f"arch={arch}", "scheme=backprop", f"epochs={2 * epochs}", *common], runs_dir / arch / "backprop",
+                          log, cwd=REPO)
                 for scheme in a.schemes.split(","):
+                    if finished(runs_dir / arch / scheme, a.seeds):
+                        continue
                     sweep([f"arch={arch}", f"scheme={scheme}", f"epochs={epochs}", *common], runs_dir / arch / scheme, log,
                           cwd=REPO)
     wall = time.perf_counter() - t0
