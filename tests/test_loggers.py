@@ -143,7 +143,8 @@ def test_a_logger_that_is_not_installed_is_refused_with_the_pip_line(compose_tra
     assert len(err) == 1 and "pip install 'lifted_cli[loggers]'" in err[0] and not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "sqlite:////proc/no/such/folder/mlflow.db"])
+@pytest.mark.parametrize("uri", [pytest.param("http://127.0.0.1:9", marks=pytest.mark.slow),  # MLflow's retries
+                                 "sqlite:////proc/no/such/folder/mlflow.db"])
 def test_an_unreachable_store_is_refused_before_any_work(tmp_path, fake_mnist, monkeypatch, capsys, uri):
     from lifted_cli.cli import main
     from lifted_cli.commands import train as train_module

@@ -32,7 +32,7 @@ def _perceptron_setup(seed=0, m=20, n=36):
     return model, W, b, v, u_true
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=pytest.mark.slow)])  # a second seed: long iterations
 def test_perceptron_theorem_bregman_distance_bound(seed):
     """With B(f_delta, W u_true + b) <= delta^2, alpha = sqrt(2) delta / ||v|| and the ReLU bracket
     zero (alpha |v_j| <= f_delta_j), D_J(u_true, u_alpha) <= 2 sqrt(2) ||v|| delta, and it goes to 0
