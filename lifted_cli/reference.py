@@ -295,7 +295,9 @@ def _choices(cfg: DictConfig) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------- markdown
 def _md(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text for a Markdown table cell: pipes escaped, and angle brackets (``<data_root>``), which the
+    renderer would take for HTML tags."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def markdown() -> str:
