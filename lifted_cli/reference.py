@@ -12,6 +12,7 @@ command's defaults list; an option of a group by the first comment of its YAML f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from importlib.resources import files
 from typing import Any, Iterator
@@ -90,7 +91,17 @@ def header_comment(text: str) -> str:
     return ""
 
 
+@functools.lru_cache(maxsize=None)
+def _groups(command: str) -> tuple:
+    return tuple(groups_of(command))
+
+
 def groups(command: str) -> list[dict]:
+    """The config groups of a command, in its defaults list (read once per command)."""
+    return list(_groups(command))
+
+
+def groups_of(command: str) -> list[dict]:
     """The config groups of a command, in its defaults list: name, default option, description, options."""
     text = _configs().joinpath(f"{command}.yaml").read_text()
     out = []

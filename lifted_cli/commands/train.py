@@ -319,21 +319,13 @@ class Session:
                 else:
                     stats = self.solver.step(y, x, idx)
                 self.clock.stop()
-                if not all(math.isfinite(v) for v in stats.values()):
-                    raise divergence(f"training diverged at epoch {epoch + 1}, batch {b + 1} (statistics {stats})",
-                                     self.out / "checkpoint.pt")
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                self.add_stats(sums, stats, f"at epoch {epoch + 1}, batch {b + 1}")
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in stats.items() if k in ("loss", "objective")})
             else:
                 b = self.batches
                 for stats in self.solver.drain():  # pipelined: the batches still in flight
-                    if not all(math.isfinite(v) for v in stats.values()):
-                        raise divergence(f"training diverged at the end of epoch {epoch + 1} (statistics {stats})",
-                                         self.out / "checkpoint.pt")
-                    for k, v in stats.items():
-                        sums[k] = sums.get(k, 0.0) + v
+                    self.add_stats(sums, stats, f"at the end of epoch {epoch + 1}")
         except DeferredStop:
             bar.close()
             seconds += time.perf_counter() - t0
@@ -354,6 +346,13 @@ class Session:
             row.update(comm_ms=float(np.median(self.comm_seconds[first_comm:])) * 1e3 if self.comm_seconds[first_comm:] else math.nan,
                        comm_bytes=float(np.median(self.comm_bytes[first_comm:])) if self.comm_bytes[first_comm:] else math.nan)
         self.end_epoch(epoch, {**row, **{k: v / self.batches for k, v in sums.items()}})
+
+    def add_stats(self, sums: dict, stats: dict, where: str) -> None:
+        """A step's statistics into the epoch's sums; a non-finite one stops the run (divergence)."""
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise divergence(f"training diverged {where} (statistics {stats})", self.out / "checkpoint.pt")
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
 
     def end_epoch(self, epoch: int, row: dict) -> None:
         """Evaluate (every ``eval_every`` epochs and at the end), check the weights, checkpoint, log."""

@@ -576,13 +576,11 @@ class LiftedSolver:
         p.refresh(st)
         return st, None
 
-    def pipeline_state(self) -> list[dict]:
-        return [{"y": r["y"], "x": r["x"], "u": list(r["u"]), "z": [t for t in r["z"][1:]]} for r in self.pipeline]
-
     def load_pipeline(self, state: list[dict]) -> None:
+        """The batches in flight of a checkpoint (tensors, and z_0's None), on this solver's device."""
         dev = self.stacks[0].tensors[0].device
-        self.pipeline = [{"y": r["y"].to(dev), "x": r["x"].to(dev), "u": [t.to(dev) for t in r["u"]],
-                          "z": [None] + [t.to(dev) for t in r["z"]]} for r in state]
+        self.pipeline = [{k: [t if t is None else t.to(dev) for t in v] if isinstance(v, list) else v.to(dev)
+                          for k, v in r.items()} for r in state]
 
     # ------------------------------------------------------------------------------- one batch
     @torch.no_grad()
@@ -627,7 +625,7 @@ class LiftedSolver:
             state["aux"] = {f"{kind}:{l}": t for (kind, l), t in self.aux.items()}
             state["seen"] = self.seen
         if self.pipeline:  # the batches in flight at an interruption: a resumed run goes on with them
-            state["pipeline"] = self.pipeline_state()
+            state["pipeline"] = self.pipeline
         return state
 
     def load_state_dict(self, state: dict) -> None:
