@@ -138,7 +138,7 @@ def load_network(run_folder, device: str | torch.device = "cpu"):
 class Training:
     """The components of a training run, as ``lifted train`` builds them (``training(overrides)``):
     ``model`` (a UnifiedNet), ``scheme`` (the penalty terms), ``solver`` (how they are minimised) and
-    ``degradation`` (the operator A and the noise of the dataset)."""
+    ``degradation`` (the operator A and the noise of the task)."""
 
     cfg: DictConfig
     model: Any
@@ -148,8 +148,8 @@ class Training:
     generator: torch.Generator
 
     def step(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, idx: Optional[torch.Tensor] = None) -> dict:
-        """One step of the solver on the batch of clean images ``x`` (B, 1, 28, 28), from their degraded
-        versions ``y`` (default: drawn by the dataset's degradation, like a training batch); ``idx``: the
+        """One step of the solver on the batch of clean images ``x`` (B, 1, side, side), from their
+        degraded versions ``y`` (default: drawn by the task's degradation, like a training batch); ``idx``: the
         samples' indices in the training set (persistent warm starts). Returns the step's statistics
         (``loss``, and for the lifted schemes ``objective`` and ``gap``)."""
         if y is None:
@@ -176,7 +176,7 @@ def training(overrides: Sequence[str] = (), device: str = "cpu", n_samples: int 
     solver.prepare(n_samples)
     scheme.begin_epoch(0)
     solver.begin_epoch(0)
-    return Training(cfg, model, scheme, solver, build_degradation(cfg.dataset),
+    return Training(cfg, model, scheme, solver, build_degradation(cfg.task),
                     torch.Generator(device=device).manual_seed(cfg.seed + 1))
 
 

@@ -41,6 +41,20 @@ def _check_launcher(args: list[str]) -> None:
                 raise UsageError(f"hydra/launcher={name} needs the optional plugin: pip install 'lifted_cli[{plugin[1]}]'")
 
 
+def _check_renamed(args: list[str]) -> None:
+    """``dataset`` was one group for the images and their degradation; they are two now."""
+    for a in args:
+        key, eq, value = a.lstrip("+~").partition("=")
+        if key == "dataset" or key.startswith("dataset."):
+            if key == "dataset":
+                task = value.removeprefix("mnist_") if value.startswith("mnist_") else "denoise|deblur|inpaint"
+                new = f"source=mnist task={task}"
+            else:
+                new = f"task.{key.split('.', 1)[1]}{eq}{value}"
+            raise UsageError(f"{a}: the dataset group is now two groups, source (the images: mnist, fashion_mnist, "
+                             f"kmnist, natural_patches) and task (denoise, deblur, inpaint); write {new}")
+
+
 def experiments() -> dict[str, str]:
     """The presets of ``configs/experiment``, each with the command it belongs to (its ``command`` key)."""
     from importlib.resources import files
@@ -107,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"{resuming[-1]}: `lifted train resume=<run folder> [changes]` continues one run; "
                              "it does not combine with -m or Hydra's flags")
         _check_launcher(args)
+        _check_renamed(args)
     except UsageError as err:
         print(f"lifted {command}: error: {err}", file=sys.stderr)
         return 2
@@ -159,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _raised_by_hydra(err: BaseException) -> bool:
-    """Hydra's composition raises some plain ValueErrors (``dataset=null``: "Config group override must
+    """Hydra's composition raises some plain ValueErrors (``arch=null``: "Config group override must
     be a string or a list"): the innermost frame is Hydra's own."""
     import traceback
 

@@ -53,7 +53,7 @@ EVENTS = "tensorboard"
 NOT_PARAMS = ("output_dir", "logger", "progress", "resume")
 
 #: metrics.json blocks that are settings, not results (they are logged as parameters already)
-NOT_METRICS = ("hyperparameters", "settings", "source", "seed", "epochs", "iterations")
+NOT_METRICS = ("hyperparameters", "settings", "network", "source", "task", "image_side", "seed", "epochs", "iterations")
 
 
 # ------------------------------------------------------------------------------------- schemas
@@ -140,10 +140,10 @@ def final_metrics(metrics: dict) -> dict[str, float]:
 def tags(cfg) -> dict[str, str]:
     """What a run is, for the trackers' search boxes: the command and its components."""
     out = {"command": str(cfg.command)}
-    for key in ("scheme", "arch", "dataset", "solver"):
+    for key in ("source", "task", "scheme", "arch", "solver"):
         node = cfg.get(key)
         if isinstance(node, DictConfig):
-            out[key] = str(node.get("name", node.get("task", "")))
+            out[key] = str(node.get("name", ""))
     for key in ("method", "regularizer", "network"):
         if cfg.get(key) is not None and not isinstance(cfg.get(key), DictConfig):
             out[key] = str(cfg.get(key))

@@ -145,6 +145,7 @@ def options(group: str, command: str | None = None) -> list[tuple[str, str]]:
 
 def _registries() -> dict[str, Any]:
     from .data.degradations import DEGRADATIONS
+    from .data.sources import SOURCES
     from .lifted.schemes import SCHEMES
     from .lifted.solvers import SOLVERS
     from .loggers import LOGGERS
@@ -152,7 +153,7 @@ def _registries() -> dict[str, Any]:
     from .parallel import PARALLEL
 
     return {"arch": ARCHITECTURES, "scheme": SCHEMES, "solver": SOLVERS, "parallel": PARALLEL,
-            "dataset": DEGRADATIONS, "logger": LOGGERS}
+            "source": SOURCES, "task": DEGRADATIONS, "logger": LOGGERS}
 
 
 def _schema_help(schema, path: list[str]) -> str | None:
@@ -287,7 +288,7 @@ def help_text(command: str, overrides: list[str] = (), width: int = 30) -> str:
 def _choices(cfg: DictConfig) -> dict[str, str]:
     """The option each group was given (Hydra's runtime choices are not kept by compose: read the nodes)."""
     out = {}
-    for group, key in (("dataset", "name"), ("arch", "name"), ("scheme", "name"), ("solver", "name"),
+    for group, key in (("source", "name"), ("task", "name"), ("arch", "name"), ("scheme", "name"), ("solver", "name"),
                        ("parallel", "name")):
         node = cfg.get(group)
         if isinstance(node, DictConfig) and key in node:

@@ -26,7 +26,7 @@ import torch
 from omegaconf import MISSING
 
 from . import loggers
-from .data.mnist import DATA_SOURCES
+from .data.sources import DATA_SOURCES
 from .errors import ConfigError, DivergenceError, InputError
 from .registry import Schema, check, fail
 
@@ -229,12 +229,15 @@ def network_from_checkpoint(path):
     (network, checkpoint)."""
     from omegaconf import OmegaConf
 
+    from .data import SOURCES, image_side
     from .nets import ARCHITECTURES, build_network
 
     ckpt, path = load_checkpoint(path)
     if not is_train_checkpoint(ckpt):
         raise InputError(f"{path} is not a lifted train checkpoint")
-    model = build_network(ARCHITECTURES.validate(OmegaConf.create(ckpt["config"]["arch"])))
+    config = split_dataset(ckpt["config"])
+    side = image_side(SOURCES.validate(OmegaConf.create(config["source"])))
+    model = build_network(ARCHITECTURES.validate(OmegaConf.create(config["arch"])), side)
     model.load_state_dict(ckpt["model"])
     return model, ckpt
 
@@ -460,17 +463,30 @@ class RunConfig(Schema):
         check(self.num_samples >= 0, "num_samples", self.num_samples, "must be >= 0")
 
 
-def require_mnist(cfg) -> str:
-    """MNIST for a run (``data_root``, ``data_sources``): missing data refuses the run before any work
-    (exit status 2), where ``lifted data`` itself fails while working (1)."""
-    from .data import ensure_mnist
+def require_source(cfg, source_cfg=None) -> str:
+    """The images of a run's ``source`` (``data_root``, ``data_sources``), or of ``source_cfg``: missing
+    data refuses the run before any work (exit status 2), where ``lifted data`` itself fails while
+    working (1). Returns the provider."""
+    from .data import build_source
     from .errors import DataError
 
     try:
-        return ensure_mnist(cfg.data_root, tuple(cfg.data_sources))
+        return build_source(source_cfg if source_cfg is not None else cfg.source).ensure(cfg.data_root,
+                                                                                          tuple(cfg.data_sources))
     except DataError as err:
         raise InputError(str(err)) from None
 
 
 def check_data_sources(sources) -> None:
     check(all(s in DATA_SOURCES for s in sources), "data_sources", sources, f"allowed sources: {', '.join(DATA_SOURCES)}")
+
+
+def split_dataset(config: dict) -> dict:
+    """A config from before ``source`` and ``task`` were separate groups (``dataset: {name: mnist_denoise,
+    task: denoise, sigma: ...}``), in today's spelling (``source: {name: mnist}``, ``task: {name: denoise,
+    sigma: ...}``): the same run."""
+    old = config.get("dataset")
+    if not isinstance(old, dict) or "source" in config or "task" in config:
+        return config
+    task = {"name": old.get("task"), **{k: v for k, v in old.items() if k not in ("name", "task")}}
+    return {**{k: v for k, v in config.items() if k != "dataset"}, "source": {"name": "mnist"}, "task": task}

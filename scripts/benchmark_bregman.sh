@@ -17,7 +17,7 @@ else
   SIZES=(epochs=5); DAE=(); OUT=results/benchmarks/bregman_vs_backprop
 fi
 RUNS="results/benchmark-runs/bregman-$MODE-$STAMP"
-TASKS=dataset=mnist_denoise,mnist_deblur,mnist_inpaint
+TASKS=task=denoise,deblur,inpaint
 SECONDS=0
 sweep train -m "$TASKS" scheme=backprop,bregman "${SIZES[@]}" progress=false "$@" "hydra.sweep.dir=$RUNS/tasks"
 sweep train -m "$TASKS" scheme=bregman solver.momentum=0 "${SIZES[@]}" progress=false "$@" "hydra.sweep.dir=$RUNS/plain_isgm"

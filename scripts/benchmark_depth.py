@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     if not runs_dir.is_absolute():
         runs_dir = REPO / runs_dir
     runs_dir.mkdir(parents=True, exist_ok=True)
-    common = ["dataset=mnist_denoise", "arch.width=256", f"arch.depth={depths}", f"epochs={epochs}",
+    common = ["task=denoise", "arch.width=256", f"arch.depth={depths}", f"epochs={epochs}",
               f"train_size={train_size}", f"val_size={val_size}", f"test_size={test_size}", "eval_every=1", "num_samples=0", "progress=false",
               f"device={a.device}", *a.extra]
     t0 = time.perf_counter()

@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     runs_dir = Path(a.runs or f"results/benchmark-runs/parallel-{'quick' if a.quick else 'full'}-{stamp}")
     runs_dir = runs_dir if runs_dir.is_absolute() else REPO / runs_dir
     runs_dir.mkdir(parents=True, exist_ok=True)
-    common = ["dataset=mnist_denoise", f"arch.width={WIDTH}", "epochs=2", "eval_every=2", f"train_size={train_size}", "test_size=500",
+    common = ["task=denoise", f"arch.width={WIDTH}", "epochs=2", "eval_every=2", f"train_size={train_size}", "test_size=500",
               "num_samples=0", "progress=false", f"device={a.device}", *a.extra]
     env = dict(os.environ, OMP_NUM_THREADS="1")  # one thread per process, the single process included
     t0 = time.perf_counter()

@@ -25,7 +25,7 @@ import torch
 
 from lifted_cli.api import training
 from lifted_cli.benchmarks import machine
-from lifted_cli.data.mnist import load_mnist
+from lifted_cli.data import load_images
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -61,13 +61,13 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     extra = a.extra or ["arch.init=kaiming"]
-    x = load_mnist(None, True, 128)
-    y = training(extra).degradation.measure(x, torch.Generator().manual_seed(0))  # the dataset's (mnist_denoise)
+    x = load_images({"name": "mnist"}, None, True, 128)
+    y = training(extra).degradation.measure(x, torch.Generator().manual_seed(0))  # the task's (denoise)
     cmd = "scripts/depth_signal.py " + " ".join(argv if argv is not None else sys.argv[1:])
     lines = ["# How much of the target reaches each hidden layer", "",
              f"Command: `{cmd}`. Machine: {machine('cpu')}.",
              f"relu mlp of width 256, `{' '.join(extra)}`, at initialisation, one batch of 128 MNIST denoising images "
-             "(`dataset=mnist_denoise`). Lifted rows: `||z_l - z_l^fwd|| / ||z_l^fwd||` after one mini-batch's X-sweeps of lifted "
+             "(`task=denoise`). Lifted rows: `||z_l - z_l^fwd|| / ||z_l^fwd||` after one mini-batch's X-sweeps of lifted "
              "Bregman ISGM (its tuned defaults) from the forward pass, the output clamped to the target. "
              "Back-propagation rows: `||dL/dW_l|| / ||W_l||`. Hidden layers from the input (1) to the last (L).", ""]
     for depth in map(int, a.depths.split(",")):

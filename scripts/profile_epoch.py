@@ -97,15 +97,15 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(a.threads)
     from lifted_cli import runs
-    from lifted_cli.data import build_degradation, load_mnist
+    from lifted_cli.data import build_degradation, load_images
 
     tuned = runs.tune_allocator() if hasattr(runs, "tune_allocator") else False  # as `lifted train` does
 
     base = ["arch=mlp", "arch.depth=2", "arch.width=256", f"train_size={a.train_size}"]
     cfg, backprop = build([*base, "scheme=backprop"])
     _, lifted = build([*base, "scheme=bregman", *a.extra])
-    degradation = build_degradation(cfg.dataset)
-    x_train = load_mnist(cfg.data_root, train=True, size=a.train_size)
+    degradation = build_degradation(cfg.task)
+    x_train = load_images(cfg.source, cfg.data_root, train=True, size=a.train_size)
     batch = cfg.batch_size
     times = {"backprop": [], "lifted": []}
     for r in range(a.repeats + 1):  # the first pair warms up allocator and caches: not counted

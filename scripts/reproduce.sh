@@ -35,7 +35,7 @@ else
 fi
 SECONDS=0
 echo "== lifted Bregman vs back-propagation, proximal activations, three tasks, seeds 0 and 1"
-"$LIFTED" train -m experiment=prox_mlp scheme=backprop,bregman dataset=mnist_denoise,mnist_deblur,mnist_inpaint \
+"$LIFTED" train -m experiment=prox_mlp scheme=backprop,bregman task=denoise,deblur,inpaint \
   seed=0,1 "${TRAIN[@]}" "${EXTRA[@]}" "hydra.sweep.dir=$RUNS/compare"
 echo "== sparse denoising autoencoder, 1,000 and 10,000 images"
 "$LIFTED" train -m experiment=sparse_dae scheme=backprop,bregman "${DAE1[@]}" "${EXTRA[@]}" "hydra.sweep.dir=$RUNS/sparse_dae"

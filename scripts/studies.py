@@ -46,7 +46,7 @@ def sweep(*args, **kwargs) -> bool:
     """``benchmarks.sweep`` from the checkout (where results/ and the configs are)."""
     return benchmarks.sweep(*args, cwd=REPO, **kwargs)
 
-TASKS = ("mnist_denoise", "mnist_deblur", "mnist_inpaint")
+TASKS = ("denoise", "deblur", "inpaint")
 #: hidden activations of the study: a smooth one and three proximal maps of convex functions
 ACTIVATIONS = ("tanh", "soft_threshold:0.05", "relu", "clamp:-1:1")
 METHODS = {"bregman": "lifted Bregman (ISGM)", "backprop": "back-propagation (Adam)"}
@@ -80,12 +80,12 @@ def activations_study(runs_dir: Path, sizes: list[str], log) -> tuple[list[str],
     for method in METHODS:
         folder = runs_dir / method
         if not any(folder.glob("*/metrics.json")):
-            sweep([f"scheme={method}", f"dataset={','.join(TASKS)}", f"arch.activation={','.join(ACTIVATIONS)}", *sizes],
+            sweep([f"scheme={method}", f"task={','.join(TASKS)}", f"arch.activation={','.join(ACTIVATIONS)}", *sizes],
                   folder, log)
     cells = {}
     for method in METHODS:
         for r in read_runs(runs_dir / method):
-            cells[(r["overrides"]["dataset"], r["overrides"]["arch.activation"], method)] = r
+            cells[(r["overrides"]["task"], r["overrides"]["arch.activation"], method)] = r
     rows = []
     for task in TASKS:
         for act in ACTIVATIONS:

@@ -74,7 +74,7 @@ def small_net(variant: str, seed: int = 0, act: str | None = None):
             cfg["activation"] = act
     torch.manual_seed(seed)
     node = ARCHITECTURES.validate(OmegaConf.create(cfg))
-    return ARCHITECTURES.build(node)
+    return ARCHITECTURES.build(node, 28)
 
 
 def images(s: int = 6, seed: int = 1):
@@ -125,10 +125,11 @@ def write_idx_labels(path: Path, labels: np.ndarray) -> None:
     path.write_bytes(struct.pack(">II", 0x801, len(labels)) + labels.astype(np.uint8).tobytes())
 
 
-def make_fake_mnist(root: Path, n_train: int = 64, n_test: int = 16, seed: int = 0) -> Path:
-    """Digit-like images (a few bright strokes on black) in ``root/MNIST/raw``."""
+def make_fake_mnist(root: Path, n_train: int = 64, n_test: int = 16, seed: int = 0, folder: str = "MNIST") -> Path:
+    """Digit-like images (a few bright strokes on black) in ``root/<folder>/raw`` (torchvision's layout:
+    MNIST, FashionMNIST, KMNIST), in the real IDX format."""
     rng = np.random.default_rng(seed)
-    raw = root / "MNIST" / "raw"
+    raw = root / folder / "raw"
     raw.mkdir(parents=True, exist_ok=True)
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         imgs = np.zeros((n, 28, 28), dtype=np.uint8)

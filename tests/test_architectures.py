@@ -33,7 +33,7 @@ def test_the_same_seed_builds_the_same_weights():
     ({"name": "mlp", "activation": "swish"}, "swish"),
     ({"name": "mlp", "hidden": [4, 4], "layer_activations": ["relu"]}, "arch.layer_activations"),
     ({"name": "resnet", "depth": 0}, "arch.depth=0"),
-    ({"name": "proxnet", "hidden": 100}, "arch.hidden=100"),
+    ({"name": "proxnet", "hidden": 0}, "arch.hidden=0"),
     ({"name": "unrolled_pnn", "operator": "fft"}, "arch.operator=fft"),
     ({"name": "unrolled_pnn", "kernel": 4}, "arch.kernel=4"),
     ({"name": "conv_autoencoder", "kernel": 3}, "arch.kernel=3"),
@@ -52,7 +52,7 @@ def test_bad_values_are_refused_with_one_line(cfg, fragment):
 
 def test_mlp_depth_and_width_give_equal_hidden_layers():
     node = ARCHITECTURES.validate(OmegaConf.create({"name": "mlp", "depth": 5, "width": 7, "hidden": [3]}))
-    model = ARCHITECTURES.build(node)
+    model = ARCHITECTURES.build(node, 28)
     assert [b.out_dim for b in model.blocks] == [7, 7, 7, 7, 7, 784] and model.blocks[0].in_dim == 784
     assert [b.act.name for b in model.blocks] == ["relu"] * 5 + ["identity"]
 
@@ -107,3 +107,18 @@ def test_kaiming_keeps_the_second_moment_of_a_deep_relu_mlp():
 def test_a_bad_init_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="arch.init=he: allowed: default, kaiming, orthogonal, xavier"):
         ARCHITECTURES.validate(OmegaConf.create({"name": "resnet", "init": "he"}))
+
+
+def test_the_image_side_comes_from_the_data():
+    """Every architecture builds for the side it is given (natural patches: any side); a proxnet's
+    orthonormal columns need at least the image's pixels."""
+    from lifted_cli.nets import build_network
+
+    for name, extra in (("mlp", {}), ("resnet", {}), ("proxnet", {"hidden": 1024}), ("unrolled_pnn", {"depth": 2}),
+                        ("unrolled_pnn", {"depth": 2, "operator": "dense", "dual_dim": 300}), ("conv_autoencoder", {})):
+        for side in (16, 32):
+            net = build_network(ARCHITECTURES.validate(OmegaConf.create({"name": name, **extra})), side)
+            with torch.no_grad():
+                assert net(torch.rand(2, 1, side, side)).shape == (2, 1, side, side), (name, side)
+    with pytest.raises(ValueError, match=r"arch.hidden=500: W\^T W = I needs hidden >= 784"):
+        build_network(ARCHITECTURES.validate(OmegaConf.create({"name": "proxnet", "hidden": 500})), 28)

@@ -25,7 +25,7 @@ def test_top_level_help(tmp_path):
 @pytest.mark.slow  # a subprocess: the console script as a user runs it
 def test_train_help_and_cfg(tmp_path):
     out = run(["train", "--help"], tmp_path).stdout
-    assert "mnist_deblur | mnist_denoise* | mnist_inpaint" in out and "epochs=5" in out
+    assert "deblur | denoise* | inpaint" in out and "epochs=5" in out
     cfg = run(["train", "--cfg", "job", "epochs=3"], tmp_path).stdout
     assert "epochs: 3" in cfg
     assert not (tmp_path / "results").exists()
@@ -34,16 +34,16 @@ def test_train_help_and_cfg(tmp_path):
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["dataset=foo"], "dataset/foo"),
+        (["task=foo"], "task/foo"),
         (["epochs=abc"], "epochs=abc"),
-        (["dataset.sigma=-1"], "dataset.sigma=-1"),
-        (["dataset=mnist_inpaint", "dataset.keep_ratio=1.5"], "keep_ratio=1.5"),
+        (["task.sigma=-1"], "task.sigma=-1"),
+        (["task=inpaint", "task.keep_ratio=1.5"], "keep_ratio=1.5"),
         (["batch_size=0"], "batch_size=0"),
         (["+epochss=3"], "epochss"),
         (["resume=does/not/exist"], "resume=does/not/exist"),
         (["scheme=nope"], "scheme/nope"),
         (["device=cuda:7"], "device=cuda:7"),
-        (["dataset.sigma=nan"], "dataset.sigma=nan"),
+        (["task.sigma=nan"], "task.sigma=nan"),
         (["scheme=fenchel", "arch=proxnet"], "Fenchel"),
         (["experiment=perceptron_inversion"], "is an experiment of `lifted invert`"),
         (["hydra/launcher=nope"], "hydra/launcher"),
@@ -167,10 +167,10 @@ def _bad(command, *args, fragment=None):
 BAD_INPUTS = [
     _bad("train", "epochs=0"), _bad("train", "epochs=abc"), _bad("train", "batch_size=-1"), _bad("train", "eval_every=0"),
     _bad("train", "train_size=0"), _bad("train", "test_size=-5"), _bad("train", "seed=x"), _bad("train", "device=tpu"),
-    _bad("train", "device=cuda:9"), _bad("train", "dataset=foo", fragment="dataset/foo"),
-    _bad("train", "dataset.sigma=-1"), _bad("train", "dataset.sigma=nan"), _bad("train", "dataset.sigma=inf"),
-    _bad("train", "dataset=mnist_deblur", "dataset.blur_width=nan"), _bad("train", "dataset=mnist_deblur", "dataset.kernel_size=4"),
-    _bad("train", "dataset=mnist_inpaint", "dataset.keep_ratio=0"), _bad("train", "arch=foo", fragment="arch/foo"),
+    _bad("train", "device=cuda:9"), _bad("train", "task=foo", fragment="task/foo"),
+    _bad("train", "task.sigma=-1"), _bad("train", "task.sigma=nan"), _bad("train", "task.sigma=inf"),
+    _bad("train", "task=deblur", "task.blur_width=nan"), _bad("train", "task=deblur", "task.kernel_size=4"),
+    _bad("train", "task=inpaint", "task.keep_ratio=0"), _bad("train", "arch=foo", fragment="arch/foo"),
     _bad("train", "arch.hidden=[]"), _bad("train", "arch.activation=swish"),
     _bad("train", "arch.activation=soft_threshold:inf", fragment="soft_threshold:inf"),
     _bad("train", "arch.output_activation=clamp:1:0", fragment="clamp:1:0"), _bad("train", "scheme=nope", fragment="scheme/nope"),
@@ -179,14 +179,25 @@ BAD_INPUTS = [
     _bad("train", "scheme=mac", "solver.weight_update=gd", "solver.lr_decay=0.5", fragment="must be 1 with weight_update=gd"), _bad("train", "solver.momentum=1"), _bad("train", "solver.step_safety=nan"),
     _bad("train", "scheme=mac", "scheme.mu_growth=0.5"), _bad("train", "scheme.penalty_weight=-1"), _bad("train", "scheme.output_weight=0"),
     _bad("train", "scheme.output=tied"), _bad("train", "+epochss=3", fragment="epochss"),
-    _bad("train", "+dataset.sigmaa=1", fragment="dataset.sigmaa"), _bad("train", "data_sources=[ftp]", fragment="data_sources"),
+    _bad("train", "+task.sigmaa=1", fragment="task.sigmaa"), _bad("train", "data_sources=[ftp]", fragment="data_sources"),
     _bad("train", "num_samples=-1"), _bad("train", "experiment=perceptron_inversion", fragment="experiment of `lifted invert`"),
     _bad("train", "resume=does/not/exist", fragment="resume=does/not/exist"), _bad("train", "hydra/launcher=nope", fragment="hydra/launcher"),
     _bad("train", "scheme=fenchel", "arch=proxnet", fragment="Fenchel"), _bad("train", "solver.stacked=maybe"),
     _bad("train", "arch.depth=3", "solver.stacked=true", fragment="solver.stacked"),
     _bad("train", "arch=sequential", "arch.widths=[784,10]", "arch.activations=[identity]", fragment="maps 28x28 images"),
-    _bad("train", "dataset=null", fragment="dataset=null"), _bad("train", "val_size=-1"),
-    _bad("train", "val_size=64", fragment="val_size=64: the training split has 64 images"),
+    _bad("train", "task=null", fragment="task=null"), _bad("train", "val_size=-1"),
+    _bad("train", "val_size=64", fragment="val_size=64: the mnist training split has 64 images"),
+    _bad("train", "dataset=mnist_deblur", fragment="write source=mnist task=deblur"),
+    _bad("train", "dataset.sigma=0.1", fragment="write task.sigma=0.1"),
+    _bad("train", "source=natural_patches", "source.side=400", fragment="source.side=400: larger than the photograph"),
+    _bad("train", "source=natural_patches", "source.test_images=[]", fragment="source.test_images=[]"),
+    _bad("train", "source=natural_patches", "source.test_images=[camera,astronaut]", fragment="also a training image"),
+    _bad("train", "source=natural_patches", "source.train_images=[lena]", fragment="source.train_images=lena"),
+    _bad("train", "source=natural_patches", "source.stride=0", fragment="source.stride=0"),
+    _bad("train", "source=natural_patches", "source.side=30", "arch=conv_autoencoder", fragment="divisible by 4, got 30"),
+    _bad("train", "source=fashion_mnist", "data_sources=[local]", fragment="Fashion-MNIST not available"),
+    _bad("train", "source=kmnist", "data_sources=[local]", fragment="KMNIST not available"),
+    _bad("train", "source=cifar", fragment="source/cifar"),
     _bad("train", "parallel=grid", "solver.layer_order=jacobi", fragment="parallel.layer_ranks=2: must divide the 1 processes"),
     _bad("report", ".", "--by", "val", fragment="--by val"),
     _bad("invert", "network=foo"), _bad("invert", "progress=false", fragment="checkpoint=None"),
@@ -200,7 +211,8 @@ BAD_INPUTS = [
     _bad("invert", "checkpoint=nope.pt", fragment="does not exist"),
     _bad("invert", "experiment=sparse_dae", fragment="experiment of `lifted train`"),
     _bad("invert", "network=random_perceptron", "upto=layer3"),
-    _bad("data", "data_sources=[ftp]", fragment="data_sources"), _bad("data", "verify=maybe", fragment="verify"),
+    _bad("invert", "checkpoint=x", "source=natural_patches", "images=val", fragment="images=val"),
+    _bad("data", "data_sources=[ftp]", fragment="data_sources"), _bad("data", "source=nope", fragment="source/nope"), _bad("data", "verify=maybe", fragment="verify"),
     _bad("report", "nope", fragment="not a folder"), _bad("report", ".", "--best", "alpha", fragment="--best alpha"),
 ]
 

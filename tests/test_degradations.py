@@ -84,5 +84,5 @@ def test_every_task_is_registered_with_its_operator():
 def test_schemas_refuse_bad_values(task, key, value):
     node = OmegaConf.structured(DEGRADATIONS.get(task).schema())
     node[key] = value
-    with pytest.raises(ConfigError, match=f"dataset.{key}="):
+    with pytest.raises(ConfigError, match=f"task.{key}="):
         DEGRADATIONS.validate(node)

@@ -50,13 +50,13 @@ def test_the_page_registers_what_it_says(extended):
 
     for module, registry, name in REGISTERED:
         assert name in getattr(importlib.import_module(module), registry), (registry, name)
-    assert {("arch", "gated"), ("scheme", "half_bregman"), ("solver", "adamw"), ("dataset", "mnist_subsample")} <= set(extended)
+    assert {("arch", "gated"), ("scheme", "half_bregman"), ("solver", "adamw"), ("task", "subsample")} <= set(extended)
 
 
 @pytest.mark.parametrize("overrides", [
     ["arch=gated", "arch.depth=2", "arch.width=16", "arch.activation=shifted_relu:-0.1", "scheme=half_bregman"],
     ["arch=gated", "arch.depth=2", "arch.width=16", "scheme=backprop", "solver=adamw"],
-    ["dataset=mnist_subsample", "dataset.stride=3", "arch.hidden=[16]"],
+    ["task=subsample", "task.stride=3", "arch.hidden=[16]"],
 ])
 def test_each_example_trains_through_lifted_train(extended, overrides, tmp_path, fake_mnist, monkeypatch):
     from lifted_cli.cli import main

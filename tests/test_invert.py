@@ -55,12 +55,12 @@ def test_images_val_inverts_the_validation_images_the_run_held_out(tmp_path, fak
     r = lifted("train", f"data_root={fake_mnist}", "val_size=8", "val_seed=5", "test_size=8", "epochs=1", "batch_size=16",
                "arch.hidden=[32,16,32]", "progress=false", "num_samples=0", f"hydra.run.dir={run}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    cfg = SimpleNamespace(checkpoint=str(run), arch=None, upto="layer2", outputs=None, images="val", num_images=4,
+    cfg = SimpleNamespace(checkpoint=str(run), arch=None, source=None, upto="layer2", outputs=None, images="val", num_images=4,
                           data_root=str(fake_mnist), data_sources=["local"], seed=0, noise="relative", delta=0.0)
     model, source = checkpoint_network(cfg)
     net, _, side = usable_network(model, cfg)
     truth, _, _ = make_data(cfg, net, side, torch.device("cpu"), source)
-    held = load_train_val(fake_mnist, None, 8, torch.Generator().manual_seed(5))[1][:4]
+    held = load_train_val({"name": "mnist"}, fake_mnist, None, 8, torch.Generator().manual_seed(5))[1][:4]
     assert torch.equal(truth, held.reshape(4, -1))  # the run's own held-out images, in their order
     test = make_data(SimpleNamespace(**{**vars(cfg), "images": "test"}), net, side, torch.device("cpu"), source)[0]
     assert not torch.equal(truth, test)
@@ -89,7 +89,7 @@ def test_invert_plain_state_dict_and_outputs_file(tmp_path):
                "regularizer=box", "iterations=200", "progress=false", f"hydra.run.dir={out}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     m = json.loads((out / "metrics.json").read_text())
-    assert m["source"]["network"] == "state_dict" and m["images"] == 3 and m["residual"] < 0.5
+    assert m["network"]["network"] == "state_dict" and m["source"] is None and m["images"] == 3 and m["residual"] < 0.5
     u = torch.load(out / "recovered.pt", weights_only=True)
     rel = ((u - truth).norm(dim=1) / truth.norm(dim=1)).mean()
     assert m["recovered"]["rel_error"]["count"] == 3

@@ -81,7 +81,7 @@ def test_mlflow_holds_one_run_per_job_of_a_multirun(tmp_path, fake_mnist):
         folder = tmp_path / "sweep" / str(job)
         metrics = json.loads((folder / "metrics.json").read_text())
         assert run["status"] == "FINISHED" and run["tags.mlflow.runName"] == f"job {job}"
-        assert (run["tags.scheme"], run["tags.arch"], run["tags.dataset"]) == ("bregman", "mlp", "mnist_denoise")
+        assert (run["tags.scheme"], run["tags.arch"], run["tags.source"], run["tags.task"]) == ("bregman", "mlp", "mnist", "denoise")
         assert run["tags.run_dir"] == str(folder.resolve())
         assert run["params.scheme.name"] == "bregman" and run["params.solver.name"] == "isgm"
         assert run["params.epochs"] == "2" and "params.output_dir" not in runs

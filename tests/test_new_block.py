@@ -18,7 +18,7 @@ from torch import nn
 
 from lifted_cli.nets import ARCHITECTURES
 from lifted_cli.nets.activations import make_activation
-from lifted_cli.nets.blocks import IMAGE_DIM, Block, UnifiedNet
+from lifted_cli.nets.blocks import Block, UnifiedNet
 from lifted_cli.registry import Schema, check_positive, option
 from tests.conftest import assert_same_run
 
@@ -54,8 +54,8 @@ class GatedConfig(Schema):
         check_positive("width", self.width)
 
 
-def build_gated(cfg) -> UnifiedNet:
-    widths = [IMAGE_DIM] + [cfg.width] * cfg.depth + [IMAGE_DIM]
+def build_gated(cfg, side: int) -> UnifiedNet:
+    widths = [side * side] + [cfg.width] * cfg.depth + [side * side]
     acts = ["relu"] * cfg.depth + ["identity"]
     return UnifiedNet([GatedBlock(a, b, make_activation(s)) for a, b, s in zip(widths[:-1], widths[1:], acts)])
 

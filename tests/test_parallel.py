@@ -159,6 +159,9 @@ DATA_CASES = {
     "bcd_resnet": ["arch=resnet", "arch.width=16", "arch.depth=3", "solver=bcd", "solver.layer_order=jacobi", "epochs=1"],
     # sgd: Adam's normalisation would turn a rounding-level gradient into a step of lr in either run
     "backprop_ddp": ["scheme=backprop", "solver=sgd", "arch.hidden=[16]", "epochs=1", "train_size=33"],
+    # another source and task: 16 x 16 natural patches, deblurred (every rank cuts the same patches)
+    "isgm_natural_patches_deblur": ["source=natural_patches", "source.side=16", "source.stride=24", "task=deblur",
+                                    "arch.depth=2", "arch.width=24", "epochs=1"],
 }
 
 
@@ -194,6 +197,8 @@ LAYER_CASES = {
     "mlp": ["arch.depth=4", "arch.width=24", "solver.layer_order=jacobi", "epochs=1"],
     "resnet_persistent": ["arch=resnet", "arch.width=16", "arch.depth=3", "solver.layer_order=jacobi",
                           "solver.warm_start=persistent", "epochs=2"],
+    "natural_patches_inpaint": ["source=natural_patches", "source.side=12", "source.stride=24", "task=inpaint",
+                                "arch.depth=3", "arch.width=16", "solver.layer_order=jacobi", "epochs=1"],
 }
 
 

@@ -21,7 +21,7 @@ def test_yaml_comments_follow_nesting_and_continuation_lines():
 
 
 @pytest.mark.parametrize("command,overrides", [("train", []), ("train", ["scheme=backprop", "arch=resnet",
-                                               "dataset=mnist_deblur", "parallel=data", "logger=mlflow"]),
+                                               "task=deblur", "parallel=data", "logger=mlflow"]),
                                                ("train", ["scheme=mac", "arch=unrolled_pnn"]), ("invert", []), ("data", [])])
 def test_every_option_of_a_command_line_has_a_description(command, overrides):
     cfg = reference.compose(command, overrides)
@@ -49,7 +49,7 @@ def test_help_of_a_bad_choice_is_one_line_with_status_2(capsys):
 @pytest.mark.slow  # composes every option of every group
 def test_reference_page_lists_every_option_of_every_group():
     page = reference.markdown()
-    for group in ("dataset", "arch", "scheme", "solver", "parallel", "logger"):
+    for group in ("source", "task", "arch", "scheme", "solver", "parallel", "logger"):
         for name, _ in reference.options(group):
             assert f"`{group}={name}`" in page, (group, name)
     assert "| `arch.hidden` | `[512,512]` |" in page and "`mlp_bregman_isgm`" in page

@@ -15,7 +15,7 @@ from lifted_cli.errors import ConfigError
 from lifted_cli.lifted import SCHEMES
 from lifted_cli.lifted.penalties import LayerPenalty
 from lifted_cli.lifted.schemes import BregmanSchemeConfig, LiftedScheme
-from lifted_cli.nets import ACTIVATIONS, ARCHITECTURES, IMAGE_DIM, ProxActivation, UnifiedNet, make_activation
+from lifted_cli.nets import ACTIVATIONS, ARCHITECTURES, ProxActivation, UnifiedNet, make_activation
 from lifted_cli.nets.blocks import DenseBlock
 from lifted_cli.registry import Registry, Schema, check_positive
 
@@ -118,9 +118,9 @@ class TwoLayerConfig(Schema):
         check_positive("width", self.width)
 
 
-def build_two_layer(cfg):
-    return UnifiedNet([DenseBlock(IMAGE_DIM, cfg.width, make_activation(cfg.activation)),
-                       DenseBlock(cfg.width, IMAGE_DIM, make_activation("identity"))])
+def build_two_layer(cfg, side):
+    return UnifiedNet([DenseBlock(side * side, cfg.width, make_activation(cfg.activation)),
+                       DenseBlock(cfg.width, side * side, make_activation("identity"))])
 
 
 @pytest.fixture(scope="module", autouse=True)

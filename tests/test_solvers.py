@@ -400,9 +400,9 @@ def _last_unrolled_block(seed: int, shift: float):
     from lifted_cli.nets.blocks import ConvAnalysis, UnifiedNet, UnrolledBlock
 
     torch.manual_seed(seed)
-    op = ConvAnalysis(1, 3)
+    op = ConvAnalysis(1, 3, 28)
     blk = UnrolledBlock(op, 0.5, Identity())
-    model = UnifiedNet([UnrolledBlock(ConvAnalysis(1, 3), 0.5, Identity()), blk], readout_op=op, zero_input=True)
+    model = UnifiedNet([UnrolledBlock(ConvAnalysis(1, 3, 28), 0.5, Identity()), blk], readout_op=op, zero_input=True)
     problem = LiftedProblem(model, BregmanPenalty(), [1.0, 0.6], output="free")
     g = torch.Generator().manual_seed(seed + 1)
     s = 4
@@ -476,9 +476,9 @@ def test_unrolled_block_step_is_searched_where_gauss_newton_overshoots(float64):
     from lifted_cli.nets.activations import Identity
     from lifted_cli.nets.blocks import ConvAnalysis, UnifiedNet, UnrolledBlock
 
-    op = ConvAnalysis(1, 1)
+    op = ConvAnalysis(1, 1, 28)
     blk = UnrolledBlock(op, 0.5, Identity())
-    model = UnifiedNet([UnrolledBlock(ConvAnalysis(1, 1), 0.5, Identity()), blk], readout_op=op, zero_input=True)
+    model = UnifiedNet([UnrolledBlock(ConvAnalysis(1, 1, 28), 0.5, Identity()), blk], readout_op=op, zero_input=True)
     problem = LiftedProblem(model, BregmanPenalty(), [1.0, 1.0], output="free")
     y, x = images(s=3)
     with torch.no_grad():

@@ -214,7 +214,7 @@ def test_weight_gradients_of_a_stack_equal_those_of_its_blocks_alone(arch):
             "proxnet": {"name": "proxnet", "hidden": 800, "depth": 3},
             "unrolled_conv": {"name": "unrolled_pnn", "depth": 3, "channels": 2, "kernel": 3}}[arch]
     torch.manual_seed(0)
-    model = ARCHITECTURES.build(ARCHITECTURES.validate(OmegaConf.create(node)))
+    model = ARCHITECTURES.build(ARCHITECTURES.validate(OmegaConf.create(node)), 28)
     y, x = images(s=6)
     one = LiftedProblem(model, BregmanPenalty(), [0.5 + 0.25 * l for l in range(model.depth)], rho=1.5, output="free")
     st = one.init_state(y, x)

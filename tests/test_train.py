@@ -89,7 +89,7 @@ def test_validation_set_is_the_same_for_every_seed_and_scheme(compose_train, fak
     out = []
     for ov in (["seed=0"], ["seed=5", "scheme=backprop"]):
         cfg = compose_train([f"data_root={fake_mnist}", "val_size=8", *ov], output_dir="/tmp/x")
-        out.append(make_train_val(cfg, build_degradation(cfg.dataset), torch.device("cpu")))
+        out.append(make_train_val(cfg, build_degradation(cfg.task), torch.device("cpu")))
     (train_a, (xa, ya)), (train_b, (xb, yb)) = out
     assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(train_a, train_b)
     assert xa.shape[0] == 8 and train_a.shape[0] == 64 - 8 and not torch.equal(xa, ya)
@@ -121,8 +121,8 @@ def test_same_seed_same_metrics(tmp_path, fake_mnist):
 def test_test_set_identical_across_schemes_and_seeds(compose_train, fake_mnist):
     ys = []
     for ov in (["seed=0"], ["seed=5", "solver=sgd"]):
-        cfg = compose_train([f"data_root={fake_mnist}", "dataset=mnist_inpaint", *ov], output_dir="/tmp/x")
-        ys.append(make_test_set(cfg, build_degradation(cfg.dataset), torch.device("cpu"))[1])
+        cfg = compose_train([f"data_root={fake_mnist}", "task=inpaint", *ov], output_dir="/tmp/x")
+        ys.append(make_test_set(cfg, build_degradation(cfg.task), torch.device("cpu"))[1])
     assert torch.equal(ys[0], ys[1])
 
 
@@ -207,7 +207,7 @@ def test_a_failed_factorisation_is_a_divergence(tmp_path, fake_mnist, compose_tr
 
 @pytest.mark.parametrize(
     "group,option",
-    [(g, o) for g in ("dataset", "arch", "scheme", "solver") for o in options(g)],
+    [(g, o) for g in ("source", "task", "arch", "scheme", "solver") for o in options(g)],
 )
 def test_every_group_option_composes_and_validates(compose_train, group, option):
     overrides = [f"{group}={option}"]
@@ -232,21 +232,21 @@ def test_every_experiment_of_train_validates(compose_train):
 @pytest.mark.parametrize(
     "overrides,fragment",
     [
-        (["dataset.sigma=-1"], "dataset.sigma=-1"),
-        (["dataset=mnist_inpaint", "dataset.keep_ratio=1.5"], "keep_ratio=1.5"),
+        (["task.sigma=-1"], "task.sigma=-1"),
+        (["task=inpaint", "task.keep_ratio=1.5"], "keep_ratio=1.5"),
         (["batch_size=0"], "batch_size=0"),
         (["epochs=-2"], "epochs=-2"),
-        (["dataset=mnist_deblur", "dataset.kernel_size=4"], "kernel_size=4"),
+        (["task=deblur", "task.kernel_size=4"], "kernel_size=4"),
         (["device=tpu"], "device=tpu"),
         (["arch.activation=swish"], "swish"),
         (["arch.hidden=[]"], "arch.hidden"),
         (["+epochss=3"], "epochss"),
-        (["+dataset.sigmaa=3"], "dataset.sigmaa"),
+        (["+task.sigmaa=3"], "task.sigmaa"),
         (["data_sources=[local,ftp]"], "data_sources"),
         (["arch=conv_autoencoder", "arch.kernel=3"], "arch.kernel=3"),
         (["arch=conv_autoencoder", "arch.channels=[4,4,4]"], "arch.channels"),
         (["arch=conv_autoencoder", "arch.code=0"], "arch.code=0"),
-        (["dataset.sigma=nan"], "dataset.sigma=nan"),
+        (["task.sigma=nan"], "task.sigma=nan"),
         (["solver=adam"], "scheme=bregman is minimised by solver=isgm|bcd"),
         (["solver.tau=-1"], "solver.tau=-1"),
         (["scheme=mac", "scheme.mu_growth=0.5"], "scheme.mu_growth=0.5"),

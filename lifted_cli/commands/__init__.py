@@ -35,7 +35,7 @@ from ..errors import ConfigError, LiftedError
 from ..runs import RunFolder, RunFolderBusy
 
 COMMANDS = {
-    "train": "train a network (scheme, architecture, dataset, solver chosen by overrides)",
+    "train": "train a network (source, task, architecture, scheme, solver chosen by overrides)",
     "invert": "recover the inputs of a trained network from its (noisy) outputs",
     "report": "summarise run folders of train and invert: tables, plots, samples (lifted report FOLDER...)",
     "data": "fetch MNIST into the data cache (or data_root) and verify it",

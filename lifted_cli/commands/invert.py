@@ -3,8 +3,9 @@
 The network comes from a ``lifted train`` checkpoint (rebuilt from the checkpoint alone), from a plain
 ``state_dict`` of an ``nn.Sequential`` of ``Linear`` layers and activations described by
 ``arch=sequential``, or is the random ReLU perceptron of the chapter's experiment. ``upto=layerK``
-inverts only the first K layers (the encoder of an autoencoder). The data are the outputs of MNIST
-test images with noise of level ``delta``, or a tensor file of outputs. The methods are in
+inverts only the first K layers (the encoder of an autoencoder). The data are the outputs of test
+images of an image source (``source``; by default the one the checkpoint was trained on, else MNIST)
+with noise of level ``delta``, or a tensor file of outputs. The methods are in
 ``lifted_cli/inversion``; this module loads, runs and writes the results folder.
 """
 
@@ -26,14 +27,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .. import loggers
-from ..data import load_mnist, load_train_val
+from ..data import SOURCES, build_source, load_images, load_train_val
 from ..errors import ConfigError, InputError
 from ..inversion import INVERSION_METHODS, REGULARIZERS, build_regularizer
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, UnifiedNet, build_network
 from ..nets.architectures import MLP
 from ..registry import Schema, check, check_choice, check_interval, check_nonnegative, check_positive, fail, typed
-from ..runs import (RunConfig, divergence, flush_denormals, require_mnist, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
+from ..runs import (RunConfig, divergence, flush_denormals, require_source, split_dataset, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
                     save_torch, select_device, write_csv, write_json)
 from . import run_task
 
@@ -55,6 +56,7 @@ class InvertConfig(RunConfig):
     checkpoint: Optional[str] = None
     network: str = "checkpoint"
     arch: Any = None
+    source: Any = None
     perceptron: PerceptronConfig = field(default_factory=PerceptronConfig)
     upto: Optional[str] = None
     method: str = "lifted_bregman"
@@ -117,6 +119,10 @@ def validate(cfg: DictConfig) -> None:
     InvertConfig.validate(typed(cfg, InvertConfig))
     if cfg.arch is not None:
         ARCHITECTURES.validate(cfg.arch)
+    if cfg.source is not None:
+        SOURCES.validate(cfg.source)
+        check(cfg.images != "val", "images", cfg.images, "images=val inverts the validation images of the checkpoint's "
+              "own training run, from its own source: leave source unset")
     method = INVERSION_METHODS.get(cfg.method).builder
     method.check(cfg, REGULARIZERS.get(cfg.regularizer).builder(1))
 
@@ -165,13 +171,15 @@ def random_perceptron(cfg) -> tuple[UnifiedNet, dict]:
 def checkpoint_network(cfg) -> tuple[UnifiedNet, dict]:
     """A ``lifted train`` checkpoint (rebuilt from it alone) or a plain state_dict described by ``arch``."""
     ckpt, path = load_checkpoint(Path(cfg.checkpoint))
+    trained_on = None  # the training run's image source (a lifted train checkpoint)
     if is_train_checkpoint(ckpt):
-        try:  # the checkpoint's data only: its arch node is checked like any config (no unknown key, no code)
-            arch = ARCHITECTURES.validate(OmegaConf.create(ckpt["config"]["arch"]))
-        except (ConfigError, KeyError, TypeError, ValueError) as err:
+        try:  # the checkpoint's data only: its nodes are checked like any config (no unknown key, no code)
+            config = split_dataset(ckpt["config"])
+            arch = ARCHITECTURES.validate(OmegaConf.create(config["arch"]))
+            trained_on = SOURCES.validate(OmegaConf.create(config["source"]))
+        except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as err:
             raise InputError(f"{path}: its network description is not usable ({err})") from None
         state, source = ckpt["model"], "lifted train checkpoint"
-        config = ckpt["config"] if isinstance(ckpt["config"], dict) else {}  # a bad one failed on its arch above
         held = {"val_size": config.get("val_size", 0), "val_seed": config.get("val_seed")}
     elif isinstance(ckpt, dict) and ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
         if cfg.arch is None:
@@ -180,8 +188,9 @@ def checkpoint_network(cfg) -> tuple[UnifiedNet, dict]:
         arch, state, source, held = cfg.arch, ckpt, "state_dict", None
     else:
         raise InputError(f"{path} is neither a lifted train checkpoint nor a state_dict of tensors")
+    side = build_source(trained_on if trained_on is not None else cfg.source or MNIST).side
     try:
-        model = build_network(arch)
+        model = build_network(arch, side)
     except ValueError as err:
         raise InputError(f"arch: {err}") from None
     if source == "state_dict":
@@ -194,6 +203,8 @@ def checkpoint_network(cfg) -> tuple[UnifiedNet, dict]:
     info = {"network": source, "checkpoint": str(path), "arch": OmegaConf.to_container(arch, resolve=True)}
     if held is not None:
         info["validation"] = held
+    if trained_on is not None:
+        info["trained_on"] = OmegaConf.to_container(trained_on, resolve=True)
     return model, info
 
 
@@ -261,6 +272,18 @@ def validation_split(cfg, source: dict) -> tuple[int, int] | None:
     return size, seed
 
 
+#: the image source of a network not trained by lifted train (a state_dict, the random perceptron)
+MNIST = OmegaConf.create({"name": "mnist"})
+
+
+def images_source(cfg, source: dict) -> DictConfig:
+    """The ``source`` whose test (or validation) images are inverted: ``source=`` when given, else the
+    one the checkpoint's training run used, else MNIST."""
+    if cfg.source is not None:
+        return cfg.source
+    return OmegaConf.create(source["trained_on"]) if source.get("trained_on") else MNIST
+
+
 def make_data(cfg, net: UnifiedNet, side: int, device, source: dict | None = None
               ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
     """(truth inputs or None, clean outputs f or None, noisy outputs f_delta). The inputs are the
@@ -277,13 +300,14 @@ def make_data(cfg, net: UnifiedNet, side: int, device, source: dict | None = Non
             if truth.shape != (f_delta.shape[0], side * side):
                 raise InputError(f"truth={cfg.truth} has shape {tuple(truth.shape)}; need ({f_delta.shape[0]}, {side * side})")
         return truth, None, f_delta
-    require_mnist(cfg)
+    images = images_source(cfg, source or {})
+    require_source(cfg, images)
     held = validation_split(cfg, source or {})
     if held is None:
-        x = load_mnist(cfg.data_root, train=False, size=cfg.num_images)
+        x = load_images(images, cfg.data_root, train=False, size=cfg.num_images)
     else:
-        x = load_train_val(cfg.data_root, None, held[0], torch.Generator().manual_seed(held[1]))[1][:cfg.num_images]
-    if side != 28:
+        x = load_train_val(images, cfg.data_root, None, held[0], torch.Generator().manual_seed(held[1]))[1][:cfg.num_images]
+    if x.shape[-1] != side:  # e.g. the perceptron's 64 x 64 inputs
         x = torch.nn.functional.interpolate(x, size=(side, side), mode="bilinear", align_corners=False).clamp(0, 1)
     truth = x.reshape(x.shape[0], -1).to(device)
     with torch.no_grad():
@@ -379,7 +403,8 @@ def run_inversion(cfg: DictConfig, trackers: loggers.Loggers) -> dict:
         "images_from": "outputs file" if cfg.outputs is not None else cfg.images,
         "layers_inverted": k, "network_depth": model.depth, "output_dim": int(f_delta.shape[1]),
         "residual": last["residual"], "objective": last["objective"],
-        "source": source, "device": str(device), "torch_version": torch.__version__, "seed": cfg.seed,
+        "network": source, "source": images_source(cfg, source).name if cfg.outputs is None else None,
+        "image_side": side, "device": str(device), "torch_version": torch.__version__, "seed": cfg.seed,
         "metric_implementation": IMPLEMENTATION, "settings": method.settings(),
     }
     if truth is not None:

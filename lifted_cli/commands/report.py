@@ -6,8 +6,8 @@ between runs (``seed`` excluded, so seeds are what is averaged over); each group
 the count of its final metrics. Unfinished runs (no metrics: interrupted, failed, or still running)
 are listed separately and never mixed into a group. Writes into the report folder:
 
-* ``report.md`` and ``report.csv``: one table per command (plus the no-learning row of every train
-  dataset);
+* ``report.md`` and ``report.csv``: one table per command, with the image sources and tasks of its
+  runs (plus the no-learning row of every train source and task);
 * ``<command>_psnr_vs_<key>.png``: final PSNR against each swept numeric hyperparameter, one line
   per group of the other swept keys, error bars = std over seeds;
 * ``curves.png``: per train group, one panel each for the test PSNR, the training loss and the lifted objective per epoch from
@@ -72,8 +72,9 @@ class Run:
             if self.command == "train" and "no_learning" in self.metrics:
                 float(self.metrics["no_learning"]["psnr"]["mean"])
                 float(self.metrics["no_learning"]["ssim"]["mean"])
-            if not isinstance(self.config.get("dataset", {}), dict):
-                raise TypeError("config.yaml: dataset is not a config node")
+            for key in ("dataset", "source", "task"):
+                if not isinstance(self.config.get(key) or {}, dict):
+                    raise TypeError(f"config.yaml: {key} is not a config node")
             self.status = "finished"
         elif (folder / "checkpoint.pt").is_file():
             self.status = "unfinished (checkpoint, no metrics: interrupted, diverged or running)"
@@ -83,6 +84,17 @@ class Run:
     @property
     def seed(self):
         return self.config.get("seed")
+
+    @property
+    def data(self) -> str:
+        """``source/task`` of a train run (a run from before the two groups: mnist and its dataset's
+        task); the source of an invert run's images (``outputs file`` for given outputs)."""
+        if self.command == "invert":
+            return str((self.metrics or {}).get("source") or (self.config.get("source") or {}).get("name") or "outputs file")
+        old = self.config.get("dataset") or {}
+        source = (self.config.get("source") or {}).get("name", "mnist")
+        task = (self.config.get("task") or {}).get("name", old.get("task", "?"))
+        return f"{source}/{task}"
 
     def value(self, key: str):
         """A final metric: (psnr, ssim) of the test set (train) or of the recovered inputs (invert);
@@ -261,13 +273,12 @@ def best_lines(swept: list[str], groups: dict[tuple, list[Run]], key: str, comma
 
 
 def no_learning_rows(runs: list[Run]) -> list[dict]:
-    """The degraded input's PSNR/SSIM per train dataset (identical for every run of a dataset)."""
+    """The degraded input's PSNR/SSIM per train source and task (identical for every run of them)."""
     seen = {}
     for r in runs:
         if r.finished and r.command == "train" and "no_learning" in r.metrics:
-            name = r.config.get("dataset", {}).get("name", "?")
-            seen.setdefault(name, r.metrics["no_learning"])
-    return [{"dataset": k, "psnr": v["psnr"]["mean"], "ssim": v["ssim"]["mean"]} for k, v in seen.items()]
+            seen.setdefault(r.data, r.metrics["no_learning"])
+    return [{"data": k, "psnr": v["psnr"]["mean"], "ssim": v["ssim"]["mean"]} for k, v in seen.items()]
 
 
 def _label(swept, key) -> str:
@@ -431,7 +442,8 @@ def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tupl
         csv_rows += rows
         cols = list(dict.fromkeys(k for r in rows for k in r))
         lines += [f"## lifted {command}: {sum(r['runs'] for r in rows)} finished runs, swept: {', '.join(swept) or '(none)'}",
-                  "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                  "", "Data (source/task): " + ", ".join(sorted({r.data for r in members if r.finished})), "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
         if pivot is not None and set(pivot) <= set(swept):
             lines += pivot_lines(swept, groups, *pivot, score=score)
@@ -441,7 +453,7 @@ def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tupl
             nl = no_learning_rows(members)
             if nl:
                 lines += ["", "No learning (the degraded input itself): " + "; ".join(
-                    f"{r['dataset']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}" for r in nl)]
+                    f"{r['data']}: PSNR {r['psnr']:.2f} dB, SSIM {r['ssim']:.4f}" for r in nl)]
         pictures += [f"{command}_{p}" for p in plot_sweeps(out, swept, groups, prefix=f"{command}_")]
         if command == "train":
             pictures += [p for p in (plot_curves(out, swept, groups),) if p]

@@ -23,22 +23,22 @@ import torch
 from omegaconf import MISSING, DictConfig, OmegaConf
 from tqdm import tqdm
 
-from ..data import DEGRADATIONS, build_degradation, load_mnist, load_train_val, raw_folder
+from ..data import DEGRADATIONS, SOURCES, build_degradation, build_source, load_images, load_train_val
 from ..errors import ConfigError, InputError, LiftedError
 from ..lifted import SCHEMES, SOLVERS, build_training, check_solver
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
-from ..nets import ARCHITECTURES, IMAGE_SHAPE, build_network
+from ..nets import ARCHITECTURES, build_network
 from .. import loggers, parallel
 from ..parallel import PARALLEL
 from ..registry import check_choice, check_nonnegative, check_positive, fail, typed
-from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_mnist, load_checkpoint, samples_image, save_image, save_torch,
+from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_source, load_checkpoint, split_dataset, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
 
 log = logging.getLogger("lifted.train")
 
 #: the config groups of a training run and their registries
-GROUPS = {"dataset": DEGRADATIONS, "arch": ARCHITECTURES, "scheme": SCHEMES, "solver": SOLVERS, "parallel": PARALLEL}
+GROUPS = {"source": SOURCES, "task": DEGRADATIONS, "arch": ARCHITECTURES, "scheme": SCHEMES, "solver": SOLVERS, "parallel": PARALLEL}
 
 #: config keys that may differ between a run and its resumption (``parallel``: its processes, not its mode)
 RESUMABLE_CHANGES = ("resume", "progress", "device", "epochs", "output_dir", "data_root", "eval_every", "parallel")
@@ -51,7 +51,8 @@ RESUMABLE_PARALLEL = ("parallel.nproc", "parallel.backend", "parallel.timeout_s"
 @dataclass
 class TrainConfig(RunConfig):
     command: str = "train"
-    dataset: Any = MISSING
+    source: Any = MISSING
+    task: Any = MISSING
     arch: Any = MISSING
     scheme: Any = MISSING
     solver: Any = MISSING
@@ -96,10 +97,12 @@ def build(cfg: DictConfig, device: torch.device, comm=None):
     with one line (ConfigError). Subnormal floats read as zero from here on (``flush_denormals``)."""
     flush_denormals()
     where = f"scheme={cfg.scheme.name} arch={cfg.arch.name} solver={cfg.solver.name}"
+    side = build_source(cfg.source).side
     try:
-        model = build_network(cfg.arch)
-        if not maps_images_to_images(model):
-            raise ValueError(f"training maps {IMAGE_SHAPE[1]}x{IMAGE_SHAPE[2]} images to images of the same size; this network does not")
+        model = build_network(cfg.arch, side)
+        if not maps_images_to_images(model, side):
+            raise ValueError(f"training maps {side}x{side} images ({cfg.source.name}) to images of the same size; "
+                             "this network does not")
         model = model.to(device)
         parallel.check_build(cfg, model)
         scheme, solver = build_training(model, cfg.scheme, cfg.solver, parallel.parallelize(comm, model))
@@ -109,9 +112,9 @@ def build(cfg: DictConfig, device: torch.device, comm=None):
 
 
 @torch.no_grad()
-def maps_images_to_images(model) -> bool:
+def maps_images_to_images(model, side: int) -> bool:
     try:
-        return model(torch.zeros(1, *IMAGE_SHAPE)).shape == (1, *IMAGE_SHAPE)
+        return model(torch.zeros(1, 1, side, side)).shape == (1, 1, side, side)
     except RuntimeError:  # the first layer's input size is not the image's
         return False
 
@@ -135,17 +138,17 @@ def measure_fixed(degradation, x: torch.Tensor, seed: int, device) -> tuple[torc
 
 
 def make_test_set(cfg, degradation, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clean and degraded test images (the degradation seeded with ``dataset.test_seed``)."""
-    return measure_fixed(degradation, load_mnist(cfg.data_root, train=False, size=cfg.test_size),
-                         cfg.dataset.test_seed, device)
+    """Clean and degraded test images (the degradation seeded with ``task.test_seed``)."""
+    return measure_fixed(degradation, load_images(cfg.source, cfg.data_root, train=False, size=cfg.test_size),
+                         cfg.task.test_seed, device)
 
 
 def make_train_val(cfg, degradation, device) -> tuple[torch.Tensor, tuple | None]:
     """The training images, and the clean and degraded validation images (None for ``val_size=0``):
-    ``val_size`` images held out of MNIST's training split, drawn and degraded from ``val_seed``
+    ``val_size`` images held out of the source's training split, drawn and degraded from ``val_seed``
     alone, so every run of any seed sees the same validation set and never trains on it."""
     split = torch.Generator().manual_seed(int(cfg.val_seed))
-    x_train, x_val = load_train_val(cfg.data_root, cfg.train_size, int(cfg.val_size), split)
+    x_train, x_val = load_train_val(cfg.source, cfg.data_root, cfg.train_size, int(cfg.val_size), split)
     val = measure_fixed(degradation, x_val, int(cfg.val_seed) + 1, device) if cfg.val_size else None
     return x_train.to(device), val
 
@@ -200,7 +203,7 @@ def restore(cfg, ckpt: dict, model, scheme, solver, gen_perm, gen_noise, device,
     """The state of the checkpoint ``ckpt`` of the run folder ``cfg.resume``, loaded into the components
     and generators (a data-parallel rank takes its share of the stored auxiliaries); InputError (one
     line) for a checkpoint that does not fit the run."""
-    check_resume_config(cfg, ckpt["config"])
+    check_resume_config(cfg, split_dataset(ckpt["config"]))
     if cfg.epochs < ckpt.get("epoch", 0):
         raise ConfigError(f"resume={cfg.resume}: epochs={cfg.epochs} is below the {ckpt['epoch']} epochs already trained")
     parallel.check_resume(cfg, ckpt)
@@ -386,9 +389,9 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
     log.info("device: %s (torch %s)%s", device, torch.__version__,
              f"; parallel={comm.mode}, {comm.world} processes (grid {comm.data_world} x {comm.layer_world}), {comm.backend}"
              if comm else "")
-    source = require_mnist(cfg)
-    log.info("MNIST from %s (%s)", source, raw_folder(cfg.data_root))
-    degradation = build_degradation(cfg.dataset)
+    provider, source = require_source(cfg), build_source(cfg.source)
+    log.info("%s from %s (%s); task %s", source.title, provider, source.where(cfg.data_root), cfg.task.name)
+    degradation = build_degradation(cfg.task)
     x_test, y_test = make_test_set(cfg, degradation, device)
     x_train, val = make_train_val(cfg, degradation, device)
     if val is not None:
@@ -487,6 +490,9 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "device": str(device),
         "torch_version": torch.__version__,
         "seed": cfg.seed,
+        "source": cfg.source.name,
+        "task": cfg.task.name,
+        "image_side": int(x_test.shape[-1]),
         "train_images": n_train,
         "test_images": int(x_test.shape[0]),
         # the held-out validation set, evaluated like the test set: the one to choose settings on
@@ -531,6 +537,7 @@ def resume(folder: str, changes: list[str]) -> dict:
     saved = ckpt.get("config") if isinstance(ckpt, dict) else None
     if not isinstance(saved, dict) or "scheme" not in ckpt:
         raise ConfigError(f"resume={folder}: its checkpoint.pt is not a checkpoint of this version of lifted train")
+    saved = ckpt["config"] = split_dataset(saved)
     allowed = [k for k in RESUMABLE_CHANGES if k not in ("resume", "output_dir", "parallel")] + list(RESUMABLE_PARALLEL)
     for change in changes:
         key, _, value = change.partition("=")

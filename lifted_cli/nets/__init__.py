@@ -2,7 +2,7 @@
 
 from .activations import ACTIVATIONS, ProxActivation, make_activation
 from .architectures import ARCHITECTURES, build_network
-from .blocks import IMAGE_DIM, IMAGE_SHAPE, Block, UnifiedNet
+from .blocks import Block, UnifiedNet
 
-__all__ = ["ACTIVATIONS", "ARCHITECTURES", "IMAGE_DIM", "IMAGE_SHAPE", "Block", "ProxActivation", "UnifiedNet",
+__all__ = ["ACTIVATIONS", "ARCHITECTURES", "Block", "ProxActivation", "UnifiedNet",
            "build_network", "make_activation"]

@@ -1,10 +1,10 @@
 """The architectures (config group ``arch``): networks in unified form built from ``blocks.py``.
 
 * ``mlp``: dense blocks ``u_l = sigma_l(W_l u_{l-1} + b_l)``; K reads u_L.
-* ``resnet``: a dense input map 784 -> width (identity activation), ``depth`` residual blocks
+* ``resnet``: a dense input map n -> width (identity activation), ``depth`` residual blocks
   ``u_k = u_{k-1} + V_k sigma(W_k u_{k-1} + b_k)`` (``V_k = W_k^T`` with ``tied``), and a dense
-  output map width -> 784.
-* ``proxnet`` (Hasannasab et al. 2020): ``u_l = W_l^T sigma(W_l u_{l-1} + b_l)``, W_l (hidden x 784)
+  output map width -> n.
+* ``proxnet`` (Hasannasab et al. 2020): ``u_l = W_l^T sigma(W_l u_{l-1} + b_l)``, W_l (hidden x n)
   with orthonormal columns ``W_l^T W_l = I``, restored after every update by ``project``.
 * ``unrolled_pnn`` (Wang, Benning, Repetti 2024): dual forward-backward iterations
   ``u_k = clamp_[-lam, lam](u_{k-1} - tau L_k (L_k^* u_{k-1} - y))``, u_0 = 0, output
@@ -14,9 +14,10 @@
 * ``sequential``: a plain ``nn.Sequential`` of ``Linear`` layers and activations (a state_dict from
   elsewhere), as an MLP.
 
-Each architecture is a schema (its config keys and their checks) and a builder registered in
-``ARCHITECTURES``; a new one is one function here (or anywhere) plus one YAML in ``configs/arch``.
-Weights are drawn from torch's global RNG.
+Each architecture is a schema (its config keys and their checks) and a builder ``(cfg, side)``
+registered in ``ARCHITECTURES``: ``side`` is the image side of the run's data (``source``; n = side^2
+pixels), so one architecture serves every source. A new one is one function here (or anywhere) plus
+one YAML in ``configs/arch``. Weights are drawn from torch's global RNG.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import List, Optional
 
 from ..registry import Registry, Schema, check, check_positive, fail, option
 from .activations import make_activation
-from .blocks import (IMAGE_DIM, INITS, ConvAnalysis, ConvBlock, DenseAnalysis, DenseBlock, ProxBlock, ResidualBlock,
+from .blocks import (INITS, ConvAnalysis, ConvBlock, DenseAnalysis, DenseBlock, ProxBlock, ResidualBlock,
                      UnifiedNet, UnrolledBlock)
 
 ARCHITECTURES = Registry("arch", configs=True)
@@ -41,9 +42,10 @@ def check_activations(key: str, specs) -> None:
             fail(key, spec, str(err))
 
 
-def build_network(arch_cfg) -> UnifiedNet:
-    """The network described by an ``arch`` config node, its weights drawn by ``arch.init``."""
-    net = ARCHITECTURES.build(arch_cfg)
+def build_network(arch_cfg, side: int = 28) -> UnifiedNet:
+    """The network described by an ``arch`` config node for side x side images, its weights drawn by
+    ``arch.init``."""
+    net = ARCHITECTURES.build(arch_cfg, side)
     net.initialize(arch_cfg.get("init", "default"))  # a checkpoint written before the key: its default
     return net
 
@@ -71,7 +73,7 @@ def MLP(widths: list[int], activations: list[str]) -> UnifiedNet:
 @dataclass
 class MLPConfig(ArchSchema):
     name: str = option("mlp", "the architecture")
-    hidden: List[int] = option([512, 512], "hidden widths (input and output are 784)")
+    hidden: List[int] = option([512, 512], "hidden widths (input and output: the image's pixels)")
     depth: Optional[int] = option(None, "or a number of hidden layers of equal width (then hidden is not used), e.g. 32")
     width: int = option(512, "the width of each of those `depth` hidden layers")
     activation: str = option("relu", "activation of every hidden layer (an activation spec)")
@@ -103,8 +105,8 @@ class MLPConfig(ArchSchema):
 
 
 @ARCHITECTURES.register("mlp", MLPConfig)
-def build_mlp(cfg) -> UnifiedNet:
-    return MLP([IMAGE_DIM, *MLPConfig.widths(cfg), IMAGE_DIM], MLPConfig.activations(cfg))
+def build_mlp(cfg, side: int) -> UnifiedNet:
+    return MLP([side * side, *MLPConfig.widths(cfg), side * side], MLPConfig.activations(cfg))
 
 
 # ----------------------------------------------------------------------------------------- resnet
@@ -126,10 +128,10 @@ class ResNetConfig(ArchSchema):
 
 
 @ARCHITECTURES.register("resnet", ResNetConfig)
-def build_resnet(cfg) -> UnifiedNet:
-    blocks = [DenseBlock(IMAGE_DIM, cfg.width, make_activation("identity"))]
+def build_resnet(cfg, side: int) -> UnifiedNet:
+    blocks = [DenseBlock(side * side, cfg.width, make_activation("identity"))]
     blocks += [ResidualBlock(cfg.width, make_activation(cfg.activation), cfg.tied) for _ in range(cfg.depth)]
-    blocks.append(DenseBlock(cfg.width, IMAGE_DIM, make_activation(cfg.output_activation)))
+    blocks.append(DenseBlock(cfg.width, side * side, make_activation(cfg.output_activation)))
     return UnifiedNet(blocks)
 
 
@@ -137,32 +139,36 @@ def build_resnet(cfg) -> UnifiedNet:
 @dataclass
 class ProxNetConfig(ArchSchema):
     name: str = option("proxnet", "the architecture")
-    hidden: int = option(1024, "rows of W_l (>= 784)")
+    hidden: int = option(1024, "rows of W_l (at least the image's pixels, 784 for 28 x 28)")
     depth: int = option(2, "number of layers")
     activation: str = option("soft_threshold:0.05", "a proximal activation: soft_threshold:a, clamp:l:h, relu, ...")
 
     def validate(self):
         super().validate()
         check_positive("depth", self.depth)
-        check(self.hidden >= IMAGE_DIM, "hidden", self.hidden, f"W^T W = I needs hidden >= {IMAGE_DIM} (the image size)")
+        check_positive("hidden", self.hidden)  # and >= the image's pixels, checked where the side is known
         check_activations("activation", [self.activation])
 
 
 @ARCHITECTURES.register("proxnet", ProxNetConfig)
-def build_proxnet(cfg) -> UnifiedNet:
-    return UnifiedNet([ProxBlock(IMAGE_DIM, cfg.hidden, make_activation(cfg.activation)) for _ in range(cfg.depth)])
+def build_proxnet(cfg, side: int) -> UnifiedNet:
+    if cfg.hidden < side * side:
+        raise ValueError(f"arch.hidden={cfg.hidden}: W^T W = I needs hidden >= {side * side} (the pixels of a "
+                         f"{side} x {side} image)")
+    return UnifiedNet([ProxBlock(side * side, cfg.hidden, make_activation(cfg.activation)) for _ in range(cfg.depth)])
 
 
 # ----------------------------------------------------------------------------------- unrolled_pnn
 #: the analysis operators L_k of ``arch.operator``
-OPERATORS = {"dense": lambda cfg: DenseAnalysis(cfg.dual_dim), "conv": lambda cfg: ConvAnalysis(cfg.channels, cfg.kernel)}
+OPERATORS = {"dense": lambda cfg, side: DenseAnalysis(cfg.dual_dim, side),
+             "conv": lambda cfg, side: ConvAnalysis(cfg.channels, cfg.kernel, side)}
 
 
 @dataclass
 class UnrolledPNNConfig(ArchSchema):
     name: str = option("unrolled_pnn", "the architecture")
     depth: int = option(5, "unrolled iterations K")
-    operator: str = option("conv", "conv: L_k = `channels` convolution filters of size `kernel`; dense: a dual_dim x 784 matrix")
+    operator: str = option("conv", "conv: L_k = `channels` convolution filters of size `kernel`; dense: a dual_dim x pixels matrix")
     channels: int = option(8, "filters of a conv operator")
     kernel: int = option(5, "filter size (odd) of a conv operator")
     dual_dim: int = option(1024, "rows of a dense operator")
@@ -179,8 +185,8 @@ class UnrolledPNNConfig(ArchSchema):
 
 
 @ARCHITECTURES.register("unrolled_pnn", UnrolledPNNConfig)
-def build_unrolled_pnn(cfg) -> UnifiedNet:
-    ops = [OPERATORS[cfg.operator](cfg) for _ in range(cfg.depth)]
+def build_unrolled_pnn(cfg, side: int) -> UnifiedNet:
+    ops = [OPERATORS[cfg.operator](cfg, side) for _ in range(cfg.depth)]
     blocks = [UnrolledBlock(op, cfg.tau, make_activation(f"clamp:{-cfg.lam}:{cfg.lam}")) for op in ops]
     return UnifiedNet(blocks, readout_op=ops[-1], zero_input=True)
 
@@ -198,7 +204,7 @@ class ConvAutoencoderConfig(ArchSchema):
     def validate(self):
         super().validate()
         check(1 <= len(self.channels) <= 2 and min(self.channels) > 0, "channels", self.channels,
-              "need 1 or 2 levels (28 = 4 x 7), all > 0")
+              "need 1 or 2 levels (the image side must be divisible by 2 per level), all > 0")
         check(self.kernel >= 2 and self.kernel % 2 == 0, "kernel", self.kernel,
               "must be even and >= 2 (stride 2, padding (kernel - 2)/2)")
         check_positive("code", self.code)
@@ -228,8 +234,8 @@ def ConvAutoencoder(channels: list[int], kernel: int, code: int, activation: str
 
 
 @ARCHITECTURES.register("conv_autoencoder", ConvAutoencoderConfig)
-def build_conv_autoencoder(cfg) -> UnifiedNet:
-    return ConvAutoencoder(list(cfg.channels), cfg.kernel, cfg.code, cfg.activation, cfg.output_activation)
+def build_conv_autoencoder(cfg, side: int) -> UnifiedNet:
+    return ConvAutoencoder(list(cfg.channels), cfg.kernel, cfg.code, cfg.activation, cfg.output_activation, side)
 
 
 # ------------------------------------------------------------------------------------- sequential
@@ -249,5 +255,5 @@ class SequentialConfig(ArchSchema):
 
 
 @ARCHITECTURES.register("sequential", SequentialConfig)
-def build_sequential(cfg) -> UnifiedNet:
+def build_sequential(cfg, side: int) -> UnifiedNet:  # its widths are given; training checks them against side
     return MLP(list(cfg.widths), list(cfg.activations))

@@ -27,9 +27,6 @@ from torch import nn
 
 from .activations import ProxActivation
 
-IMAGE_SHAPE = (1, 28, 28)
-IMAGE_DIM = 28 * 28
-
 #: ``arch.init``: the architecture's own draw (PyTorch's layer defaults), or weights redrawn with the
 #: gain of the activation they feed: He normal (std gain / sqrt(fan_in)), orthogonal, Glorot normal
 INITS = ("default", "kaiming", "orthogonal", "xavier")
@@ -316,14 +313,15 @@ class ProxBlock(Block):
 
 
 class AnalysisOperator(nn.Module):
-    """The learnable L of an unrolled PNN layer: images (B, 784) -> dual variables (B, ``dim``), with
+    """The learnable L of an unrolled PNN layer: images (B, side^2) -> dual variables (B, ``dim``), with
     adjoint L^*; scaled to ||L||_2 = 1 at initialisation (power iteration)."""
 
     dim: int
+    side: int
 
     @torch.no_grad()
     def _normalise(self) -> None:
-        v = torch.randn(1, IMAGE_DIM, generator=torch.Generator().manual_seed(0)).to(self.weight)
+        v = torch.randn(1, self.side * self.side, generator=torch.Generator().manual_seed(0)).to(self.weight)
         for _ in range(50):
             v = self.adjoint(self(v))
             v = v / v.norm()
@@ -334,11 +332,12 @@ class AnalysisOperator(nn.Module):
 
 
 class DenseAnalysis(AnalysisOperator):
-    """L = a ``dual_dim`` x 784 matrix."""
+    """L = a ``dual_dim`` x side^2 matrix."""
 
-    def __init__(self, dual_dim: int):
+    def __init__(self, dual_dim: int, side: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(dual_dim, IMAGE_DIM) / math.sqrt(IMAGE_DIM))
+        self.side = side
+        self.weight = nn.Parameter(torch.randn(dual_dim, side * side) / side)
         self.dim = dual_dim
         self._normalise()
 
@@ -350,17 +349,18 @@ class DenseAnalysis(AnalysisOperator):
 
 
 class ConvAnalysis(AnalysisOperator):
-    """L = ``channels`` filters of size ``kernel`` (zero padding, dim = channels * 784); L^* is the
+    """L = ``channels`` filters of size ``kernel`` (zero padding, dim = channels * side^2); L^* is the
     transposed convolution."""
 
-    def __init__(self, channels: int, kernel: int):
+    def __init__(self, channels: int, kernel: int, side: int):
         super().__init__()
+        self.side = side
         self.weight = nn.Parameter(torch.randn(channels, 1, kernel, kernel) / kernel)
-        self.dim = channels * IMAGE_DIM
+        self.dim = channels * side * side
         self._normalise()
 
     def forward(self, x):
-        out = F.conv2d(x.reshape(-1, *IMAGE_SHAPE), self.weight, padding=self.weight.shape[-1] // 2)
+        out = F.conv2d(x.reshape(-1, 1, self.side, self.side), self.weight, padding=self.weight.shape[-1] // 2)
         return out.reshape(x.shape[0], -1)
 
     def adjoint(self, u):
@@ -368,7 +368,7 @@ class ConvAnalysis(AnalysisOperator):
         # result for stride 1 and "same" padding, and several times faster than conv_transpose2d on CPU)
         c = self.weight.shape[0]
         flipped = self.weight.flip(2, 3).transpose(0, 1)
-        out = F.conv2d(u.reshape(-1, c, *IMAGE_SHAPE[1:]), flipped, padding=self.weight.shape[-1] // 2)
+        out = F.conv2d(u.reshape(-1, c, self.side, self.side), flipped, padding=self.weight.shape[-1] // 2)
         return out.reshape(u.shape[0], -1)
 
 
