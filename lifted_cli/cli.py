@@ -131,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             print(help_text(command, [a for a in args if a not in ("--help", "-h", "-m", "--multirun")]))
+        except BrokenPipeError:  # `lifted train --help | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 0
         except (HydraException, OmegaConfBaseException) as err:
             print(f"lifted {command}: error: {_explain(command, args, one_line(err))}", file=sys.stderr)
             return 2

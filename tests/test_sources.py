@@ -154,3 +154,15 @@ def test_a_natural_patches_network_is_inverted_on_its_own_source_and_reported(tm
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Data (source/task): natural_patches/denoise" in text and "Data (source/task): natural_patches" in text
     assert "natural_patches/denoise: PSNR" in text  # the no-learning row names source and task
+
+
+@pytest.mark.parametrize("scheme", ["bregman", "mac", "fenchel", "contrastive", "backprop"])
+def test_every_scheme_steps_on_patches_of_another_side(scheme):
+    """Every scheme builds and steps on 12 x 12 natural patches (the networks take the side from the data)."""
+    from lifted_cli.api import training
+
+    run = training([f"scheme={scheme}", "source=natural_patches", "source.side=12", "arch.hidden=[16]"])
+    x = load_images(run.cfg.source, None, True, 8)
+    assert x.shape == (8, 1, 12, 12)
+    stats = run.step(x)
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
