@@ -218,8 +218,10 @@ def main(argv=None) -> int:
     tmp.mkdir(parents=True)
     for row in rows:
         staged = stage_report(tmp / "x", runs_dir / f"{row['arch']}_{row['scheme']}", "--by", "val")
-        if (staged / "report.md").is_file():
-            (staged / "report.md").rename(tmp / f"{row['arch']}_{row['scheme']}.md")
+        if (staged / "report.md").is_file():  # the table alone: its pictures are not kept
+            text = (staged / "report.md").read_text().splitlines()
+            (tmp / f"{row['arch']}_{row['scheme']}.md").write_text(
+                "\n".join(ln for ln in text if not ln.startswith("Pictures:")).rstrip() + "\n")
         shutil.rmtree(staged, ignore_errors=True)
     cols = ["arch", "scheme", "solver", "settings", "best", "best_val_psnr", "default", "default_val_psnr",
             "worst_val_psnr", "best_test_psnr"]

@@ -198,6 +198,8 @@ BAD_INPUTS = [
     _bad("train", "source=fashion_mnist", "data_sources=[local]", fragment="Fashion-MNIST not available"),
     _bad("train", "source=kmnist", "data_sources=[local]", fragment="KMNIST not available"),
     _bad("train", "source=cifar", fragment="source/cifar"),
+    _bad("train", "test_size=17", fragment="test_size=17: the mnist test split has 16 images"),
+    _bad("invert", "network=random_perceptron", "num_images=17", fragment="num_images=17: the mnist test split has 16 images"),
     _bad("train", "parallel=grid", "solver.layer_order=jacobi", fragment="parallel.layer_ranks=2: must divide the 1 processes"),
     _bad("report", ".", "--by", "val", fragment="--by val"),
     _bad("invert", "network=foo"), _bad("invert", "progress=false", fragment="checkpoint=None"),

@@ -304,7 +304,7 @@ def make_data(cfg, net: UnifiedNet, side: int, device, source: dict | None = Non
     require_source(cfg, images)
     held = validation_split(cfg, source or {})
     if held is None:
-        x = load_images(images, cfg.data_root, train=False, size=cfg.num_images)
+        x = load_images(images, cfg.data_root, train=False, size=cfg.num_images, key="num_images")
     else:
         x = load_train_val(images, cfg.data_root, None, held[0], torch.Generator().manual_seed(held[1]))[1][:cfg.num_images]
     if x.shape[-1] != side:  # e.g. the perceptron's 64 x 64 inputs

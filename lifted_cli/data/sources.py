@@ -267,12 +267,13 @@ def image_side(cfg) -> int:
     return build_source(cfg).side
 
 
-def load_images(source_cfg, root, train: bool, size: int | None = None) -> torch.Tensor:
-    """The first ``size`` images (all for None) of a source's training or test split."""
+def load_images(source_cfg, root, train: bool, size: int | None = None, key: str | None = None) -> torch.Tensor:
+    """The first ``size`` images (all for None) of a source's training or test split; ``key``: the
+    option that asked for ``size``, for the message (default ``train_size`` / ``test_size``)."""
     data = build_source(source_cfg).images(root, train)
     if size is not None:
         if size > len(data):
-            raise ConfigError(f"{'train' if train else 'test'}_size={size}: the {source_cfg.name} "
+            raise ConfigError(f"{key or ('train' if train else 'test') + '_size'}={size}: the {source_cfg.name} "
                               f"{'training' if train else 'test'} split has {len(data)} images")
         data = data[:size]
     return data
