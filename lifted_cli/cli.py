@@ -90,8 +90,8 @@ def _resume(folder: str, changes: list[str]) -> int:
     except LiftedError as err:
         print(f"lifted train: error: {err}", file=sys.stderr)
         return err.exit_code
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C 130; SIGTERM 143, SIGUSR1 138 (runs.Interrupted)
+        return getattr(err, "exit_code", 130)
     if metrics:  # a rank other than 0 of a torchrun job returns none: rank 0 reports
         report_done(metrics["run_dir"], metrics)
     return 0
@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0
     command, args = argv[0], argv[1:]
+    from .runs import catch_stop_signals
+
+    catch_stop_signals()
     if command not in COMMANDS:
         print(f"lifted: error: unknown command {command!r}; allowed: {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
@@ -165,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"lifted {command}: error: {one_line(err)} (overrides: {' '.join(args)})", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C 130; SIGTERM 143, SIGUSR1 138 (runs.Interrupted)
+        return getattr(err, "exit_code", 130)
     finally:
         sys.argv = saved_argv
         if scratch is not None:

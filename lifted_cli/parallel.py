@@ -433,6 +433,8 @@ def _worker(fn, cfg_dict: dict, error_dir: str):
     try:
         metrics = fn(cfg)
         return metrics if rank == 0 else None
+    except KeyboardInterrupt:  # a stop signal passed on by the launcher: rank 0 checkpointed, nothing failed
+        raise
     except BaseException as err:
         code = err.exit_code if isinstance(err, LiftedError) else 1
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
@@ -466,15 +468,22 @@ def launch(cfg, fn) -> dict:
     each running ``fn(cfg)`` (a module-level function), and wait for them; returns rank 0's metrics. A failing or killed rank stops the others within
     a second (the launcher's monitor) and is reported in one line (RankFailed)."""
     from omegaconf import OmegaConf
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from .runs import Interrupted
 
     nproc = world_size(cfg)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
                           monitor_interval=0.2, start_method="spawn")
-    for name in ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing"):  # the line is ours
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    # the launcher passes these on to the ranks, which stop at a batch boundary with a checkpoint (SIGUSR1:
+    # SLURM's usual warning before the time limit, not among torch's defaults)
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    quiet = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")  # the line is ours
+    for name in [*quiet, *(n for n in logging.root.manager.loggerDict if n.startswith(quiet))]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)  # torch's modules set levels of their own
     log.info("starting %d processes (parallel=%s, backend %s)", nproc, cfg.parallel.name,
              backend_for(cfg, planned_device(cfg)))
     with tempfile.TemporaryDirectory(prefix="lifted-ranks-") as error_dir:
@@ -482,6 +491,10 @@ def launch(cfg, fn) -> dict:
             results = elastic_launch(config, _worker)(fn, OmegaConf.to_container(cfg, resolve=True), error_dir)
         except ChildFailedError as err:
             raise _failure(err, Path(error_dir)) from None
+        except SignalException as err:
+            # SIGTERM (or SIGINT, SIGUSR1) reached the launcher: torch's agent passed it on to the ranks,
+            # which stopped at one batch, rank 0 checkpointing and printing the resume line
+            raise Interrupted(err.sigval) from None
     return results[0]
 
 

@@ -418,25 +418,60 @@ def divergence(what: str, checkpoint: Path | None = None) -> DivergenceError:
     return DivergenceError(f"{what}{kept}")
 
 
+#: the signals that stop a run at its next step boundary with a checkpoint, as Ctrl-C does: SIGINT,
+#: SIGTERM (how SLURM, Kubernetes and most schedulers stop a job) and SIGUSR1 (SLURM's usual
+#: ``--signal`` warning before the time limit)
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name))
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal; the command exits with 128 + its number (130 for Ctrl-C, 143 for
+    SIGTERM, 138 for SIGUSR1), the shells' convention."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def raise_interrupted(signum, frame):
+    """The handler of a stop signal outside the training loop: unwind (locks released) and exit 128 + signum."""
+    raise Interrupted(signum)
+
+
+def catch_stop_signals() -> None:
+    """SIGTERM and SIGUSR1 unwind the command like Ctrl-C (instead of ending the process on the spot)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            if signum != signal.SIGINT:
+                signal.signal(signum, raise_interrupted)
+
+
 class DeferredInterrupt:
-    """Ctrl-C is deferred to the next step boundary (``requested``), so that the checkpoint saved on
-    interrupt never holds a half-applied update. A second Ctrl-C interrupts at once."""
+    """A stop signal (``STOP_SIGNALS``) is deferred to the next step boundary (``requested``, ``signum``),
+    so that the checkpoint saved on interrupt never holds a half-applied update. A second one
+    interrupts at once."""
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self.signum = signal.SIGINT
+        self._old = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handler)
+            for signum in STOP_SIGNALS:
+                self._old[signum] = signal.signal(signum, self._handler)
 
     def _handler(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+            raise Interrupted(signum)
+        self.requested, self.signum = True, signum
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+        self._old = {}
 
 
 # ------------------------------------------------------------------------------ shared options

@@ -249,6 +249,48 @@ def test_a_run_folder_that_is_a_file_is_refused(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "taken").read_text() == "notes"
 
 
+def _stop_with(signum, tmp_path, fake_mnist, *extra):
+    """A long `lifted train` in a subprocess, sent ``signum`` once training has begun: (returncode, stdout +
+    stderr)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "lifted_cli", "train", f"data_root={fake_mnist}", "train_size=64",
+                             "test_size=8", "epochs=100000", "batch_size=8", "arch.hidden=[16]", "progress=false",
+                             "num_samples=0", "hydra.run.dir=run", *extra], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    deadline, seen = time.time() + 120, []
+    for line in proc.stdout:  # wait until training has begun
+        seen.append(line)
+        if "epoch 1/" in line or time.time() > deadline:
+            break
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    return proc.returncode, "".join(seen) + out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,code", [("SIGTERM", 143), ("SIGUSR1", 138)])
+def test_sigterm_and_sigusr1_stop_like_ctrl_c(tmp_path, fake_mnist, name, code):
+    """What a scheduler sends before it kills a job: a checkpoint at the next batch, the resume line, the
+    lock released, exit 128 + the signal; the run then resumes to its end."""
+    import signal
+
+    from lifted_cli.cli import main
+
+    returncode, text = _stop_with(getattr(signal, name), tmp_path, fake_mnist)
+    assert returncode == code, text
+    assert "Traceback" not in text and f"interrupted ({name})" in text and "resume=" in text
+    run = tmp_path / "run"
+    assert (run / "checkpoint.pt").is_file() and not (run / "metrics.json").exists() and not (run / ".lock").exists()
+    assert main(["train", f"resume={run}", "epochs=2"]) == 0
+    assert (run / "metrics.json").is_file()
+
+
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_prints_the_resume_line_and_exits_130(tmp_path, fake_mnist):
     import os

@@ -313,3 +313,30 @@ def test_a_killed_rank_ends_the_run_with_one_line(tmp_path, fake_mnist):
     lines = [ln for ln in err.strip().splitlines() if "lifted train" in ln]
     assert len(lines) == 1 and "was killed by SIGKILL" in lines[0] and "rank" in lines[0], err
     assert (folder / "checkpoint.pt").is_file()  # the last good checkpoint stays
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_data_parallel_run_checkpoints_and_resumes(tmp_path, fake_mnist):
+    """SIGTERM to the launching process (what a scheduler sends): torch's agent passes it on to the ranks,
+    which stop at the same batch; rank 0 checkpoints and prints the resume line, the command exits 143,
+    and the run resumes to its end."""
+    folder = tmp_path / "run"
+    cmd = [*LIFTED, "train", f"data_root={fake_mnist}", *TINY, "epochs=100000", "arch.hidden=[16]", "parallel=data",
+           "parallel.nproc=2", "parallel.timeout_s=60", f"hydra.run.dir={folder}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not ((folder / "train.log").exists()
+                                              and "epoch 2/" in (folder / "train.log").read_text(errors="ignore")):
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-3000:]
+    assert "Traceback" not in err and "interrupted (SIGTERM)" in out + err and f"resume={folder}" in out + err
+    assert (folder / "checkpoint.pt").is_file() and not (folder / "metrics.json").exists()
+    epoch = torch.load(folder / "checkpoint.pt", weights_only=True)["epoch"]
+    lifted(["train", f"resume={folder}", f"epochs={epoch + 1}"], cwd=tmp_path)
+    assert metrics(folder)["status"] == "finished"

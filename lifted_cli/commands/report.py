@@ -90,7 +90,11 @@ class Run:
         """``source/task`` of a train run (a run from before the two groups: mnist and its dataset's
         task); the source of an invert run's images (``outputs file`` for given outputs)."""
         if self.command == "invert":
-            return str((self.metrics or {}).get("source") or (self.config.get("source") or {}).get("name") or "outputs file")
+            m = self.metrics or {}
+            source = m.get("source")
+            if isinstance(source, dict):  # a run from before the sources: "source" described the network
+                source = "mnist" if m.get("images_from") != "outputs file" else None
+            return str(source or "outputs file")
         old = self.config.get("dataset") or {}
         source = (self.config.get("source") or {}).get("name", "mnist")
         task = (self.config.get("task") or {}).get("name", old.get("task", "?"))

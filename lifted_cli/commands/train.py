@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from ..nets import ARCHITECTURES, build_network
 from .. import loggers, parallel
 from ..parallel import PARALLEL
 from ..registry import check_choice, check_nonnegative, check_positive, fail, typed
-from ..runs import (DeferredInterrupt, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_source, load_checkpoint, split_dataset, samples_image, save_image, save_torch,
+from ..runs import (DeferredInterrupt, Interrupted, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_source, load_checkpoint, split_dataset, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
 
@@ -224,8 +225,9 @@ def restore(cfg, ckpt: dict, model, scheme, solver, gen_perm, gen_noise, device,
     return progress
 
 
-class DeferredStop(KeyboardInterrupt):
-    """The first Ctrl-C, honoured at a batch boundary: the state is whole, so it is checkpointed."""
+class DeferredStop(Interrupted):
+    """The first stop signal (Ctrl-C, SIGTERM, SIGUSR1), honoured at a batch boundary: the state is
+    whole, so it is checkpointed."""
 
 
 def finite_model(model) -> bool:
@@ -304,7 +306,7 @@ class Session:
             for b in range(at.batch, self.batches):
                 noise_state = self.gen_noise.get_state()
                 if stopping or (self.comm is None and stop.requested):
-                    raise DeferredStop
+                    raise DeferredStop(stop.signum)
                 idx = at.perm[b * cfg.batch_size : (b + 1) * cfg.batch_size].to(self.device)
                 x = self.x_train[idx]
                 y = self.degradation.measure(x, self.gen_noise)  # every rank draws the whole batch's noise
@@ -336,7 +338,8 @@ class Session:
                 self.gen_noise.set_state(noise_state)
             self.save_checkpoint(epoch, b, at.perm, {"sums": sums, "seconds": seconds})
             if self.writer:
-                log.warning("interrupted: checkpoint saved at epoch %d, batch %d; continue with resume=%s", epoch + 1, b, self.out)
+                log.warning("interrupted (%s): checkpoint saved at epoch %d, batch %d; continue with resume=%s",
+                            signal.Signals(stop.signum).name, epoch + 1, b, self.out)
             raise
         except torch.linalg.LinAlgError as err:  # a factorisation in a W-step met diverged weights
             bar.close()
