@@ -459,3 +459,24 @@ def test_resume_is_not_an_override_of_a_new_run(tmp_path, monkeypatch, capsys):
     assert main(["train", "++resume=somewhere"]) == 2
     assert "resume=somewhere: continue a run with `lifted train resume=" in capsys.readouterr().err
     assert main(["train", "-m", "resume=somewhere"]) == 2
+
+
+@pytest.mark.slow
+def test_a_resume_keeps_an_extension_that_stopped_before_its_first_checkpoint(tmp_path, fake_mnist, monkeypatch, capsys):
+    """`resume=run epochs=3` killed before its first checkpoint (the folder's record says 3, the checkpoint
+    1): a plain `resume=run` says so and continues to 3 epochs."""
+    import yaml
+
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_run("runA", fake_mnist)
+    record = tmp_path / "runA" / ".hydra" / "config.yaml"
+    config = yaml.safe_load(record.read_text())
+    record.write_text(yaml.safe_dump({**config, "epochs": 3}))  # what the killed extension had written
+    capsys.readouterr()
+    assert main(["train", "resume=runA"]) == 0
+    assert "continuing to epochs=3" in capsys.readouterr().err
+    assert json.loads((tmp_path / "runA" / "metrics.json").read_text())["epochs"] == 3
+    assert main(["train", "resume=runA", "epochs=3"]) == 0  # nothing more to do: no message
+    assert "continuing" not in capsys.readouterr().err

@@ -521,6 +521,17 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
     return metrics
 
 
+def recorded_epochs(record: Path) -> int | None:
+    """``epochs`` of a run folder's ``.hydra/config.yaml`` (read as data: one integer), None if unreadable."""
+    import yaml
+
+    try:
+        value = (yaml.safe_load(record.read_text()) or {}).get("epochs")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def resume(folder: str, changes: list[str]) -> dict:
     """``lifted train resume=<folder> [changes]``: continue a run from the data of its checkpoint.
 
@@ -549,6 +560,12 @@ def resume(folder: str, changes: list[str]) -> dict:
                               "(the run is rebuilt from its checkpoint)")
         if "${" in value:
             raise ConfigError(f"resume={folder}: {change}: give a plain value (no interpolation) on resume")
+    extended = recorded_epochs(path / ".hydra" / "config.yaml")
+    if not any(c.startswith("epochs=") for c in changes) and extended is not None and extended > int(saved.get("epochs", 0)):
+        # an extension (resume=... epochs=N) stopped before its first checkpoint: its length is kept
+        print(f"lifted train: resume={folder}: continuing to epochs={extended}, the length the folder's last "
+              f"resumption asked for (its checkpoint is from before it; give epochs= to choose another)", file=sys.stderr)
+        changes = [*changes, f"epochs={extended}"]
     try:
         given = OmegaConf.from_dotlist(changes)
         base = {"parallel": dict(name="none", nproc=None, backend="auto", timeout_s=300.0), "logger": None,
