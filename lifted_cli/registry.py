@@ -60,6 +60,14 @@ def check_positive(key: str, value, allow_none: bool = False) -> None:
     check(value is not None and value > 0 and _finite(value), key, value, "must be > 0")
 
 
+#: the seeds torch's generators take (a run also seeds with seed + 1)
+SEED_RANGE = (-(2**63), 2**64 - 2)
+
+
+def check_seed(key: str, value) -> None:
+    check(SEED_RANGE[0] <= value <= SEED_RANGE[1], key, value, "a seed must be an integer in [-2^63, 2^64 - 2]")
+
+
 def check_nonnegative(key: str, value) -> None:
     check(value is not None and value >= 0 and _finite(value), key, value, "must be >= 0")
 

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
+import warnings
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from omegaconf import MISSING
 from . import loggers
 from .data.sources import DATA_SOURCES
 from .errors import ConfigError, DivergenceError, InputError
-from .registry import Schema, check, fail
+from .registry import Schema, check, check_seed, fail
 
 
 _UMASK = os.umask(0)
@@ -215,7 +216,9 @@ def load_checkpoint(path) -> tuple[dict, Path]:
     if not path.is_file():
         raise InputError(f"checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True), path
+        with warnings.catch_warnings():  # torch's remarks on a file it then refuses: the line below says it
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True), path
     except Exception as err:
         raise InputError(f"checkpoint {path} cannot be read ({type(err).__name__}); is it complete?") from None
 
@@ -248,7 +251,9 @@ def load_tensor(path: str, what: str) -> torch.Tensor:
     if not p.is_file():
         raise InputError(f"{what}={path} does not exist")
     try:
-        t = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's remarks on a file it then refuses: the line below says it
+            warnings.simplefilter("ignore")
+            t = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:
         raise InputError(f"{what}={path} cannot be read ({type(err).__name__})") from None
     if not torch.is_tensor(t):
@@ -493,6 +498,7 @@ class RunConfig(Schema):
 
     def validate(self):
         loggers.validate(self.logger)
+        check_seed("seed", self.seed)
         check_device(self.device)
         check_data_sources(self.data_sources)
         check(self.num_samples >= 0, "num_samples", self.num_samples, "must be >= 0")
@@ -525,3 +531,17 @@ def split_dataset(config: dict) -> dict:
         return config
     task = {"name": old.get("task"), **{k: v for k, v in old.items() if k not in ("name", "task")}}
     return {**{k: v for k, v in config.items() if k != "dataset"}, "source": {"name": "mnist"}, "task": task}
+
+
+def out_of_memory(err: BaseException) -> str | None:
+    """The allocation that failed, in words, when ``err`` is an out-of-memory error (CPU or CUDA)."""
+    import re
+
+    text = str(err)
+    if isinstance(err, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower():
+        asked = re.search(r"allocate (\d+) bytes", text) or re.search(r"allocate ([\d.]+ [KMGT]iB)", text)
+        if asked is None:
+            return "an allocation failed"
+        size = asked.group(1)
+        return f"it asked for {int(size) / 2**30:.1f} GiB at once" if size.isdigit() else f"it asked for {size} at once"
+    return None

@@ -199,6 +199,12 @@ BAD_INPUTS = [
     _bad("train", "source=kmnist", "data_sources=[local]", fragment="KMNIST not available"),
     _bad("train", "source=cifar", fragment="source/cifar"),
     _bad("train", "test_size=17", fragment="test_size=17: the mnist test split has 16 images"),
+    _bad("train", "seed=99999999999999999999", fragment="a seed must be an integer in"),
+    _bad("train", "val_seed=-99999999999999999999", fragment="val_seed=-99999999999999999999"),
+    _bad("train", "task.test_seed=99999999999999999999", fragment="task.test_seed=99999999999999999999"),
+    _bad("train", "arch.hidden=[100000000]", fragment="does not fit in cpu memory"),
+    _bad("invert", "network=random_perceptron", "perceptron.image_size=100000", fragment="does not fit in memory"),
+    _bad("invert", "network=random_perceptron", "perceptron.seed=99999999999999999999", fragment="perceptron.seed"),
     _bad("invert", "network=random_perceptron", "num_images=17", fragment="num_images=17: the mnist test split has 16 images"),
     _bad("train", "parallel=grid", "solver.layer_order=jacobi", fragment="parallel.layer_ranks=2: must divide the 1 processes"),
     _bad("report", ".", "--by", "val", fragment="--by val"),
@@ -313,3 +319,27 @@ def test_ctrl_c_saves_a_checkpoint_prints_the_resume_line_and_exits_130(tmp_path
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "resume=" in out + err
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_files_that_are_not_what_they_claim_are_one_line_without_library_noise(tmp_path, fake_mnist, monkeypatch, capsys):
+    """A checkpoint that is a plain pickle (torch would warn before refusing it) and a run folder whose
+    metrics.json is a folder: one line each, exit 2, nothing changed."""
+    import pickle
+
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "pickled.pt", "wb") as f:
+        pickle.dump({"a": 1}, f, protocol=4)
+    assert main(["invert", "checkpoint=pickled.pt", "hydra.run.dir=inv"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be read" in err[0] and not (tmp_path / "inv").exists(), err
+    assert main(["train", f"data_root={fake_mnist}", "train_size=32", "test_size=8", "epochs=1", "batch_size=16",
+                 "arch.hidden=[8]", "progress=false", "num_samples=0", "hydra.run.dir=run"]) == 0
+    (tmp_path / "run" / "metrics.json").unlink()
+    (tmp_path / "run" / "metrics.json").mkdir()
+    capsys.readouterr()
+    assert main(["train", "resume=run", "epochs=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.json is not a file" in err[0], err

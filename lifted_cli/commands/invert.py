@@ -33,8 +33,8 @@ from ..inversion import INVERSION_METHODS, REGULARIZERS, build_regularizer
 from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, UnifiedNet, build_network
 from ..nets.architectures import MLP
-from ..registry import Schema, check, check_choice, check_interval, check_nonnegative, check_positive, fail, typed
-from ..runs import (RunConfig, divergence, flush_denormals, require_source, split_dataset, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
+from ..registry import Schema, check, check_choice, check_seed, check_interval, check_nonnegative, check_positive, fail, typed
+from ..runs import (RunConfig, divergence, flush_denormals, require_source, out_of_memory, split_dataset, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
                     save_torch, select_device, write_csv, write_json)
 from . import run_task
 
@@ -109,6 +109,7 @@ class InvertConfig(RunConfig):
         check(math.isfinite(self.init), "init", self.init, "must be a finite number")
         for key in ("out_dim", "image_size"):
             check_positive(f"perceptron.{key}", self.perceptron[key])
+        check_seed("perceptron.seed", self.perceptron.seed)
 
 
 ConfigStore.instance().store(name="invert_schema", node=InvertConfig)
@@ -214,7 +215,13 @@ NETWORKS = {"checkpoint": checkpoint_network, "random_perceptron": random_percep
 
 def load_network(cfg: DictConfig) -> tuple[UnifiedNet, dict]:
     """The network to invert and a description of where it came from."""
-    return NETWORKS[cfg.network](cfg)
+    try:
+        return NETWORKS[cfg.network](cfg)
+    except (RuntimeError, MemoryError) as err:
+        if not out_of_memory(err):
+            raise
+        raise ConfigError(f"network={cfg.network}: it does not fit in memory ({out_of_memory(err)}); make it smaller "
+                          "(perceptron.image_size, perceptron.out_dim)") from None
 
 
 def layer_index(upto, depth: int) -> int:

@@ -31,8 +31,8 @@ from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, build_network
 from .. import loggers, parallel
 from ..parallel import PARALLEL
-from ..registry import check_choice, check_nonnegative, check_positive, fail, typed
-from ..runs import (DeferredInterrupt, Interrupted, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_source, load_checkpoint, split_dataset, samples_image, save_image, save_torch,
+from ..registry import check_choice, check_nonnegative, check_positive, check_seed, fail, typed
+from ..runs import (DeferredInterrupt, Interrupted, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_source, load_checkpoint, out_of_memory, split_dataset, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
 
@@ -75,6 +75,7 @@ class TrainConfig(RunConfig):
         check_positive("train_size", self.train_size, allow_none=True)
         check_positive("test_size", self.test_size, allow_none=True)
         check_nonnegative("val_size", self.val_size)
+        check_seed("val_seed", self.val_seed)
 
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -109,6 +110,11 @@ def build(cfg: DictConfig, device: torch.device, comm=None):
         scheme, solver = build_training(model, cfg.scheme, cfg.solver, parallel.parallelize(comm, model))
     except ValueError as err:  # ConfigError included: the builders' own checks
         raise ConfigError(f"{where}: {err}") from None
+    except (RuntimeError, MemoryError) as err:
+        if not out_of_memory(err):
+            raise
+        raise ConfigError(f"{where}: the network does not fit in {device.type} memory ({out_of_memory(err)}); "
+                          "make it smaller (arch.hidden, arch.width, arch.depth, ...)") from None
     return model, scheme, solver
 
 
@@ -552,6 +558,9 @@ def resume(folder: str, changes: list[str]) -> dict:
     if not isinstance(saved, dict) or "scheme" not in ckpt:
         raise ConfigError(f"resume={folder}: its checkpoint.pt is not a checkpoint of this version of lifted train")
     saved = ckpt["config"] = split_dataset(saved)
+    for name in ("metrics.json", "history.csv", "samples.png", "train.log", ".hydra/config.yaml", ".hydra/overrides.yaml"):
+        if (path / name).exists() and not (path / name).is_file():  # a resumption rewrites these
+            raise ConfigError(f"resume={folder}: {path / name} is not a file; move it out of the way and resume again")
     allowed = [k for k in RESUMABLE_CHANGES if k not in ("resume", "output_dir", "parallel")] + list(RESUMABLE_PARALLEL)
     for change in changes:
         key, _, value = change.partition("=")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..registry import Registry, Schema, check, check_nonnegative, check_positive, option
+from ..registry import Registry, Schema, check, check_nonnegative, check_positive, check_seed, option
 
 #: the imaging tasks (config group ``task``)
 DEGRADATIONS = Registry("task")
@@ -26,6 +26,7 @@ class DenoiseConfig(Schema):
 
     def validate(self):
         check_nonnegative("sigma", self.sigma)
+        check_seed("test_seed", self.test_seed)
 
 
 @dataclass
