@@ -130,7 +130,7 @@ def load_network(run_folder, device: str | torch.device = "cpu"):
     in evaluation mode. InputError (one line) for a file that is not such a checkpoint."""
     from .commands.invert import checkpoint_network
 
-    model, _ = checkpoint_network(OmegaConf.create({"checkpoint": str(run_folder), "arch": None}))
+    model, _ = checkpoint_network(OmegaConf.create({"checkpoint": str(run_folder), "arch": None, "source": None}))
     return model.to(device).eval()
 
 

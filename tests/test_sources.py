@@ -150,6 +150,9 @@ def test_a_natural_patches_network_is_inverted_on_its_own_source_and_reported(tm
     assert m["source"] == "natural_patches" and m["image_side"] == 16 and m["recovered"]["psnr"]["mean"] > 0
     assert main(["invert", "checkpoint=runs/train", "num_images=3", "iterations=20", "images=val", "progress=false",
                  "num_samples=0", "hydra.run.dir=runs/invert_val"]) == 0
+    # arch= describes a plain state_dict; a lifted train checkpoint rebuilds its own network: refused, not ignored
+    assert main(["invert", "checkpoint=runs/train", "arch=resnet", "progress=false", "hydra.run.dir=refused"]) == 2
+    assert not (tmp_path / "refused").exists()
     assert report(["runs", "--out", "report"]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Data (source/task): natural_patches/denoise" in text and "Data (source/task): natural_patches" in text

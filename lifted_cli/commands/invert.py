@@ -174,6 +174,9 @@ def checkpoint_network(cfg) -> tuple[UnifiedNet, dict]:
     ckpt, path = load_checkpoint(Path(cfg.checkpoint))
     trained_on = None  # the training run's image source (a lifted train checkpoint)
     if is_train_checkpoint(ckpt):
+        if cfg.arch is not None:
+            raise ConfigError(f"arch={cfg.arch.get('name')}: {path} is a lifted train checkpoint, whose network is rebuilt "
+                              "from the checkpoint itself; arch= describes a plain state_dict only: leave it out")
         try:  # the checkpoint's data only: its nodes are checked like any config (no unknown key, no code)
             config = split_dataset(ckpt["config"])
             arch = ARCHITECTURES.validate(OmegaConf.create(config["arch"]))
