@@ -53,7 +53,7 @@ EVENTS = "tensorboard"
 NOT_PARAMS = ("output_dir", "logger", "progress", "resume")
 
 #: metrics.json blocks that are settings, not results (they are logged as parameters already)
-NOT_METRICS = ("hyperparameters", "settings", "network", "source", "task", "image_side", "seed", "epochs", "iterations")
+NOT_METRICS = ("hyperparameters", "settings", "network", "source", "task", "image_side", "threads", "seed", "epochs", "iterations")
 
 
 # ------------------------------------------------------------------------------------- schemas

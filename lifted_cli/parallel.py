@@ -392,10 +392,7 @@ def join(cfg) -> Comm | None:
         device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     else:
-        device = torch.device("cpu")
-        if "OMP_NUM_THREADS" not in os.environ:
-            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env_world()))
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+        device = torch.device("cpu")  # its share of the cores: runs.set_threads (threads=auto)
     backend = backend_for(cfg, kind)
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=float(cfg.parallel.timeout_s)),

@@ -489,6 +489,7 @@ class RunConfig(Schema):
     experiment: Optional[str] = None
     seed: int = 0
     device: str = "auto"
+    threads: Any = "auto"
     data_root: Optional[str] = None
     data_sources: List[str] = field(default_factory=lambda: list(DATA_SOURCES))
     num_samples: int = 8
@@ -499,6 +500,8 @@ class RunConfig(Schema):
     def validate(self):
         loggers.validate(self.logger)
         check_seed("seed", self.seed)
+        check(self.threads == "auto" or (isinstance(self.threads, int) and not isinstance(self.threads, bool)
+                                         and self.threads >= 1), "threads", self.threads, "auto or an integer >= 1")
         check_device(self.device)
         check_data_sources(self.data_sources)
         check(self.num_samples >= 0, "num_samples", self.num_samples, "must be >= 0")
@@ -545,3 +548,64 @@ def out_of_memory(err: BaseException) -> str | None:
         size = asked.group(1)
         return f"it asked for {int(size) / 2**30:.1f} GiB at once" if size.isdigit() else f"it asked for {size} at once"
     return None
+
+
+# ------------------------------------------------------------------------------------- threads
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def sharers() -> int:
+    """Processes of this work that share the machine's cores: the ranks on this node (torchrun's or
+    lifted's own launcher), or the jobs a joblib sweep runs at once; 1 otherwise."""
+    if os.environ.get("LOCAL_WORLD_SIZE"):
+        return max(1, int(os.environ["LOCAL_WORLD_SIZE"]))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        launcher = HydraConfig.get().launcher if HydraConfig.initialized() else None
+    except (ValueError, AttributeError):
+        launcher = None
+    if launcher is not None and "joblib" in str(launcher.get("_target_", "")):
+        n_jobs = int(launcher.get("n_jobs") or 1)
+        return usable_cores() if n_jobs < 0 else max(1, n_jobs)
+    return 1
+
+
+def idle_cores(seconds: float = 0.1) -> float | None:
+    """How many cores the whole machine left idle over ``seconds`` (``/proc/stat``; None elsewhere)."""
+    def times():
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+        return sum(fields), fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # total, idle + iowait
+
+    try:
+        total0, idle0 = times()
+        time.sleep(seconds)
+        total1, idle1 = times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (os.cpu_count() or 1) * (idle1 - idle0) / max(total1 - total0, 1e-9)
+
+
+def set_threads(spec) -> int:
+    """torch's intra-op threads for this run: a number, or ``auto``: ``OMP_NUM_THREADS`` when set, else
+    this process's share of its cores (``usable_cores() // sharers()``), and no more than the cores
+    other processes leave idle right now. torch's default is every core, and its threads wait for each
+    other at every operation, so one busy core elsewhere slows a run 2-3x where one thread fewer costs
+    little."""
+    if spec != "auto":
+        n = int(spec)
+    elif os.environ.get("OMP_NUM_THREADS", "").strip().isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        n = int(os.environ["OMP_NUM_THREADS"])
+    else:
+        n = max(1, usable_cores() // sharers())
+        idle = idle_cores()
+        if idle is not None:
+            n = max(1, min(n, int(idle + 0.5)))
+    torch.set_num_threads(n)
+    return n

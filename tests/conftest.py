@@ -4,6 +4,11 @@ instances of every registered architecture (as networks and as ``lifted train`` 
 from __future__ import annotations
 
 import os
+
+# threads=auto measures the machine's idle cores; the tests fix the threads instead (as OMP_NUM_THREADS does
+# for every run), so that two runs of one test never differ in their thread count
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
 import struct
 import subprocess
 import sys

@@ -136,3 +136,37 @@ def test_the_allocator_is_tuned_on_glibc_and_left_alone_elsewhere(monkeypatch):
     assert runs.tune_allocator() is glibc
     monkeypatch.setattr(runs.sys, "platform", "darwin")
     assert runs.tune_allocator() is False
+
+
+def test_threads_are_this_process_share_of_the_idle_cores(monkeypatch):
+    """threads=N is N; auto respects OMP_NUM_THREADS, else divides the usable cores by the processes that
+    share them (ranks on this node, a joblib sweep's jobs) and takes no more than the idle cores."""
+    import torch
+
+    from lifted_cli import runs
+
+    before = torch.get_num_threads()
+    try:
+        assert runs.set_threads(1) == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setattr(runs, "usable_cores", lambda: 8)
+        monkeypatch.setattr(runs, "idle_cores", lambda seconds=0.1: 8.0)
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        assert runs.set_threads("auto") == 8  # a quiet machine, one process
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+        assert runs.set_threads("auto") == 2  # four ranks on this node
+        monkeypatch.setattr(runs, "idle_cores", lambda seconds=0.1: 1.2)
+        assert runs.set_threads("auto") == 1  # other processes keep the rest busy
+        monkeypatch.setattr(runs, "idle_cores", lambda seconds=0.1: None)
+        assert runs.set_threads("auto") == 2  # no /proc/stat: the share alone
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        assert runs.set_threads("auto") == 3  # the user's setting stands
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_idle_cores_reads_the_machine():
+    from lifted_cli.runs import idle_cores
+
+    idle = idle_cores(0.05)
+    assert idle is None or 0 <= idle <= (__import__("os").cpu_count() or 1) + 0.5

@@ -480,3 +480,18 @@ def test_a_resume_keeps_an_extension_that_stopped_before_its_first_checkpoint(tm
     assert json.loads((tmp_path / "runA" / "metrics.json").read_text())["epochs"] == 3
     assert main(["train", "resume=runA", "epochs=3"]) == 0  # nothing more to do: no message
     assert "continuing" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_threads_are_recorded_and_a_resume_keeps_them(tmp_path, fake_mnist, monkeypatch):
+    """metrics.json records the threads a run used; a resumption takes the count its checkpoint ran with
+    (threads=auto may find the machine busier or quieter), unless given."""
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_run("runA", fake_mnist, "threads=1")
+    assert json.loads((tmp_path / "runA" / "metrics.json").read_text())["threads"] == 1
+    assert main(["train", "resume=runA", "epochs=2"]) == 0
+    assert json.loads((tmp_path / "runA" / "metrics.json").read_text())["threads"] == 1
+    assert main(["train", "resume=runA", "epochs=3", "threads=2"]) == 0
+    assert json.loads((tmp_path / "runA" / "metrics.json").read_text())["threads"] == 2

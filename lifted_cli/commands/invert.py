@@ -34,7 +34,7 @@ from ..metrics import IMPLEMENTATION, per_image_metrics, summarise
 from ..nets import ARCHITECTURES, UnifiedNet, build_network
 from ..nets.architectures import MLP
 from ..registry import Schema, check, check_choice, check_seed, check_interval, check_nonnegative, check_positive, fail, typed
-from ..runs import (RunConfig, divergence, flush_denormals, require_source, out_of_memory, split_dataset, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
+from ..runs import (RunConfig, divergence, flush_denormals, require_source, out_of_memory, set_threads, split_dataset, is_train_checkpoint, load_checkpoint, load_tensor, samples_image, save_image,
                     save_torch, select_device, write_csv, write_json)
 from . import run_task
 
@@ -361,6 +361,7 @@ def run_inversion(cfg: DictConfig, trackers: loggers.Loggers) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = select_device(cfg.device)
+    set_threads(cfg.get("threads", "auto"))
     flush_denormals()
     torch.manual_seed(cfg.seed)
     model, source = load_network(cfg)
@@ -414,7 +415,7 @@ def run_inversion(cfg: DictConfig, trackers: loggers.Loggers) -> dict:
         "layers_inverted": k, "network_depth": model.depth, "output_dim": int(f_delta.shape[1]),
         "residual": last["residual"], "objective": last["objective"],
         "network": source, "source": images_source(cfg, source).name if cfg.outputs is None else None,
-        "image_side": side, "device": str(device), "torch_version": torch.__version__, "seed": cfg.seed,
+        "image_side": side, "device": str(device), "threads": torch.get_num_threads(), "torch_version": torch.__version__, "seed": cfg.seed,
         "metric_implementation": IMPLEMENTATION, "settings": method.settings(),
     }
     if truth is not None:

@@ -32,7 +32,7 @@ from ..nets import ARCHITECTURES, build_network
 from .. import loggers, parallel
 from ..parallel import PARALLEL
 from ..registry import check_choice, check_nonnegative, check_positive, check_seed, fail, typed
-from ..runs import (DeferredInterrupt, Interrupted, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_source, load_checkpoint, out_of_memory, split_dataset, samples_image, save_image, save_torch,
+from ..runs import (DeferredInterrupt, Interrupted, RunConfig, StepClock, tune_allocator, divergence, flush_denormals, require_source, load_checkpoint, out_of_memory, set_threads, split_dataset, samples_image, save_image, save_torch,
                     select_device, write_csv, write_json)
 from . import run_task
 
@@ -42,7 +42,7 @@ log = logging.getLogger("lifted.train")
 GROUPS = {"source": SOURCES, "task": DEGRADATIONS, "arch": ARCHITECTURES, "scheme": SCHEMES, "solver": SOLVERS, "parallel": PARALLEL}
 
 #: config keys that may differ between a run and its resumption (``parallel``: its processes, not its mode)
-RESUMABLE_CHANGES = ("resume", "progress", "device", "epochs", "output_dir", "data_root", "eval_every", "parallel")
+RESUMABLE_CHANGES = ("resume", "progress", "device", "threads", "epochs", "output_dir", "data_root", "eval_every", "parallel")
 
 #: the ``parallel`` options that may change on resume
 RESUMABLE_PARALLEL = ("parallel.nproc", "parallel.backend", "parallel.timeout_s")
@@ -286,7 +286,7 @@ class Session:
             "model": self.model.state_dict(), "config": OmegaConf.to_container(self.cfg, resolve=True), "epoch": epoch,
             "batch": batch, "perm": perm, "partial": partial, "scheme": self.scheme.state_dict(),
             "solver": state, "rng": rng_state(self.gen_perm, self.gen_noise),
-            "device_type": self.device.type, "history": self.at.history,
+            "device_type": self.device.type, "history": self.at.history, "threads": torch.get_num_threads(),
             "parallel": self.comm.describe() if self.comm else None,
         })
 
@@ -395,7 +395,8 @@ def setup(cfg: DictConfig, comm: Optional[parallel.Comm] = None) -> tuple[Sessio
         out.mkdir(parents=True, exist_ok=True)
     tune_allocator()
     device = comm.device if comm is not None else select_device(cfg.device)
-    log.info("device: %s (torch %s)%s", device, torch.__version__,
+    threads = set_threads(cfg.get("threads", "auto"))
+    log.info("device: %s, %d thread%s (torch %s)%s", device, threads, "" if threads == 1 else "s", torch.__version__,
              f"; parallel={comm.mode}, {comm.world} processes (grid {comm.data_world} x {comm.layer_world}), {comm.backend}"
              if comm else "")
     provider, source = require_source(cfg), build_source(cfg.source)
@@ -497,6 +498,7 @@ def finish(cfg, out: Path, model, scheme, solver, device, history, x_test, y_tes
         "seconds_per_epoch": float(np.mean(trained)) if trained else math.nan,
         "seconds_per_epoch_all": trained,
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
         "seed": cfg.seed,
         "source": cfg.source.name,
@@ -581,6 +583,8 @@ def resume(folder: str, changes: list[str]) -> dict:
                 **saved}  # older checkpoints
         cfg = OmegaConf.merge(OmegaConf.create({k: v for k, v in base.items() if k != "output_dir"}), given)
         cfg.resume, cfg.output_dir = str(path), str(path)
+        if "threads" not in given and isinstance(ckpt.get("threads"), int):
+            cfg.threads = ckpt["threads"]  # the count it ran with: the numbers of a run that never stopped
         validate(cfg, resuming=True)
     except LiftedError:
         raise
