@@ -28,6 +28,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -435,11 +436,21 @@ def _worker(fn, cfg_dict: dict, error_dir: str):
     except BaseException as err:
         code = err.exit_code if isinstance(err, LiftedError) else 1
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if not isinstance(err, LiftedError):  # a bug: its traceback, once, from the rank itself
+        if peer_lost(err):  # another rank died first: the launcher reports that one
+            message = f"lost the other ranks ({message[:160]})"
+        elif not isinstance(err, LiftedError):  # a bug: its traceback, once, from the rank itself
             message = f"{type(err).__name__}: {message}"
             logging.getLogger("lifted.parallel").exception("rank %d failed", rank)
         Path(error_dir, f"rank{rank}.json").write_text(json.dumps({"message": message, "exit_code": code}))
         raise
+
+
+def peer_lost(err: BaseException) -> bool:
+    """A collective failed because another rank's process is gone (its connection reset or closed)."""
+    text = str(err).lower()
+    return isinstance(err, RuntimeError) and any(
+        k in text for k in ("connection reset by peer", "connection closed by peer", "broken pipe", "socket closed",
+                            "remote process exited", "connection refused"))
 
 
 def _failure(err, error_dir: Path) -> LiftedError:
@@ -478,6 +489,9 @@ def launch(cfg, fn) -> dict:
     # the launcher passes these on to the ranks, which stop at a batch boundary with a checkpoint (SIGUSR1:
     # SLURM's usual warning before the time limit, not among torch's defaults)
     os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1")
+    # the semaphores of ranks killed by a signal are the launcher's to clean; its tracker need not warn of them
+    if "ignore:resource_tracker:UserWarning" not in sys.warnoptions:
+        sys.warnoptions.append("ignore:resource_tracker:UserWarning")
     quiet = ("torch.distributed.elastic", "torch.distributed.launcher", "torch.multiprocessing")  # the line is ours
     for name in [*quiet, *(n for n in logging.root.manager.loggerDict if n.startswith(quiet))]:
         logging.getLogger(name).setLevel(logging.CRITICAL)  # torch's modules set levels of their own
