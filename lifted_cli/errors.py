@@ -34,5 +34,9 @@ class RunError(LiftedError):
     """A run that cannot go on: divergence, a refused resume."""
 
 
+class WriteError(RunError):
+    """A result could not be written (a full disk, a read-only folder); the file it would replace is intact."""
+
+
 class DivergenceError(RunError):
     """A NaN or inf in the iterates or the statistics."""

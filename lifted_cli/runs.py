@@ -28,7 +28,7 @@ from omegaconf import MISSING
 
 from . import loggers
 from .data.sources import DATA_SOURCES
-from .errors import ConfigError, DivergenceError, InputError
+from .errors import ConfigError, DivergenceError, InputError, WriteError
 from .registry import Schema, check, check_seed, fail
 
 
@@ -37,19 +37,28 @@ os.umask(_UMASK)
 
 
 def _atomic(path, write, mode="w"):
+    """Write ``path`` through a temporary file in its folder, renamed into place once complete: a reader
+    sees the old file or the new one, never half of one. A full disk or a folder that cannot be written
+    is one line (WriteError), the old file left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+    except BaseException as err:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        # torch.save reports a failed write as a RuntimeError of its stream writer
+        if isinstance(err, OSError) or (isinstance(err, RuntimeError) and "write" in str(err).lower()):
+            reason = getattr(err, "strerror", None) or str(err).splitlines()[0][:120]
+            raise WriteError(f"could not write {path} ({reason}); the file it would replace is unchanged: free some "
+                             "space or make the folder writable, then run again (a training run: resume=<its folder>)") from None
         raise
 
 

@@ -495,3 +495,44 @@ def test_threads_are_recorded_and_a_resume_keeps_them(tmp_path, fake_mnist, monk
     assert json.loads((tmp_path / "runA" / "metrics.json").read_text())["threads"] == 1
     assert main(["train", "resume=runA", "epochs=3", "threads=2"]) == 0
     assert json.loads((tmp_path / "runA" / "metrics.json").read_text())["threads"] == 2
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_last_good_one(tmp_path, fake_mnist, monkeypatch, capsys):
+    """The second epoch's checkpoint meets a full disk: one line naming the file and the cause, exit 1,
+    no temporary left, the first epoch's checkpoint intact; the run resumes from it."""
+    import errno
+
+    from lifted_cli import runs
+    from lifted_cli.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    real_save, calls = torch.save, []
+
+    def save(obj, f, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(runs.torch, "save", save)
+    args = ["train", f"data_root={fake_mnist}", "train_size=32", "test_size=8", "epochs=2", "batch_size=16",
+            "arch.hidden=[8]", "progress=false", "num_samples=0", "hydra.run.dir=run"]
+    assert main(args) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "could not write" in err[0] and "checkpoint.pt (No space left on device)" in err[0], err
+    assert not list((tmp_path / "run").glob(".*.tmp"))
+    monkeypatch.setattr(runs.torch, "save", real_save)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    assert main(["train", "resume=run"]) == 0
+
+
+def test_a_report_into_a_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    from lifted_cli.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "runs" / "r" / ".hydra").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / ".hydra" / "config.yaml").write_text("command: train\nseed: 0\n")
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "afile" / "report")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot make the folder" in err[0], err

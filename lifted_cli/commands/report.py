@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LiftedError, WriteError
 from ..runs import save_figure, save_image, write_csv, write_text
 
 IGNORED_KEYS = {"seed", "progress", "data_root", "device", "num_samples", "resume", "checkpoint"}
@@ -428,7 +428,10 @@ def write_report(runs: list[Run], out: Path, sources: list[Path], baseline: tupl
     """Write the report folder (one table per command present, and the derived tables asked for) and
     return the Markdown text. ``by`` (test or val): the train groups ranked by that PSNR, which
     ``best`` and ``pivot`` then use."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"--out {out}: cannot make the folder ({err.strerror}); give a folder you can write") from None
     lines = [f"# Report of {len(runs)} run folders", "",
              f"Sources: {', '.join(str(s) for s in sources)}; written {time.strftime('%Y-%m-%d %H:%M')}. "
              "Groups: the overrides that differ between the finished runs of a command (seed excluded); "
@@ -498,6 +501,9 @@ def main(argv: list[str]) -> int:
     except _BadArguments as err:
         print(f"lifted report: error: {err}; see lifted report --help", file=sys.stderr)
         return 2
+    except LiftedError as err:  # e.g. --out on a full disk or in a read-only folder
+        print(f"lifted report: error: {err}", file=sys.stderr)
+        return err.exit_code
 
 
 def _main(argv: list[str]) -> int:
