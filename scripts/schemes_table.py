@@ -38,7 +38,9 @@ SOURCES: dict[tuple[str, str], list[tuple[str, str]]] = {
     **{("proxnet", s): [("schemes_proxnet_full_budget_lr", "0"), ("schemes_proxnet_seed1", "1")]
        for s in ("backprop", "contrastive")},
     **{("proxnet", s): [("schemes_proxnet_tuned", "0"), ("schemes_proxnet_seed1", "1")] for s in ("bregman", "mac")},
-    **{("unrolled_pnn", s): [("schemes_tuned_final", "0"), ("schemes_bregman_seed1", "1")] for s in ("backprop", "bregman")},
+    ("unrolled_pnn", "backprop"): [("schemes_tuned_final", "0"), ("schemes_bregman_seed1", "1")],
+    # He initialisation (tuning_findings.md section 13): the 5-epoch runs of time_to_quality/, reported as a part
+    ("unrolled_pnn", "bregman"): [("schemes_unrolled_pnn_bregman_init", "0,1")],
     **{("unrolled_pnn", s): [("schemes_unrolled_pnn_rest", "0")] for s in ("mac", "contrastive")},
 }
 #: combinations the mathematics does not allow (Fenchel penalties cover relu and identity layers only)
@@ -50,7 +52,7 @@ def psnr(report: str, arch: str, scheme: str, seeds: str) -> float:
     """The mean test PSNR of (arch, scheme) in a report's report.csv, whose runs must be those seeds."""
     with open(BENCH / report / "report.csv", newline="") as f:
         for row in csv.DictReader(f):
-            if row["command"] != "train" or row["scheme"] != scheme or row.get("arch", arch) != arch:
+            if row["command"] != "train" or row.get("scheme", scheme) != scheme or row.get("arch", arch) != arch:
                 continue
             if row["seeds"] != seeds:
                 raise SystemExit(f"{report}: {arch} {scheme} holds seeds {row['seeds']}, SOURCES says {seeds}")
@@ -65,6 +67,16 @@ def cells() -> dict:
 
 def seed_count(seeds: str) -> int:
     return len(seeds.split(","))
+
+
+def on_seeds(cell: dict, seeds: str) -> float | None:
+    """A cell's mean PSNR over exactly ``seeds`` (its entries for those seeds, weighted by their counts),
+    None when it lacks one of them."""
+    want = set(seeds.split(","))
+    parts = {k: v for k, v in cell.items() if set(k.split(",")) <= want}
+    if set(",".join(parts).split(",")) != want:
+        return None
+    return sum(v * seed_count(k) for k, v in parts.items()) / sum(seed_count(k) for k in parts)
 
 
 def main(argv=None) -> int:
@@ -82,7 +94,7 @@ def main(argv=None) -> int:
             got = values[(arch, scheme)]
             n = sum(seed_count(s) for s in got)
             mean = sum(v * seed_count(s) for s, v in got.items()) / n
-            deltas = [(v - base[s], seed_count(s)) for s, v in got.items() if s in base]
+            deltas = [(v - on_seeds(base, s), seed_count(s)) for s, v in got.items() if on_seeds(base, s) is not None]
             delta = sum(d * c for d, c in deltas) / sum(c for _, c in deltas)
             rows.append({"arch": arch, "scheme": scheme, "psnr": mean, "delta": delta,
                          "seeds": ",".join(sorted(",".join(got).split(","))),
@@ -97,8 +109,9 @@ def main(argv=None) -> int:
              "Full MNIST denoising (noise std 0.3, noisy input 13.32 dB), 5 epochs, test PSNR in dB, the mean over the "
              "seeds listed; in brackets the difference to back-propagation on the same seeds. Made by "
              "`scripts/schemes_table.py` from the reports named below (each made by `scripts/benchmark_schemes.sh`, "
-             "its runs side by side in one invocation on the 2-core CPU of the project; commands and dates in each "
-             "report). Settings: `configs/tuned/`, chosen on a validation split.", "",
+             "its runs side by side in one invocation on the 2-core CPU of the project, except "
+             "`schemes_unrolled_pnn_bregman_init/`: the 5-epoch lifted runs of `time_to_quality/`; commands and dates "
+             "in each report). Settings: `configs/tuned/`, chosen on a validation split.", "",
              "| architecture | " + " | ".join(SCHEMES) + " |", "|---" * (len(SCHEMES) + 1) + "|"]
     for arch in ARCHS:
         cells_ = []

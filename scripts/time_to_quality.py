@@ -179,7 +179,9 @@ def main(argv=None) -> int:
     where = runs_dir.relative_to(REPO) if runs_dir.is_relative_to(REPO) else runs_dir
     header = ["# Time to back-propagation's best test PSNR", "",
               f"Command: `{cmd}`; {len(runs)} finished runs in `{where}` (every sweep's command line in its `sweeps.log`); "
-              + ("this invocation ran no sweep." if a.report_only else f"its sweeps took {wall:.0f} s, one run at a time."),
+              + ("this invocation ran no sweep." if a.report_only else f"its sweeps took {wall:.0f} s, " + (
+                  "the runs of a sweep side by side (joblib)." if any("launcher=joblib" in e for e in a.extra)
+                  else "one run at a time.")),
               f"Machine: {machine('cpu')}.",
               f"Settings: MNIST denoising{' (quick: 1,000 / 200 images)' if a.quick else ', 60,000 training / 10,000 test images'}, "
               f"every architecture and scheme at its tuned defaults; back-propagation {2 * epochs} epochs, lifted "

@@ -156,7 +156,7 @@ def test_a_natural_patches_network_is_inverted_on_its_own_source_and_reported(tm
     assert report(["runs", "--out", "report"]) == 0
     text = (tmp_path / "report" / "report.md").read_text()
     assert "Data (source/task): natural_patches/denoise" in text and "Data (source/task): natural_patches" in text
-    assert "natural_patches/denoise: PSNR" in text  # the no-learning row names source and task
+    assert "natural_patches/denoise (sigma 0.3): PSNR" in text  # the no-learning row: source, task and its settings
 
 
 @pytest.mark.parametrize("scheme", ["bregman", "mac", "fenchel", "contrastive", "backprop"])

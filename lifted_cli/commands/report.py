@@ -100,6 +100,13 @@ class Run:
         task = (self.config.get("task") or {}).get("name", old.get("task", "?"))
         return f"{source}/{task}"
 
+    @property
+    def degradation(self) -> str:
+        """``data`` with the task's settings (``sigma 0.3``, ...): what fixes a train run's degraded test images."""
+        task = self.config.get("task") or self.config.get("dataset") or {}
+        settings = ", ".join(f"{k} {v}" for k, v in task.items() if k not in ("name", "task", "test_seed"))
+        return f"{self.data} ({settings})" if settings else self.data
+
     def value(self, key: str):
         """A final metric: (psnr, ssim) of the test set (train) or of the recovered inputs (invert);
         (val_psnr, val_ssim) of a train run's validation set (nan without one)."""
@@ -281,7 +288,7 @@ def no_learning_rows(runs: list[Run]) -> list[dict]:
     seen = {}
     for r in runs:
         if r.finished and r.command == "train" and "no_learning" in r.metrics:
-            seen.setdefault(r.data, r.metrics["no_learning"])
+            seen.setdefault(r.degradation, r.metrics["no_learning"])
     return [{"data": k, "psnr": v["psnr"]["mean"], "ssim": v["ssim"]["mean"]} for k, v in seen.items()]
 
 
