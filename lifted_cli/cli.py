@@ -163,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
     except (HydraException, OmegaConfBaseException) as err:  # the overrides do not compose
         print(f"lifted {command}: error: {_explain(command, args, one_line(err))}", file=sys.stderr)
         return 2
+    except OSError as err:  # Hydra writing its record (.hydra/, the log) on a full disk or into a read-only folder
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"lifted {command}: error: could not write {where}{err.strerror or err}; free some space or give a "
+              "folder you can write (hydra.run.dir=...)", file=sys.stderr)
+        return 1
     except ValueError as err:
         if not _raised_by_hydra(err):  # a bug of ours: its traceback
             raise

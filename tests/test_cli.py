@@ -343,3 +343,21 @@ def test_files_that_are_not_what_they_claim_are_one_line_without_library_noise(t
     assert main(["train", "resume=run", "epochs=2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "metrics.json is not a file" in err[0], err
+
+
+def test_a_record_hydra_cannot_write_is_one_line(tmp_path, fake_mnist, monkeypatch, capsys):
+    """Hydra writes the run's record (.hydra/) itself; a full disk there is one line, exit 1."""
+    import errno
+
+    import hydra.core.utils
+
+    from lifted_cli.cli import main
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / ".hydra" / "config.yaml"))
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(hydra.core.utils, "_save_config", full)
+    assert main(["train", f"data_root={fake_mnist}", "hydra.run.dir=run"]) == 1
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "No space left on device" in err[0] and "config.yaml" in err[0], err
