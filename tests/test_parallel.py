@@ -280,7 +280,7 @@ def _workers(pid: int) -> list[int]:
     out = []
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
-        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+        if b"spawn_main" in cmdline and b"resource_tracker import" not in cmdline:
             out.append(int(child))
     return out
 
