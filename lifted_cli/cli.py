@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lifted {command}: error: {_explain(command, args, one_line(err))}", file=sys.stderr)
         return 2
     except OSError as err:  # Hydra writing its record (.hydra/, the log) on a full disk or into a read-only folder
+        _remove_partial_record(err.filename, command)
         where = f"{err.filename}: " if err.filename else ""
         print(f"lifted {command}: error: could not write {where}{err.strerror or err}; free some space or give a "
               "folder you can write (hydra.run.dir=...)", file=sys.stderr)
@@ -182,6 +183,21 @@ def main(argv: list[str] | None = None) -> int:
 
             shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _remove_partial_record(filename, command: str) -> None:
+    """What Hydra had written of a run's record when a write failed: its ``.hydra`` folder (always new:
+    a folder holding files is refused before) and an empty log, so nothing is left that looks like a run."""
+    import shutil
+    from pathlib import Path
+
+    if not filename or Path(filename).parent.name != ".hydra":
+        return
+    record = Path(filename).parent
+    shutil.rmtree(record, ignore_errors=True)
+    log = record.parent / f"{command}.log"
+    if log.is_file() and log.stat().st_size == 0:
+        log.unlink()
 
 
 def _raised_by_hydra(err: BaseException) -> bool:

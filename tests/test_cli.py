@@ -361,3 +361,4 @@ def test_a_record_hydra_cannot_write_is_one_line(tmp_path, fake_mnist, monkeypat
     assert main(["train", f"data_root={fake_mnist}", "hydra.run.dir=run"]) == 1
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(err) == 1 and "No space left on device" in err[0] and "config.yaml" in err[0], err
+    assert not (tmp_path / "run" / ".hydra").exists()  # nothing left that looks like a run
